@@ -1,0 +1,89 @@
+"""The contract every auxiliary-model family fulfils.
+
+An adapter is a pure function ``g(x; params)`` on rows ``x [n, d_in] -> [n, d_out]`` with:
+
+- ``init``: initial parameters, such that ``g`` is identically zero (the adapted model starts
+  as the base model);
+- ``forward``: the output, also used inside the server's forward pass (unmerged mode);
+- ``vjp``: the closed-form vector-Jacobian product ``sum_i d_i^T dg(x_i)/dparams``. With ``d`` the
+  adaptation gradient dL/dh this *is* the Gradient Learning gradient, equal to backprop's;
+- ``delta_weight`` (mergeable kinds only): the ``(dW [d_out, d_in], db | None)`` that folds ``g``
+  into the frozen layer.
+
+Parameters are plain ``{name: tensor}`` dicts so that they travel, serialise and export without
+any ``nn.Module`` machinery.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+from cola_fed.adapters.spec import AdapterSpec
+from cola_fed.errors import AdapterError
+
+Params = dict[str, torch.Tensor]
+
+
+class Adapter(ABC):
+    """One auxiliary-model family, configured by an :class:`AdapterSpec`."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, spec: AdapterSpec) -> None:
+        if spec.kind != self.kind:
+            raise AdapterError(f"{type(self).__name__} needs kind={self.kind!r}, got {spec.kind!r}")
+        self.spec = spec
+
+    @abstractmethod
+    def param_shapes(self, d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
+        """Shape of every parameter for a layer mapping ``d_in`` to ``d_out`` features."""
+
+    @abstractmethod
+    def init(
+        self, d_in: int, d_out: int, *, generator: torch.Generator, dtype: torch.dtype
+    ) -> Params:
+        """Fresh parameters whose output is exactly zero."""
+
+    @abstractmethod
+    def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """``g(x)`` for ``x [..., d_in]``."""
+
+    @abstractmethod
+    def vjp(self, params: Params, x: torch.Tensor, d: torch.Tensor) -> Params:
+        """``sum_i d_i^T dg(x_i)/dparams`` for rows ``x [n, d_in]`` and ``d [n, d_out]``."""
+
+    def delta_weight(self, params: Params) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(dW, db)`` such that ``g(x) = x @ dW.T + db``; only for mergeable kinds."""
+        raise AdapterError(
+            f"a {self.kind!r} adapter is not linear in x and cannot be merged; "
+            "use unmerged mode or a 'lowrank'/'linear' adapter"
+        )
+
+    def check(self, params: Params, d_in: int, d_out: int, where: str) -> None:
+        """Raise :class:`AdapterError` unless ``params`` has exactly this layer's shapes."""
+        expected = self.param_shapes(d_in, d_out)
+        if set(params) != set(expected):
+            raise AdapterError(
+                f"{where}: a {self.kind!r} adapter has parameters {sorted(expected)}, "
+                f"got {sorted(params)}"
+            )
+        for name, shape in expected.items():
+            got = tuple(params[name].shape)
+            if got != shape:
+                raise AdapterError(
+                    f"{where}: parameter {name!r} of a {self.kind!r} adapter must have shape "
+                    f"{shape} for a {d_in} -> {d_out} layer, got {got}"
+                )
+
+
+def kaiming_uniform(
+    shape: tuple[int, int], *, generator: torch.Generator, dtype: torch.dtype
+) -> torch.Tensor:
+    """``nn.Linear``'s default weight init (kaiming_uniform with a = sqrt 5), as PEFT's LoRA A."""
+    bound = 1.0 / shape[1] ** 0.5
+    return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1).mul_(bound).to(
+        dtype
+    )

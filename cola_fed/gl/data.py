@@ -1,0 +1,64 @@
+"""Adaptation data: what the server sends a client for one batch. Torch-free.
+
+For every adapted layer the client needs the rows ``x`` that entered the layer and the gradient
+``d = dL/dh`` at its output. Two lossless savings are built into the shape:
+
+- rows whose ``d`` is exactly zero (padding, or tokens the loss never sees) carry no gradient and
+  are dropped;
+- layers that read the same input tensor (BERT's ``query`` and ``value``) share one ``x``; each
+  layer then names the rows of that shared ``x`` it uses.
+
+Arrays are torch tensors on the server and numpy arrays after the wire; both index alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class AdaptationData:
+    """Per adapted layer ``(x [n, d_in], d [n, d_out])`` of one client's batch, stored compactly.
+
+    Attributes
+    ----------
+    inputs : dict
+        Shared input rows, keyed by the first layer (in model order) that reads them.
+    grads : dict
+        Per layer, the adaptation gradient rows ``d``.
+    input_of : dict
+        Per layer, the key of its rows in ``inputs``.
+    rows : dict
+        Per layer, integer indices into ``inputs[input_of[layer]]`` matching the rows of
+        ``grads[layer]``, or ``None`` when the layer uses every shared row in order.
+    loss : float
+        The client's mean loss on this batch (at the adapters the server ran with).
+    num_samples : int
+        Number of samples of the client's batch.
+    """
+
+    inputs: dict[str, Any]
+    grads: dict[str, Any]
+    input_of: dict[str, str]
+    rows: dict[str, Any | None] = field(default_factory=dict)
+    loss: float = float("nan")
+    num_samples: int = 0
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.grads)
+
+    def layer(self, name: str) -> tuple[Any, Any]:
+        """``(x, d)`` of one layer, with the shared input rows gathered."""
+        x = self.inputs[self.input_of[name]]
+        rows = self.rows.get(name)
+        return (x if rows is None else x[rows]), self.grads[name]
+
+    def num_values(self) -> int:
+        """Floats carried (the size that matters on the wire)."""
+        arrays = [*self.inputs.values(), *self.grads.values()]
+        return sum(int(a.shape[0]) * int(a.shape[1]) for a in arrays)
+
+    def num_rows(self, name: str) -> int:
+        return int(self.grads[name].shape[0])

@@ -1,0 +1,469 @@
+"""The server side of ColA: a frozen model that turns clients' batches into adaptation data.
+
+The engine owns no trainable parameter. For a set of clients it runs ONE forward and backward
+pass over their concatenated batches, routing every sample through its own client's adapter,
+and captures at every adapted layer the input ``x`` and the gradient ``d = dL/dh`` of the loss at
+the adapted output ``h = f(x) + g(x)``. Each client's loss is the mean over its own samples and
+the pass backpropagates the sum of those losses, so each client receives exactly the ``d`` it
+would get alone.
+
+Modes
+-----
+``unmerged`` (default)
+    Adapters run inside the forward pass, per sample. Any adapter family; one pass for all clients.
+``merged``
+    Each client's ``delta W`` is added to the frozen weights for its own pass, then the original
+    weights are restored bit for bit. Low Rank and Linear only; one pass per client.
+``col``
+    The mean ``delta W`` of all clients is merged once and every client's batch runs against it
+    (the reference code's collaborative mode). Low Rank and Linear only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from cola_fed.adapters.base import Adapter, Params
+from cola_fed.adapters.registry import build_adapter, infer_spec
+from cola_fed.errors import AdapterError, ColaError, ConfigError, GradientError, TargetError
+from cola_fed.gl.data import AdaptationData
+from cola_fed.gl.layout import LayerInfo, SpecLike, assign_specs
+from cola_fed.gl.losses import LossFn, default_loss, logits_of
+from cola_fed.gl.targets import Targets, find_targets
+
+MODES = ("unmerged", "merged", "col")
+
+Batch = Mapping[str, torch.Tensor]
+AdapterState = Mapping[str, Mapping[str, Any]]
+# per layer: the adapter family and its parameters, ready to run
+PreparedAdapters = dict[str, tuple[Adapter, Params]]
+
+
+@dataclass
+class _Pass:
+    """What the forward hooks need to know during one pass, and what they capture."""
+
+    # per layer: (start, stop, adapter, params) of each client segment adapted at that layer
+    routes: dict[str, list[tuple[int, int, Adapter, Params]]]
+    capture: bool
+    # per layer: (input x, adapted output h) of every call, in call order
+    calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+
+
+class ServerEngine:
+    """A frozen model with adapted layers that computes adaptation data for many clients.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The base model (a Hugging Face model or any torch module whose first positional or
+        keyword inputs come from the batch). It is put in eval mode and frozen.
+    targets : str, list of str or None
+        Layers to adapt: ``None`` for the defaults of ``model.config.model_type``, a list of
+        module names or dotted suffixes, or a regular expression matching whole module names.
+    mode : str
+        ``"unmerged"``, ``"merged"`` or ``"col"`` (see the module documentation).
+    loss_fn : callable or None
+        ``loss_fn(logits, labels) -> mean loss`` for one client's rows; ``None`` picks the loss the
+        model's class computes (cross-entropy, MSE for one output, shifted for causal LMs).
+    max_batch_size : int or None
+        Most samples in one pass; clients are packed into passes whole. ``None``: no limit.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: Targets = None,
+        *,
+        mode: str = "unmerged",
+        loss_fn: LossFn | None = None,
+        max_batch_size: int | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ConfigError(f"max_batch_size: expected a positive integer, got {max_batch_size}")
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        self.mode = mode
+        self.loss_fn = loss_fn or default_loss(model)
+        self.max_batch_size = max_batch_size
+        self.layout, self._modules = find_targets(model, targets)
+        self._pass: _Pass | None = None
+        self._hooks = [
+            module.register_forward_hook(functools.partial(self._on_forward, self.layout[name]))
+            for name, module in self._modules.items()
+        ]
+
+    # ----------------------------------------------------------------------------------------
+    # public API
+
+    def compute(
+        self,
+        batches: Mapping[str, Batch],
+        adapters: Mapping[str, AdapterState | None],
+        *,
+        specs: Mapping[str, SpecLike] | None = None,
+        mode: str | None = None,
+    ) -> dict[str, AdaptationData]:
+        """Adaptation data of every client's batch at that client's current adapters.
+
+        ``batches[c]`` is a dict of model keyword arguments including ``labels``; ``adapters[c]``
+        is ``{layer name: {param name: tensor}}`` as returned by ``GradientLearner.adapter_state``
+        (layers it omits are not adapted for that client). ``specs[c]`` is only needed for MLP
+        adapters with a non-default activation; otherwise the family is read off the state.
+        """
+        mode = mode or self.mode
+        if mode not in MODES:
+            raise ConfigError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        self._check_frozen()
+        missing = set(batches) - set(adapters)
+        if missing:
+            raise AdapterError(f"no adapter state for clients {sorted(missing)}")
+        prepared = {
+            client: self._prepare(client, adapters[client], (specs or {}).get(client))
+            for client in batches
+        }
+        sizes = {client: _batch_size(client, batch) for client, batch in batches.items()}
+        for client, batch in batches.items():
+            if "labels" not in batch:
+                raise ConfigError(f"client {client!r}: the batch has no 'labels'")
+        results: dict[str, AdaptationData] = {}
+        if mode == "merged":
+            for client in batches:
+                with self._merged(_delta_weights(client, prepared[client])):
+                    results.update(self._run_pass([client], batches, sizes, {}))
+        elif mode == "col":
+            with self._merged(_mean_delta_weights(prepared)):
+                for group in self._pack(batches, sizes):
+                    results.update(self._run_pass(group, batches, sizes, {}))
+        else:
+            for group in self._pack(batches, sizes):
+                results.update(self._run_pass(group, batches, sizes, prepared))
+        return {client: results[client] for client in batches}
+
+    @torch.no_grad()
+    def predict(
+        self, batch: Batch, adapter: AdapterState | None = None, *, spec: SpecLike | None = None
+    ) -> torch.Tensor:
+        """Logits of the adapted model for one client's batch (``labels`` is ignored)."""
+        prepared = self._prepare("predict", adapter, spec)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        size = _batch_size("predict", inputs)
+        self._pass = _Pass(_routes([("predict", 0, size)], {"predict": prepared}), capture=False)
+        try:
+            return logits_of(self.model(**inputs))
+        finally:
+            self._pass = None
+
+    def close(self) -> None:
+        """Remove the engine's hooks; the model behaves as the plain base model again."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    # ----------------------------------------------------------------------------------------
+    # one pass
+
+    def _run_pass(
+        self,
+        clients: list[str],
+        batches: Mapping[str, Batch],
+        sizes: Mapping[str, int],
+        prepared: Mapping[str, PreparedAdapters],
+    ) -> dict[str, AdaptationData]:
+        segments, start = [], 0
+        for client in clients:
+            segments.append((client, start, start + sizes[client]))
+            start += sizes[client]
+        if len(clients) == 1:
+            mixed = dict(batches[clients[0]])
+        else:
+            mixed = {k: torch.cat([batches[c][k] for c in clients]) for k in batches[clients[0]]}
+        labels = mixed.pop("labels")
+        self._pass = _Pass(_routes(segments, prepared), capture=True)
+        try:
+            with torch.enable_grad():
+                logits = logits_of(self.model(**mixed))
+                losses = {c: self.loss_fn(logits[s:e], labels[s:e]) for c, s, e in segments}
+            calls = self._pass.calls
+        finally:
+            self._pass = None
+        for client, start, stop in segments:
+            if not torch.isfinite(losses[client]):
+                raise GradientError(self._nonfinite_loss_message(client, losses[client], calls,
+                                                                 start, stop))
+        outputs = [out for name in self.layout.names for _, out in calls.get(name, [])]
+        total = torch.stack(list(losses.values())).sum()
+        wanted = [out for out in outputs if out.requires_grad]
+        grads_list = (
+            torch.autograd.grad(total, wanted, allow_unused=True) if total.requires_grad else []
+        )
+        grad_of = {id(out): g for out, g in zip(wanted, grads_list)}
+        grads = {
+            name: [grad_of.get(id(out)) for _, out in calls.get(name, [])]
+            for name in self.layout.names
+        }
+        return {
+            client: self._client_data(client, start, stop, calls, grads, losses[client])
+            for client, start, stop in segments
+        }
+
+    def _on_forward(
+        self, layer: LayerInfo, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Forward hook of every adapted layer: route through adapters, capture ``(x, h)``."""
+        active = self._pass
+        if active is None:
+            return None
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise TargetError(f"layer {layer.name!r} must receive its input as a positional tensor")
+        x = args[0]
+        routes = active.routes.get(layer.name)
+        if routes:
+            output = output + _adapter_output(routes, x, output)
+        if not active.capture:
+            return output
+        if x.shape[0] != output.shape[0]:
+            raise TargetError(f"layer {layer.name!r}: input and output batch sizes differ")
+        if not output.requires_grad:  # the first adapted layer: start the graph here
+            output = output.detach().requires_grad_(True)
+        active.calls.setdefault(layer.name, []).append((x, output))
+        return output
+
+    # ----------------------------------------------------------------------------------------
+    # helpers
+
+    def _client_data(
+        self,
+        client: str,
+        start: int,
+        stop: int,
+        calls: Mapping[str, list[tuple[torch.Tensor, torch.Tensor]]],
+        grads: Mapping[str, list[torch.Tensor | None]],
+        loss: torch.Tensor,
+    ) -> AdaptationData:
+        """Slice one client's rows out of the pass, drop zero-gradient rows, share inputs."""
+        xs: dict[str, torch.Tensor] = {}
+        ds: dict[str, torch.Tensor] = {}
+        signature: dict[str, tuple[int, ...]] = {}
+        for info in self.layout:
+            layer_calls = calls.get(info.name)
+            if not layer_calls:
+                raise TargetError(
+                    f"layer {info.name!r} was not called in the forward pass; "
+                    "remove it from the targets"
+                )
+            x_parts, d_parts = [], []
+            for (x, out), g in zip(layer_calls, grads[info.name]):
+                x_parts.append(x[start:stop].reshape(-1, info.d_in))
+                g = torch.zeros_like(out) if g is None else g
+                d_parts.append(g[start:stop].reshape(-1, info.d_out))
+            xs[info.name] = torch.cat(x_parts) if len(x_parts) > 1 else x_parts[0]
+            ds[info.name] = torch.cat(d_parts) if len(d_parts) > 1 else d_parts[0]
+            signature[info.name] = tuple(id(x) for x, _ in layer_calls)
+            bad = int((~torch.isfinite(ds[info.name])).sum())
+            if bad:
+                raise GradientError(
+                    f"client {client!r}, layer {info.name!r}: the adaptation gradient has "
+                    f"{bad} non-finite values; check the inputs and the adapter"
+                )
+        dtype = torch.promote_types(next(iter(xs.values())).dtype, torch.float32)
+        data = AdaptationData({}, {}, {}, {}, loss=float(loss.detach()), num_samples=stop - start)
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for name in self.layout.names:
+            groups.setdefault(signature[name], []).append(name)
+        for members in groups.values():
+            key = members[0]
+            live = {name: ds[name].ne(0).any(dim=1) for name in members}
+            union = torch.stack(list(live.values())).any(dim=0)
+            data.inputs[key] = xs[key][union].detach().to(dtype)
+            for name in members:
+                data.input_of[name] = key
+                mask = live[name][union]
+                data.rows[name] = None if bool(mask.all()) else mask.nonzero().squeeze(1)
+                data.grads[name] = ds[name][live[name]].detach().to(dtype)
+        return data
+
+    def _nonfinite_loss_message(
+        self, client: str, loss: torch.Tensor, calls: Mapping[str, list], start: int, stop: int
+    ) -> str:
+        for name in self.layout.names:
+            for _, out in calls.get(name, []):
+                if not torch.isfinite(out[start:stop]).all():
+                    return (
+                        f"client {client!r}: the loss is {float(loss)}; the first adapted layer "
+                        f"with a non-finite output is {name!r}. Check the adapter and the inputs."
+                    )
+        return (
+            f"client {client!r}: the loss is {float(loss)} although every adapted layer's output "
+            "is finite; check the labels and the loss function"
+        )
+
+    def _prepare(
+        self, client: str, state: AdapterState | None, spec: SpecLike | None
+    ) -> PreparedAdapters:
+        """Check a client's adapter state against the layout and build its adapter families."""
+        if not state:
+            return {}
+        specs = assign_specs(self.layout, spec) if spec is not None else {}
+        device = next(self.model.parameters()).device
+        prepared: PreparedAdapters = {}
+        for name, raw in state.items():
+            if name not in self.layout:
+                raise AdapterError(
+                    f"client {client!r}: adapter for {name!r}, which is not an adapted layer; "
+                    f"adapted layers: {self.layout.names}"
+                )
+            params = {k: torch.as_tensor(v).to(device) for k, v in raw.items()}
+            adapter = build_adapter(specs.get(name) or infer_spec(params))
+            info = self.layout[name]
+            adapter.check(params, info.d_in, info.d_out, f"client {client!r}, layer {name!r}")
+            for pname, value in params.items():
+                if not torch.isfinite(value).all():
+                    raise AdapterError(
+                        f"client {client!r}, layer {name!r}: parameter {pname!r} is not finite"
+                    )
+            prepared[name] = (adapter, params)
+        return prepared
+
+    def _pack(self, batches: Mapping[str, Batch], sizes: Mapping[str, int]) -> list[list[str]]:
+        """Group clients whose batches can be concatenated, at most ``max_batch_size`` a pass."""
+        by_shape: dict[tuple, list[str]] = {}
+        for client, batch in batches.items():
+            key = tuple(sorted((k, tuple(v.shape[1:]), v.dtype) for k, v in batch.items()))
+            by_shape.setdefault(key, []).append(client)
+        passes: list[list[str]] = []
+        for clients in by_shape.values():
+            current: list[str] = []
+            filled = 0
+            for client in clients:
+                if current and self.max_batch_size and filled + sizes[client] > self.max_batch_size:
+                    passes.append(current)
+                    current, filled = [], 0
+                current.append(client)
+                filled += sizes[client]
+            passes.append(current)
+        return passes
+
+    @contextlib.contextmanager
+    def _merged(
+        self, deltas: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> Iterator[None]:
+        """Fold ``delta W`` (and bias) into the frozen weights; restore them exactly afterwards.
+
+        The sum is formed in at least fp32 and rounded once to the base dtype; the saved original
+        tensors are copied back, so a bf16 base does not drift over any number of cycles.
+        """
+        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        try:
+            with torch.no_grad():
+                for name, (dw, db) in deltas.items():
+                    module, info = self._modules[name], self.layout[name]
+                    if db is not None and module.bias is None:
+                        raise AdapterError(
+                            f"layer {name!r} has no bias to merge an adapter bias into; "
+                            "use unmerged mode"
+                        )
+                    weight_delta = dw.T if info.module_type == "conv1d" else dw
+                    for target, delta in ((module.weight, weight_delta), (module.bias, db)):
+                        if delta is None:
+                            continue
+                        saved.append((target, target.detach().clone()))
+                        wide = torch.promote_types(target.dtype, torch.float32)
+                        target.copy_(target.to(wide) + delta.to(target.device, wide))
+            yield
+        finally:
+            with torch.no_grad():
+                for target, original in reversed(saved):
+                    target.copy_(original)
+
+    def _check_frozen(self) -> None:
+        trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        if trainable:
+            raise ColaError(
+                f"the server model must be parameter-free, but {trainable[:3]} require grad; "
+                "do not unfreeze the base model of a ServerEngine"
+            )
+
+
+def _routes(
+    segments: list[tuple[str, int, int]], prepared: Mapping[str, PreparedAdapters]
+) -> dict[str, list[tuple[int, int, Adapter, Params]]]:
+    routes: dict[str, list[tuple[int, int, Adapter, Params]]] = {}
+    for client, start, stop in segments:
+        for name, (adapter, params) in prepared.get(client, {}).items():
+            routes.setdefault(name, []).append((start, stop, adapter, params))
+    return routes
+
+
+def _adapter_output(
+    routes: list[tuple[int, int, Adapter, Params]], x: torch.Tensor, output: torch.Tensor
+) -> torch.Tensor:
+    """Every sample's own adapter output, in the base dtype (adapters compute in their own)."""
+
+    def run(adapter: Adapter, params: Params, rows: torch.Tensor) -> torch.Tensor:
+        dtype = next(iter(params.values())).dtype
+        return adapter.forward(params, rows.to(dtype)).to(output.dtype)
+
+    if len(routes) == 1 and routes[0][0] == 0 and routes[0][1] == x.shape[0]:
+        _, _, adapter, params = routes[0]
+        return run(adapter, params, x)
+    pieces, cursor = [], 0
+    for start, stop, adapter, params in routes:
+        if start > cursor:
+            pieces.append(output.new_zeros((start - cursor, *output.shape[1:])))
+        pieces.append(run(adapter, params, x[start:stop]))
+        cursor = stop
+    if cursor < x.shape[0]:
+        pieces.append(output.new_zeros((x.shape[0] - cursor, *output.shape[1:])))
+    return torch.cat(pieces)
+
+
+def _delta_weights(
+    client: str, prepared: PreparedAdapters
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    deltas = {}
+    for name, (adapter, params) in prepared.items():
+        if not adapter.spec.mergeable:
+            raise AdapterError(
+                f"client {client!r}, layer {name!r}: a {adapter.kind!r} adapter cannot be merged; "
+                "use mode='unmerged'"
+            )
+        deltas[name] = adapter.delta_weight(params)
+    return deltas
+
+
+def _mean_delta_weights(
+    prepared: Mapping[str, PreparedAdapters],
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """``mean_k delta W_k`` per layer over the clients that adapt it (``col`` mode)."""
+    per_layer: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
+    for client, adapters in prepared.items():
+        for name, delta in _delta_weights(client, adapters).items():
+            per_layer.setdefault(name, []).append(delta)
+    means = {}
+    for name, deltas in per_layer.items():
+        dw = torch.stack([dw for dw, _ in deltas]).mean(0)
+        biases = [db for _, db in deltas if db is not None]
+        db = torch.stack(biases).sum(0) / len(deltas) if biases else None
+        means[name] = (dw, db)
+    return means
+
+
+def _batch_size(client: str, batch: Mapping[str, Any]) -> int:
+    if not isinstance(batch, Mapping) or not batch:
+        raise ConfigError(f"client {client!r}: a batch must be a non-empty dict of tensors")
+    sizes = {k: int(v.shape[0]) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    if len(sizes) != len(batch):
+        raise ConfigError(f"client {client!r}: every batch value must be a tensor")
+    if len(set(sizes.values())) != 1:
+        raise ConfigError(f"client {client!r}: batch tensors disagree on the batch size: {sizes}")
+    return next(iter(sizes.values()))

@@ -1,0 +1,87 @@
+"""Find the layers to adapt in a torch model, by name, suffix or pattern, as PEFT does."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from cola_fed.errors import TargetError
+from cola_fed.gl.layout import LayerInfo, Layout
+
+#: Default targets per Hugging Face ``model_type``, following PEFT's LoRA defaults.
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+    "gpt2": ["c_attn"],
+    "bart": ["q_proj", "v_proj"],
+    "t5": ["q", "v"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "opt": ["q_proj", "v_proj"],
+}
+
+Targets = str | Sequence[str] | None
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    # Hugging Face's Conv1D (GPT-2): a linear layer whose weight is stored as [d_in, d_out].
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def layer_info(name: str, module: nn.Module) -> LayerInfo:
+    """Describe one adaptable module, or raise :class:`TargetError` if it cannot be adapted."""
+    if isinstance(module, nn.Linear):
+        return LayerInfo(name, module.in_features, module.out_features, "linear",
+                         module.bias is not None)
+    if _is_conv1d(module):
+        d_in, d_out = module.weight.shape
+        return LayerInfo(name, int(d_in), int(d_out), "conv1d", module.bias is not None)
+    raise TargetError(
+        f"target {name!r} is a {type(module).__name__}; cola-fed adapts nn.Linear and "
+        "Hugging Face Conv1D modules. Choose targets that name such layers."
+    )
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in DEFAULT_TARGETS:
+        return DEFAULT_TARGETS[model_type]
+    raise TargetError(
+        f"no default targets for model_type {model_type!r}; pass targets=[...] with the names "
+        f"of the layers to adapt (defaults exist for {sorted(DEFAULT_TARGETS)})"
+    )
+
+
+def find_targets(model: nn.Module, targets: Targets = None) -> tuple[Layout, dict[str, nn.Module]]:
+    """The adapted layers of ``model`` and their modules, in model order.
+
+    ``targets`` is ``None`` (defaults by ``model.config.model_type``), a regular expression that
+    must match the whole module name, or a list whose entries match a module name exactly or as a
+    dotted suffix (``"query"`` matches ``"encoder.layer.0.attention.self.query"``).
+    """
+    if targets is None:
+        targets = default_targets(model)
+    names = [name for name, _ in model.named_modules() if name]
+    if isinstance(targets, str):
+        pattern = re.compile(targets)
+        chosen = [n for n in names if pattern.fullmatch(n)]
+        if not chosen:
+            raise TargetError(f"target pattern {targets!r} matches no module of the model")
+    else:
+        targets = list(targets)
+        if not targets:
+            raise TargetError("targets is empty: name at least one layer to adapt")
+        chosen = [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]
+        for target in targets:
+            if not any(n == target or n.endswith("." + target) for n in chosen):
+                close = [n for n in names if target.split(".")[-1] in n][:5]
+                hint = f"; similar names: {close}" if close else ""
+                raise TargetError(f"target {target!r} matches no module of the model{hint}")
+    modules = dict(model.named_modules())
+    layout = Layout(tuple(layer_info(name, modules[name]) for name in chosen))
+    return layout, {name: modules[name] for name in chosen}
