@@ -299,11 +299,11 @@ class ServerEngine:
             for _, out in calls.get(name, []):
                 if not torch.isfinite(out[start:stop]).all():
                     return (
-                        f"client {client!r}: the loss is {float(loss)}; the first adapted layer "
+                        f"client {client!r}: the loss is {loss.item()}; the first adapted layer "
                         f"with a non-finite output is {name!r}. Check the adapter and the inputs."
                     )
         return (
-            f"client {client!r}: the loss is {float(loss)} although every adapted layer's output "
+            f"client {client!r}: the loss is {loss.item()} although every adapted layer's output "
             "is finite; check the labels and the loss function"
         )
 

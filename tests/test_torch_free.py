@@ -1,0 +1,40 @@
+"""``import cola_fed`` works where torch cannot be imported (edge clients)."""
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_package_imports_without_torch():
+    code = textwrap.dedent(
+        """
+        import sys
+
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is not installed on this device")
+
+        sys.meta_path.insert(0, NoTorch())
+        import cola_fed
+        from cola_fed import AdaptationData, AdapterSpec, Layout, OptimizerSpec
+        from cola_fed.gl import LayerInfo
+
+        spec = AdapterSpec(kind="mlp", hidden=8)
+        OptimizerSpec(name="sgd", momentum=0.9)
+        layout = Layout((LayerInfo("q", 4, 4),))
+        assert Layout.from_dict(layout.to_dict()) == layout
+        assert "torch" not in sys.modules
+        try:
+            cola_fed.ServerEngine
+        except ImportError as err:
+            assert "torch" in str(err)
+        else:
+            raise AssertionError("ServerEngine resolved without torch")
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
