@@ -69,7 +69,16 @@ def build(variant: str, clients: int, size: int, length: int):
                 params["B"].normal_(0, 0.01, generator=torch.Generator().manual_seed(c))
             states[f"c{c}"] = state
         client_batches = {f"c{c}": batches[c] for c in range(clients)}
-        return lambda: engine.compute(client_batches, states)
+
+        def step():
+            engine.compute(client_batches, states)
+
+        # The engine keeps nothing per client: adapter states arrive with each request and
+        # are dropped after it. Report what arrives, for comparison with PEFT's kept state.
+        step.state_bytes = lambda: 0
+        step.request_bytes = sum(t.numel() * t.element_size() for state in states.values()
+                                 for params in state.values() for t in params.values())
+        return step
     if variant.startswith("peft"):
         return _peft_steps(model, batches)
     raise ValueError(variant)
@@ -125,16 +134,31 @@ def _peft_steps(model, batches):
             peft_model(**batch).loss.backward()
             optimizer.step()
 
+    def state_bytes() -> int:
+        """Bytes the server keeps per run: every client's LoRA, its gradients and AdamW slots."""
+        total = 0
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                total += param.numel() * param.element_size()
+                if param.grad is not None:
+                    total += param.grad.numel() * param.grad.element_size()
+        for optimizer in optimizers:
+            for slots in optimizer.state.values():
+                total += sum(t.numel() * t.element_size() for t in slots.values()
+                             if hasattr(t, "numel") and t.dim() > 0)
+        return total
+
+    step.state_bytes = state_bytes
     return step
 
 
+
 def _peak_memory(variant: str, clients: int, size: int, length: int, steps: int = 2) -> float:
+    import gc
+
     from benchmarks.common import reset_peak_rss, rss_mb
 
     step = build(variant, clients, size, length)
-    step()  # first call allocates lazily-built state (optimizer slots, caches)
-    import gc
-
     gc.collect()
     baseline = rss_mb()
     reset_peak_rss()
@@ -144,7 +168,10 @@ def _peak_memory(variant: str, clients: int, size: int, length: int, steps: int 
 
 
 def peak_memory(variant: str, clients: int, size: int, length: int) -> float:
-    """Peak RSS (MB) above the loaded, warmed-up state, measured in a fresh process."""
+    """Peak RSS (MB) of two steps above the loaded model, measured in a fresh process.
+
+    It counts activations and everything a step allocates, optimizer state included.
+    """
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_peak_memory, (variant, clients, size, length))
 
@@ -191,9 +218,14 @@ def main(argv: list[str] | None = None) -> None:
         steps = {"cola-mixed": build("cola-mixed", k, args.client_batch, args.length),
                  "peft-separate": build("peft-separate", k, args.client_batch, args.length)}
         t = interleaved_medians(steps, max(3, args.repeats // 2))
-        del steps
         ratio = t["cola-mixed"]["median_s"] / t["peft-separate"]["median_s"]
-        result["clients"][str(k)] = {"times": t, "cola_mixed_over_peft_separate": ratio}
+        result["clients"][str(k)] = {
+            "times": t,
+            "cola_mixed_over_peft_separate": ratio,
+            "server_state_bytes_kept": {name: step.state_bytes() for name, step in steps.items()},
+            "cola_adapter_bytes_per_request": steps["cola-mixed"].request_bytes,
+        }
+        del steps
         say(f"  cola mixed {t['cola-mixed']['median_s']:.3f} s, "
             f"peft separate {t['peft-separate']['median_s']:.3f} s, ratio {ratio:.2f}")
 

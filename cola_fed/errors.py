@@ -24,3 +24,28 @@ class TargetError(ColaError, ValueError):
 
 class GradientError(ColaError, FloatingPointError):
     """A loss or an adaptation gradient is not finite, or has the wrong shape."""
+
+
+class PayloadError(ColaError, ValueError):
+    """A payload that came over the wire was refused; nothing from it was decoded or applied."""
+
+
+class MalformedPayloadError(PayloadError):
+    """The payload's structure is invalid: header, dtypes, shapes, names, sizes or values."""
+
+
+class AuthenticationError(PayloadError):
+    """The sealed payload failed authentication: tampered, for another node, round, direction
+    or kind, or sealed under another key."""
+
+
+class ReplayError(PayloadError):
+    """The sealed payload is authentic but was already received, or arrives out of order."""
+
+
+class UntrustedKeyError(PayloadError):
+    """The peer's public key does not match the pinned fingerprint."""
+
+
+class ProtocolError(ColaError, RuntimeError):
+    """A message does not fit the round protocol (wrong kind, missing keys, wrong version)."""

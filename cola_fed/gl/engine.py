@@ -192,7 +192,12 @@ class ServerEngine:
         try:
             with torch.enable_grad():
                 logits = logits_of(self.model(**mixed))
-                losses = {c: self.loss_fn(logits[s:e], labels[s:e]) for c, s, e in segments}
+                counts = [sizes[c] for c in clients]  # split, not slice: see _adapter_output
+                losses = {
+                    client: self.loss_fn(client_logits, client_labels)
+                    for client, client_logits, client_labels
+                    in zip(clients, logits.split(counts), labels.split(counts))
+                }
             calls = self._pass.calls
         finally:
             self._pass = None
@@ -417,14 +422,23 @@ def _adapter_output(
     if len(routes) == 1 and routes[0][0] == 0 and routes[0][1] == x.shape[0]:
         _, _, adapter, params = routes[0]
         return run(adapter, params, x)
-    pieces, cursor = [], 0
+    # One split (whose backward is one concatenation) rather than a slice per client (whose
+    # backward materialises a full-size gradient per client).
+    sizes, adapters, cursor = [], [], 0
     for start, stop, adapter, params in routes:
         if start > cursor:
-            pieces.append(output.new_zeros((start - cursor, *output.shape[1:])))
-        pieces.append(run(adapter, params, x[start:stop]))
+            sizes.append(start - cursor)
+            adapters.append(None)
+        sizes.append(stop - start)
+        adapters.append((adapter, params))
         cursor = stop
     if cursor < x.shape[0]:
-        pieces.append(output.new_zeros((x.shape[0] - cursor, *output.shape[1:])))
+        sizes.append(x.shape[0] - cursor)
+        adapters.append(None)
+    pieces = [
+        run(*chosen, rows) if chosen else output.new_zeros((rows.shape[0], *output.shape[1:]))
+        for rows, chosen in zip(x.split(sizes), adapters)
+    ]
     return torch.cat(pieces)
 
 

@@ -1,0 +1,54 @@
+"""Sealed, compact payloads: the codec (safetensors + JSON header) and end-to-end encryption.
+
+Torch-free: edge clients use this package with numpy, safetensors and cryptography alone.
+"""
+
+from cola_fed.wire.codec import (
+    DEFAULT_LIMITS,
+    FORMAT_VERSION,
+    WIRE_DTYPES,
+    Limits,
+    decode_adaptation,
+    decode_adapter_state,
+    decode_batch,
+    decode_metrics,
+    encode_adaptation,
+    encode_adapter_state,
+    encode_batch,
+    encode_metrics,
+)
+from cola_fed.wire.crypto import (
+    PROTOCOL_VERSION,
+    ChannelState,
+    SecureChannel,
+    check_pinned,
+    fingerprint,
+    generate_private_key,
+    load_private_key,
+    public_bytes,
+    save_private_key,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FORMAT_VERSION",
+    "PROTOCOL_VERSION",
+    "WIRE_DTYPES",
+    "ChannelState",
+    "Limits",
+    "SecureChannel",
+    "check_pinned",
+    "decode_adaptation",
+    "decode_adapter_state",
+    "decode_batch",
+    "decode_metrics",
+    "encode_adaptation",
+    "encode_adapter_state",
+    "encode_batch",
+    "encode_metrics",
+    "fingerprint",
+    "generate_private_key",
+    "load_private_key",
+    "public_bytes",
+    "save_private_key",
+]
