@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import platform
 import statistics
 import time
@@ -44,28 +43,6 @@ def rss_mb(field: str = "VmRSS") -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def peak_rss_above_baseline(setup: Callable[[], Callable[[], Any]], steps: int = 2) -> float:
-    """Peak RSS (MB) of ``steps`` calls of the step function, above the RSS after ``setup``.
-
-    Runs in a fresh process so that nothing measured earlier is still resident.
-    """
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(1) as pool:
-        return pool.apply(_measure, (setup, steps))
-
-
-def _measure(setup: Callable[[], Callable[[], Any]], steps: int) -> float:
-    import gc
-
-    step = setup()
-    gc.collect()
-    baseline = rss_mb()
-    reset_peak_rss()
-    for _ in range(steps):
-        step()
-    return rss_mb("VmHWM") - baseline
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:

@@ -45,7 +45,7 @@ def make_batches(num: int, size: int, length: int, seed: int = 0) -> list[dict]:
     return batches
 
 
-def build(variant: str, clients: int, size: int, length: int):
+def build(variant: str, clients: int, size: int, length: int, max_server_batch: int | None = None):
     """A zero-argument callable running one step of ``variant``; everything built here."""
     import torch
 
@@ -59,7 +59,8 @@ def build(variant: str, clients: int, size: int, length: int):
         return _limit_step(model, batches[0])
     if variant.startswith("cola"):
         mode = "merged" if variant == "cola-merged" else "unmerged"
-        engine = cola_fed.ServerEngine(model, targets=TARGETS, mode=mode)
+        engine = cola_fed.ServerEngine(model, targets=TARGETS, mode=mode,
+                                       max_batch_size=max_server_batch)
         spec = cola_fed.AdapterSpec(kind="lowrank", rank=RANK)
         states = {}
         for c in range(clients):
@@ -153,12 +154,13 @@ def _peft_steps(model, batches):
 
 
 
-def _peak_memory(variant: str, clients: int, size: int, length: int, steps: int = 2) -> float:
+def _peak_memory(variant: str, clients: int, size: int, length: int,
+                 max_server_batch: int | None = None, steps: int = 2) -> float:
     import gc
 
     from benchmarks.common import reset_peak_rss, rss_mb
 
-    step = build(variant, clients, size, length)
+    step = build(variant, clients, size, length, max_server_batch)
     gc.collect()
     baseline = rss_mb()
     reset_peak_rss()
@@ -167,13 +169,14 @@ def _peak_memory(variant: str, clients: int, size: int, length: int, steps: int 
     return rss_mb("VmHWM") - baseline
 
 
-def peak_memory(variant: str, clients: int, size: int, length: int) -> float:
+def peak_memory(variant: str, clients: int, size: int, length: int,
+                max_server_batch: int | None = None) -> float:
     """Peak RSS (MB) of two steps above the loaded model, measured in a fresh process.
 
     It counts activations and everything a step allocates, optimizer state included.
     """
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_peak_memory, (variant, clients, size, length))
+        return pool.apply(_peak_memory, (variant, clients, size, length, max_server_batch))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length", type=int, default=64, help="tokens per sample")
     parser.add_argument("--client-batch", type=int, default=8, help="samples per client in (d)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--max-server-batch", type=int, default=32,
+                        help="most samples in one mixed ColA pass in (d)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     args = parser.parse_args(argv)
 
@@ -215,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
 
     for k in args.clients:
         say(f"(d): K = {k} clients x {args.client_batch} samples")
-        steps = {"cola-mixed": build("cola-mixed", k, args.client_batch, args.length),
+        steps = {"cola-mixed": build("cola-mixed", k, args.client_batch, args.length,
+                                     args.max_server_batch),
                  "peft-separate": build("peft-separate", k, args.client_batch, args.length)}
         t = interleaved_medians(steps, max(3, args.repeats // 2))
         ratio = t["cola-mixed"]["median_s"] / t["peft-separate"]["median_s"]
@@ -234,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         memory = {v: peak_memory(v, 1, args.batch, args.length) for v in single}
         for k in args.clients:
             for v in ("cola-mixed", "peft-separate"):
-                memory[f"{v}-K{k}"] = peak_memory(v, k, args.client_batch, args.length)
+                memory[f"{v}-K{k}"] = peak_memory(v, k, args.client_batch, args.length,
+                                                  args.max_server_batch)
         result["peak_memory_mb"] = memory
         for name, mb in memory.items():
             say(f"  {name:20s} {mb:8.1f} MB")

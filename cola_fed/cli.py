@@ -21,6 +21,34 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    from cola_fed.wire.crypto import (
+        fingerprint,
+        generate_private_key,
+        public_bytes,
+        save_private_key,
+    )
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    key_path, pub_path = out / "server.key", out / "server.pub"
+    if key_path.exists() and not args.force:
+        print(f"{key_path} exists; pass --force to replace it (deployed nodes that pinned the "
+              "old key will refuse the new one)", file=sys.stderr)
+        return 1
+    key = generate_private_key()
+    save_private_key(key, key_path)
+    pub_path.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    print(f"private key: {key_path} (mode 0600)")
+    print(f"public key:  {pub_path}")
+    print(f"fingerprint: {fingerprint(public_bytes(key))}")
+    print("pin it on nodes with: --node-config \"server-key-fingerprint='<fingerprint>'\"")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cola-fed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", help="write the result as JSON here")
     demo.set_defaults(run=_demo)
+    keygen = sub.add_parser("keygen", help="write a server key pair and print its fingerprint")
+    keygen.add_argument("--out", default="keys", help="folder for server.key and server.pub")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key")
+    keygen.set_defaults(run=_keygen)
     return parser
 
 
