@@ -11,6 +11,7 @@ form (the adapter's VJP) and takes one optimizer step per adaptation interval.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -164,6 +165,45 @@ class GradientLearner:
                     )
         self._params, self._slots, self.step, self._buffer = params, slots, step, buffer
 
+    def to_bytes(self) -> bytes:
+        """:meth:`state_dict` as a safetensors blob (for a node's persistent state; no pickle)."""
+        from safetensors.torch import save
+
+        state = self.state_dict()
+        flat = {f"p/{n}/{p}": t for n, ps in state["params"].items() for p, t in ps.items()}
+        flat.update({f"s/{n}/{p}/{k}": t for n, ps in state["slots"].items()
+                     for p, slots in ps.items() for k, t in slots.items()})
+        for i, chunk in enumerate(state["buffer"]):
+            for name, (x, d) in chunk.items():
+                flat[f"b/{i}/x/{name}"], flat[f"b/{i}/d/{name}"] = x, d
+        meta = {"step": str(state["step"]), "buffered": str(len(state["buffer"]))}
+        return save({k: v.contiguous() for k, v in flat.items()}, metadata=meta)
+
+    def load_bytes(self, blob: bytes) -> None:
+        """Restore a :meth:`to_bytes` blob (shapes checked as in :meth:`load_state_dict`)."""
+        from safetensors.torch import load
+
+        tensors = load(blob)
+        meta = _safetensors_metadata(blob)
+        step, buffered = int(meta["step"]), int(meta["buffered"])
+        state: dict[str, Any] = {"step": step, "params": {}, "slots": {},
+                                 "buffer": [{} for _ in range(buffered)]}
+        for key, value in tensors.items():
+            head, _, rest = key.partition("/")
+            if head == "p":
+                layer, _, param = rest.rpartition("/")
+                state["params"].setdefault(layer, {})[param] = value
+            elif head == "s":
+                layer_param, _, slot = rest.rpartition("/")
+                layer, _, param = layer_param.rpartition("/")
+                state["slots"].setdefault(layer, {}).setdefault(param, {})[slot] = value
+        for i in range(buffered):
+            for name in self._params:
+                if f"b/{i}/x/{name}" in tensors:
+                    state["buffer"][i][name] = (tensors[f"b/{i}/x/{name}"],
+                                                tensors[f"b/{i}/d/{name}"])
+        self.load_state_dict(state)
+
     # ----------------------------------------------------------------------------------------
 
     def _gl_gradient(self, chunks: list[dict[str, tuple[Tensor, Tensor]]]) -> NestedTensors:
@@ -234,3 +274,10 @@ class GradientLearner:
             adapter.check(params, info.d_in, info.d_out, f"layer {name!r}")
             new[name] = params
         return new
+
+
+
+def _safetensors_metadata(blob: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of an in-memory safetensors blob."""
+    size = int.from_bytes(blob[:8], "little")
+    return json.loads(blob[8:8 + size]).get("__metadata__", {})

@@ -16,7 +16,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from cola_fed.errors import ConfigError
+from cola_fed.tasks.base import ClientData, Task, partition_indices
 
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 LABELS = {"rotten": 0, "fresh": 1}
@@ -99,3 +102,69 @@ def encode(tokenizer, texts: list[str], labels: list[int], max_length: int) -> d
     batch = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length,
                       return_tensors="pt")
     return {**batch, "labels": torch.tensor(labels)}
+
+
+class TextClassificationTask(Task):
+    """MiniLM-L6 sentiment classification on Rotten Tomatoes (or a local CSV/JSONL)."""
+
+    name = "text-classification"
+    targets = ("query", "value", "classifier")
+    head = "classifier"
+
+    def build_model(self):
+        model, _ = load_minilm_classifier(num_labels=2, seed=self.config.seed)
+        return model
+
+    def load(self) -> TextDataset:
+        if self.config.data_path:
+            return load_local_text(Path(self.config.data_path))
+        return load_rotten_tomatoes()
+
+    def client_data(self, partition_id: int, num_partitions: int) -> ClientData:
+        dataset = self.load()
+        rows = partition_indices(np.asarray(dataset.labels), partition_id, num_partitions,
+                                 self.config)
+        held_out = self.config.eval_batches * self.config.batch_size
+        if len(rows) < held_out + self.config.batch_size:
+            raise ConfigError(
+                f"partition {partition_id} has {len(rows)} samples, too few for "
+                f"{self.config.eval_batches} evaluation batches plus one training batch"
+            )
+        encoded = tokenize([dataset.texts[i] for i in rows], self.config.max_length)
+        encoded["labels"] = np.asarray([dataset.labels[i] for i in rows], dtype=np.int64)
+        train = {k: v[held_out:] for k, v in encoded.items()}
+        evals = [{k: v[lo:lo + self.config.batch_size] for k, v in encoded.items()}
+                 for lo in range(0, held_out, self.config.batch_size)]
+        return ClientData(train=train, eval_batches=evals)
+
+
+def tokenize(texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    """MiniLM's WordPiece tokenizer through the ``tokenizers`` library (no torch needed)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(minilm_path()) / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.enable_padding(length=max_length, pad_id=0, pad_token="[PAD]")
+    encodings = tokenizer.encode_batch(texts)
+    return {
+        "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
+        "token_type_ids": np.asarray([e.type_ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
+    }
+
+
+def load_local_text(path: Path) -> TextDataset:
+    """A local CSV (columns ``text``, ``label``) or JSONL (keys ``text``, ``label``) file."""
+    import json
+
+    try:
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        else:
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+        return TextDataset([str(r["text"]) for r in rows], [int(r["label"]) for r in rows])
+    except (OSError, KeyError, ValueError) as err:
+        raise ConfigError(
+            f"task.data-path {path}: expected text and label columns ({err})"
+        ) from None

@@ -30,7 +30,7 @@ from cola_fed.gl.data import AdaptationData
 from cola_fed.gl.layout import Layout
 
 FORMAT_VERSION = 1
-KINDS = ("adaptation", "adapter-state", "batch", "metrics")
+KINDS = ("adaptation", "adapter-state", "batch", "metrics", "bundle")
 #: Floating dtypes ``x`` and ``d`` may travel in; fp16 and bf16 are lossy and opt-in.
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -384,3 +384,21 @@ def decode_metrics(blob: bytes, *, limits: Limits = DEFAULT_LIMITS) -> dict[str,
                         for v in metrics.values()):
         raise MalformedPayloadError("metrics must be a flat mapping of names to numbers")
     return metrics
+
+
+def encode_bundle(parts: Mapping[str, bytes]) -> bytes:
+    """Several payloads as one (e.g. an adapter state and the next batches), each kept whole."""
+    tensors = {f"part/{name}": np.frombuffer(bytes(blob), dtype=np.uint8)
+               for name, blob in parts.items()}
+    return pack("bundle", tensors, {"parts": list(parts)})
+
+
+def decode_bundle(blob: bytes, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, bytes]:
+    """The named payloads of a bundle, still encoded: decode each with its own strict decoder."""
+    specs, header = inspect(blob, "bundle", limits)
+    parts = _require(header, "parts", list, "a list of part names")
+    if set(specs) != {f"part/{p}" for p in parts} or any(
+            dtype != np.uint8 or len(shape) != 1 for dtype, shape in specs.values()):
+        raise MalformedPayloadError("the bundle's parts do not match its header")
+    tensors, _ = unpack(blob, "bundle", limits)
+    return {name: tensors[f"part/{name}"].tobytes() for name in parts}

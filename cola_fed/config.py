@@ -1,0 +1,293 @@
+"""Typed run configuration, parsed from Flower's flat run config or a TOML file. Torch-free.
+
+Flower hands a ServerApp its run config as one flat dict with dotted, kebab-case keys
+(``adapter.rank``, ``strategy.fraction-train``). Each section below is one dataclass; parsing
+checks every key against the section's fields and types and names the offending key in its
+error. Every key has a default, so an empty config (``run_simulation``) is a valid run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+from cola_fed.adapters.spec import AdapterSpec
+from cola_fed.errors import ConfigError
+from cola_fed.gl.optim_spec import OptimizerSpec
+
+TASKS = ("text-classification", "digits", "causal-lm")
+PARTITIONERS = ("iid", "dirichlet")
+DATA_MODES = ("stream",)  # "upload" (whole split at hello) is planned
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What is learned, from which local data.
+
+    Parameters
+    ----------
+    name : str
+        ``text-classification`` (MiniLM-L6 on Rotten Tomatoes, or a local CSV/JSONL),
+        ``digits`` or ``causal-lm``.
+    data_path : str
+        A local data file; empty for the task's bundled offline data.
+    batch_size : int
+        Samples per client batch.
+    max_length : int
+        Tokens per sample (text tasks pad to it).
+    eval_batches : int
+        Held-out batches each node sends for personalised evaluation.
+    partitioner : str
+        ``iid`` or ``dirichlet`` (label skew, concentration ``dirichlet_alpha``).
+    dirichlet_alpha : float
+        Concentration of the Dirichlet partitioner; smaller is more skewed.
+    seed : int
+        Seeds partitioning, shuffling and the model's fresh head.
+    """
+
+    name: str = "text-classification"
+    data_path: str = ""
+    batch_size: int = 16
+    max_length: int = 64
+    eval_batches: int = 4
+    partitioner: str = "iid"
+    dirichlet_alpha: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of("task.name", self.name, TASKS)
+        _one_of("task.partitioner", self.partitioner, PARTITIONERS)
+        for key in ("batch_size", "max_length", "eval_batches"):
+            _positive(f"task.{key.replace('_', '-')}", getattr(self, key))
+        if self.dirichlet_alpha <= 0:
+            raise ConfigError(f"task.dirichlet-alpha: must be > 0, got {self.dirichlet_alpha}")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Each node's auxiliary models.
+
+    ``kinds`` (comma-separated, e.g. ``"lowrank,linear,mlp"``) gives heterogeneous nodes: node
+    with partition id ``p`` gets ``kinds[p % len(kinds)]``; empty means every node uses ``kind``.
+    The task's head, if it has a fresh one, always gets a Linear adapter with bias.
+    """
+
+    kind: str = "lowrank"
+    kinds: str = ""
+    rank: int = 8
+    hidden: int = 128
+    depth: int = 2
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        for kind in self.kind_list:
+            AdapterSpec(kind=kind)  # validates the name
+        self.spec_for(0)  # validates the sizes
+
+    @property
+    def kind_list(self) -> list[str]:
+        return [k.strip() for k in self.kinds.split(",") if k.strip()] or [self.kind]
+
+    def spec_for(self, partition_id: int) -> AdapterSpec:
+        kinds = self.kind_list
+        return AdapterSpec(kind=kinds[partition_id % len(kinds)], rank=self.rank,
+                           hidden=self.hidden, depth=self.depth, activation=self.activation)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The adapters' optimizer (see :class:`cola_fed.gl.optim_spec.OptimizerSpec`)."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    nesterov: bool = False
+    warmup_steps: int = 0
+    total_steps: int = 0
+    max_grad_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.spec()
+
+    def spec(self) -> OptimizerSpec:
+        return OptimizerSpec(
+            name=self.name, lr=self.lr, weight_decay=self.weight_decay, momentum=self.momentum,
+            nesterov=self.nesterov, warmup_steps=self.warmup_steps,
+            total_steps=self.total_steps or None, max_grad_norm=self.max_grad_norm or None,
+        )
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """How the server drives rounds.
+
+    Parameters
+    ----------
+    mode : str
+        ``unmerged``, ``merged`` or ``col`` (see :class:`cola_fed.gl.engine.ServerEngine`).
+    fraction_train : float
+        Fraction of the nodes sampled for each training round.
+    min_available_nodes : int
+        Wait for at least this many nodes before the hello round.
+    evaluate_every : int
+        Evaluate personalised accuracy every this many rounds (and after the last).
+    timeout : float
+        Seconds to wait for replies in each round; late nodes are skipped for that round.
+    max_server_batch : int
+        Most samples in one mixed forward/backward pass.
+    """
+
+    mode: str = "unmerged"
+    fraction_train: float = 1.0
+    min_available_nodes: int = 2
+    evaluate_every: int = 1
+    timeout: float = 600.0
+    max_server_batch: int = 64
+
+    def __post_init__(self) -> None:
+        _one_of("strategy.mode", self.mode, ("unmerged", "merged", "col"))
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"strategy.fraction-train: must be in (0, 1], got "
+                              f"{self.fraction_train}")
+        for key in ("min_available_nodes", "evaluate_every", "max_server_batch"):
+            _positive(f"strategy.{key.replace('_', '-')}", getattr(self, key))
+        if self.timeout <= 0:
+            raise ConfigError(f"strategy.timeout: must be > 0 seconds, got {self.timeout}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How client data reaches the server: ``stream`` sends the next ``interval`` batches with
+    every reply. ``interval`` is ColA's adaptation interval I: one optimizer step per I batches."""
+
+    mode: str = "stream"
+    interval: int = 1
+
+    def __post_init__(self) -> None:
+        _one_of("data.mode", self.mode, DATA_MODES)
+        _positive("data.interval", self.interval)
+
+
+@dataclass(frozen=True)
+class WireConfig:
+    """Payload encoding: ``dtype`` of adaptation data (float16/bfloat16 are lossy, opt-in) and
+    the server key file (empty: a fresh key per run)."""
+
+    dtype: str = "float32"
+    server_key: str = ""
+
+    def __post_init__(self) -> None:
+        _one_of("wire.dtype", self.dtype, ("float32", "float16", "bfloat16"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole run; the sections are the run config's dotted prefixes."""
+
+    num_server_rounds: int = 3
+    output_dir: str = "results"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    wire: WireConfig = field(default_factory=WireConfig)
+
+    def __post_init__(self) -> None:
+        _positive("num-server-rounds", self.num_server_rounds)
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> RunConfig:
+        """Parse Flower's flat run config (``{"adapter.rank": 8, ...}``)."""
+        sections: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in flat.items():
+            head, _, rest = key.partition(".")
+            name = head.replace("-", "_")
+            if rest and name in fields and dataclasses.is_dataclass(_field_type(fields[name])):
+                sections.setdefault(name, {})[rest] = value
+            elif not rest and name in fields:
+                top[name] = value
+            else:
+                raise ConfigError(f"unknown run config key {key!r}; known sections: "
+                                  f"{sorted(k.replace('_', '-') for k in fields)}")
+        values = _typed(cls, top, prefix="")
+        for name, raw in sections.items():
+            values[name] = _build(_field_type(fields[name]), raw, prefix=f"{name}.")
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> RunConfig:
+        """Parse a TOML file of the same keys (tables or dotted keys)."""
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"cannot read run config {path}: {err}") from None
+        return cls.from_flat(flatten(raw))
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _field_type(f: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(RunConfig)
+    return hints[f.name]
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    return cls(**_typed(cls, raw, prefix))
+
+
+def _typed(cls: type, raw: dict[str, Any], prefix: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in names or dataclasses.is_dataclass(hints[name]):
+            known = sorted(n.replace("_", "-") for n in names
+                           if not dataclasses.is_dataclass(hints[n]))
+            raise ConfigError(f"unknown run config key '{prefix}{key}'; known: {known}")
+        values[name] = _coerce(f"{prefix}{key}", value, hints[name])
+    return values
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    if isinstance(hint, types.UnionType):
+        hint = next(h for h in typing.get_args(hint) if h is not type(None))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _one_of(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{key}: expected one of {', '.join(options)}, got {value!r}")
+
+
+def _positive(key: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key}: expected a positive integer, got {value!r}")

@@ -1,0 +1,194 @@
+"""A node's side of the round protocol: keys, learner and data, kept in Flower's context.state.
+
+Nothing here imports torch at module level; the torch learner is imported when a node uses it.
+Every message is handled the same way: restore the session from ``context.state``, open and
+decode what came (strictly; a bad payload changes nothing), act, seal the reply, save the
+session.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from cola_fed.errors import ProtocolError
+from cola_fed.federation.protocol import (
+    CLEAR,
+    KIND_HELLO,
+    KIND_TRAIN,
+    METRICS,
+    SEALED,
+    RunSpec,
+)
+from cola_fed.federation.records import blob_to_record, record_to_blob
+from cola_fed.tasks.base import ClientData, get_task
+from cola_fed.wire import (
+    ChannelState,
+    SecureChannel,
+    check_pinned,
+    decode_adaptation,
+    decode_bundle,
+    encode_adapter_state,
+    encode_batch,
+    encode_bundle,
+    public_bytes,
+)
+from cola_fed.wire.crypto import PROTOCOL_VERSION
+
+log = logging.getLogger("cola_fed")
+
+STATE_SESSION = "cola-session"  # ConfigRecord: key, run spec, counters, cursor
+STATE_LEARNER = "cola-learner"  # ArrayRecord: the learner's state as one blob
+
+
+def handle_hello(msg: Message, context: Context) -> Message:
+    """Round 0: agree on keys, build the learner, send the first adapters and batches."""
+    clear = msg.content[CLEAR]
+    if int(clear["protocol-version"]) != PROTOCOL_VERSION:
+        raise ProtocolError(f"server speaks protocol {clear['protocol-version']}, this node "
+                            f"{PROTOCOL_VERSION}")
+    server_public = bytes(clear["server-public-key"])
+    check_pinned(server_public, context.node_config.get("server-key-fingerprint"))
+    spec = RunSpec.from_json(str(clear["run-spec"]))
+    partition_id, num_partitions = _partition(context)
+
+    key = X25519PrivateKey.generate()
+    channel = SecureChannel(key, server_public, role="node", run_id=context.run_id,
+                            node_id=context.node_id)
+    learner = _new_learner(spec, partition_id)
+    data = _client_data(spec, partition_id, num_partitions)
+    batches = _draw(data, spec, partition_id, start=0)
+    parts = {"adapters": encode_adapter_state(_numpy_state(learner.adapter_state()))}
+    parts.update({f"batch{i}": encode_batch(b) for i, b in enumerate(batches)})
+    parts.update({f"eval{i}": encode_batch(b) for i, b in enumerate(data.eval_batches)})
+    sealed = channel.seal(encode_bundle(parts), round=0, kind=KIND_HELLO)
+
+    _save(context, key, server_public, spec, channel.state, drawn=len(batches),
+          learner=learner)
+    reply = RecordDict({
+        CLEAR: ConfigRecord({
+            "node-public-key": public_bytes(key),
+            "partition-id": partition_id,
+            "backend": "torch",
+            "num-examples": data.num_examples,
+        }),
+        SEALED: blob_to_record(sealed),
+    })
+    return Message(reply, reply_to=msg)
+
+
+def handle_train(msg: Message, context: Context) -> Message:
+    """Round t: learn from the adaptation data, send new adapters and the next batches."""
+    if STATE_SESSION not in context.state:
+        raise ProtocolError("TRAIN before hello: this node has no session for the run")
+    server_round = int(msg.content[CLEAR]["server-round"])
+    session = context.state[STATE_SESSION]
+    spec = RunSpec.from_json(str(session["run-spec"]))
+    key = X25519PrivateKey.from_private_bytes(bytes(session["node-key"]))
+    state = ChannelState(int(session["sent"]), int(session["received"]),
+                         int(session["last-round"]))
+    channel = SecureChannel(key, bytes(session["server-public-key"]), role="node",
+                            run_id=context.run_id, node_id=context.node_id, state=state)
+    partition_id, num_partitions = _partition(context)
+
+    # Open and decode everything before touching the learner: a bad payload changes nothing.
+    bundle = decode_bundle(channel.open(record_to_blob(msg.content[SEALED]), round=server_round,
+                                        kind=KIND_TRAIN))
+    chunks = [decode_adaptation(bundle[f"adaptation{i}"], layout=spec.layout)
+              for i in range(len(bundle))]
+    learner = _new_learner(spec, partition_id)
+    learner.load_bytes(record_to_blob(context.state[STATE_LEARNER]))
+    metrics: dict[str, float] = {}
+    for chunk in chunks:
+        metrics = learner.fit(chunk)
+
+    data = _client_data(spec, partition_id, num_partitions)
+    drawn = int(session["drawn"])
+    batches = _draw(data, spec, partition_id, start=drawn)
+    parts = {"adapters": encode_adapter_state(_numpy_state(learner.adapter_state()))}
+    parts.update({f"batch{i}": encode_batch(b) for i, b in enumerate(batches)})
+    sealed = channel.seal(encode_bundle(parts), round=server_round, kind=KIND_TRAIN)
+    _save(context, key, bytes(session["server-public-key"]), spec, channel.state,
+          drawn=drawn + len(batches), learner=learner)
+    loss = sum(chunk.loss for chunk in chunks) / len(chunks)
+    reply = RecordDict({
+        SEALED: blob_to_record(sealed),
+        METRICS: MetricRecord({
+            "num-examples": sum(chunk.num_samples for chunk in chunks),
+            "loss": loss,
+            "grad-norm": float(metrics.get("grad_norm", 0.0)),
+            "step": learner.step,
+        }),
+    })
+    return Message(reply, reply_to=msg)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    try:
+        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    except KeyError as err:
+        raise ProtocolError(
+            f"node config lacks {err}; start the SuperNode with --node-config "
+            "\"partition-id=<i> num-partitions=<n>\""
+        ) from None
+
+
+def _new_learner(spec: RunSpec, partition_id: int) -> Any:
+    from cola_fed.gl.learner import GradientLearner
+
+    return GradientLearner(spec.layout, spec.specs_for(partition_id), optimizer=spec.optimizer,
+                           seed=spec.task.seed + partition_id, interval=spec.interval)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_client_data(task_json: str, partition_id: int, num_partitions: int) -> ClientData:
+    import json
+
+    from cola_fed.config import TaskConfig
+
+    return get_task(TaskConfig(**json.loads(task_json))).client_data(partition_id, num_partitions)
+
+
+def _client_data(spec: RunSpec, partition_id: int, num_partitions: int) -> ClientData:
+    import json
+
+    return _cached_client_data(json.dumps(vars(spec.task), sort_keys=True), partition_id,
+                               num_partitions)
+
+
+def _draw(data: ClientData, spec: RunSpec, partition_id: int, start: int) -> list:
+    """Batches ``start .. start + interval`` of this node's endless, seeded batch stream."""
+    stream = data.batches(spec.task.batch_size, seed=spec.task.seed * 7919 + partition_id)
+    for _ in range(start):
+        next(stream)
+    return [next(stream) for _ in range(spec.interval)]
+
+
+def _numpy_state(state: dict) -> dict:
+    return {layer: {p: t.detach().cpu().numpy() for p, t in params.items()}
+            for layer, params in state.items()}
+
+
+def _save(context: Context, key: X25519PrivateKey, server_public: bytes, spec: RunSpec,
+          channel: ChannelState, *, drawn: int, learner: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    raw_key = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+    context.state[STATE_SESSION] = ConfigRecord({
+        "node-key": raw_key,
+        "server-public-key": server_public,
+        "run-spec": spec.to_json(),
+        "sent": channel.sent,
+        "received": channel.received,
+        "last-round": channel.last_round,
+        "drawn": drawn,
+    })
+    context.state[STATE_LEARNER] = blob_to_record(learner.to_bytes())

@@ -1,0 +1,86 @@
+"""The round protocol: message kinds, record keys and the run spec. Torch-free.
+
+```
+round 0  QUERY  server -> node  cola{protocol-version, server-public-key, run-spec}
+                node -> server  cola{node-public-key, partition-id, backend, num-examples}
+                                sealed{adapters, batch0..batch(I-1), eval0..}
+round t  TRAIN  server -> node  cola{server-round}  sealed{adaptation0..adaptation(I-1)}
+                node -> server  sealed{adapters, batch0..batch(I-1)}  metrics{...}
+```
+
+Every sealed payload is bound to (run, node, round, direction, kind); ``kind`` is ``hello`` for
+round 0 and ``train`` afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cola_fed.adapters.spec import AdapterSpec
+from cola_fed.config import AdapterConfig, TaskConfig
+from cola_fed.errors import ProtocolError
+from cola_fed.gl.layout import Layout
+from cola_fed.gl.optim_spec import OptimizerSpec
+from cola_fed.wire.crypto import PROTOCOL_VERSION
+
+CLEAR = "cola"  # ConfigRecord: clear metadata
+SEALED = "sealed"  # ArrayRecord: one sealed blob
+METRICS = "metrics"  # MetricRecord
+
+KIND_HELLO = "hello"
+KIND_TRAIN = "train"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a node needs to know to take part: sent in the clear at hello."""
+
+    layout: Layout
+    task: TaskConfig
+    adapter: AdapterConfig
+    optimizer: OptimizerSpec
+    interval: int
+    head: str | None
+    wire_dtype: str = "float32"
+
+    def specs_for(self, partition_id: int) -> dict[str, AdapterSpec]:
+        """Layer selector -> adapter spec of the node with this partition id."""
+        specs = {"*": self.adapter.spec_for(partition_id)}
+        if self.head:
+            specs[self.head] = AdapterSpec(kind="linear", bias=True)
+        return specs
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "protocol-version": PROTOCOL_VERSION,
+            "layout": self.layout.to_dict(),
+            "task": vars(self.task),
+            "adapter": vars(self.adapter),
+            "optimizer": self.optimizer.to_dict(),
+            "interval": self.interval,
+            "head": self.head,
+            "wire-dtype": self.wire_dtype,
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        try:
+            raw: dict[str, Any] = json.loads(text)
+            if raw["protocol-version"] != PROTOCOL_VERSION:
+                raise ProtocolError(
+                    f"the server speaks protocol {raw['protocol-version']}, this node "
+                    f"{PROTOCOL_VERSION}; upgrade the older side"
+                )
+            return cls(
+                layout=Layout.from_dict(raw["layout"]),
+                task=TaskConfig(**raw["task"]),
+                adapter=AdapterConfig(**raw["adapter"]),
+                optimizer=OptimizerSpec.from_dict(raw["optimizer"]),
+                interval=int(raw["interval"]),
+                head=raw["head"],
+                wire_dtype=raw["wire-dtype"],
+            )
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+            raise ProtocolError(f"malformed run spec from the server: {err!r}") from None

@@ -1,0 +1,73 @@
+"""Everything a ServerApp does: config -> task, engine, strategy -> run -> results folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.serverapp import Grid
+
+from cola_fed.config import RunConfig
+from cola_fed.federation.strategy import ColaStrategy
+from cola_fed.gl.engine import ServerEngine
+from cola_fed.tasks.base import get_task
+from cola_fed.wire import encode_adapter_state, load_private_key
+
+log = logging.getLogger("cola_fed")
+
+
+def build_strategy(config: RunConfig) -> ColaStrategy:
+    task = get_task(config.task)
+    engine = ServerEngine(task.build_model(), targets=list(task.targets),
+                          mode=config.strategy.mode,
+                          max_batch_size=config.strategy.max_server_batch)
+    key = load_private_key(config.wire.server_key) if config.wire.server_key else None
+    return ColaStrategy(engine, task, config, server_key=key)
+
+
+def run_server(grid: Grid, run_config: dict[str, Any]) -> ColaStrategy:
+    config = RunConfig.from_flat(run_config)
+    strategy = build_strategy(config)
+    start = time.perf_counter()
+    strategy.start(grid, num_rounds=config.num_server_rounds, timeout=config.strategy.timeout)
+    write_results(strategy, Path(config.output_dir), seconds=time.perf_counter() - start)
+    return strategy
+
+
+def write_results(strategy: ColaStrategy, out: Path, *, seconds: float) -> Path:
+    """metrics.json, learning_curve.png and every node's final adapters (safetensors)."""
+    out.mkdir(parents=True, exist_ok=True)
+    nodes = {s.partition_id: {"rounds-trained": s.rounds_trained, "history": s.history}
+             for s in strategy.sessions.values()}
+    (out / "metrics.json").write_text(json.dumps(
+        {"rounds": strategy.rounds, "nodes": nodes, "seconds": seconds}, indent=2) + "\n")
+    adapters = out / "adapters"
+    adapters.mkdir(exist_ok=True)
+    for session in strategy.sessions.values():
+        path = adapters / f"partition-{session.partition_id}.safetensors"
+        path.write_bytes(encode_adapter_state(session.adapters))
+    plot_learning_curve(strategy.rounds, out / "learning_curve.png")
+    log.info("results in %s", out.resolve())
+    return out
+
+
+def plot_learning_curve(rounds: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evaluated = [r for r in rounds if "accuracy-mean" in r]
+    trained = [r for r in rounds if "train-loss" in r]
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    acc_ax.errorbar([r["round"] for r in evaluated], [r["accuracy-mean"] for r in evaluated],
+                    yerr=[r["accuracy-std"] for r in evaluated], marker="o", capsize=3)
+    acc_ax.set(xlabel="round", ylabel="personalised accuracy", title="held-out accuracy")
+    loss_ax.plot([r["round"] for r in trained], [r["train-loss"] for r in trained], marker="o")
+    loss_ax.set(xlabel="round", ylabel="mean client loss", title="training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

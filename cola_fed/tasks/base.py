@@ -1,0 +1,98 @@
+"""The task contract: what the server builds (model, targets, metric) and what a node loads
+(its partition of local data, as fixed-size numpy batches). Node-side code is torch-free."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cola_fed.config import TaskConfig
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclass
+class ClientData:
+    """One node's data: training samples it draws batches from, and held-out batches."""
+
+    train: dict[str, np.ndarray]
+    eval_batches: list[Batch]
+
+    @property
+    def num_examples(self) -> int:
+        return int(next(iter(self.train.values())).shape[0])
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        """Endless fixed-size batches, reshuffled every epoch (seeded)."""
+        rng = np.random.default_rng(seed)
+        n = self.num_examples
+        if n < batch_size:
+            raise ValueError(f"the partition has {n} samples, fewer than one batch ({batch_size})")
+        while True:
+            order = rng.permutation(n)
+            for lo in range(0, n - batch_size + 1, batch_size):
+                idx = order[lo:lo + batch_size]
+                yield {k: v[idx] for k, v in self.train.items()}
+
+
+class Task(ABC):
+    """A learning problem cola-fed can run: server side (torch) and node side (numpy)."""
+
+    name: str
+    #: module names (or suffixes) the adapters attach to
+    targets: tuple[str, ...]
+    #: a freshly initialised, frozen head adapted with a Linear adapter with bias (or None)
+    head: str | None = None
+
+    def __init__(self, config: TaskConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def build_model(self) -> Any:
+        """The frozen base model (server side)."""
+
+    @abstractmethod
+    def client_data(self, partition_id: int, num_partitions: int) -> ClientData:
+        """This node's partition (node side, torch-free)."""
+
+    def correct(self, logits: Any, labels: Any) -> tuple[int, int]:
+        """``(correct, counted)`` predictions of a batch, for accuracy."""
+        return int((logits.argmax(-1) == labels).sum()), int(labels.shape[0])
+
+
+def partition_indices(labels: np.ndarray, partition_id: int, num_partitions: int,
+                      config: TaskConfig) -> np.ndarray:
+    """Row indices of one partition, by flwr-datasets' IID or Dirichlet (label skew) partitioner."""
+    import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
+    table = datasets.Dataset.from_dict({"row": np.arange(len(labels)), "label": labels})
+    if config.partitioner == "iid":
+        partitioner = IidPartitioner(num_partitions=num_partitions)
+        table = table.shuffle(seed=config.seed)
+    else:
+        partitioner = DirichletPartitioner(
+            num_partitions=num_partitions, partition_by="label", alpha=config.dirichlet_alpha,
+            min_partition_size=config.batch_size * (config.eval_batches + 1), seed=config.seed,
+        )
+    partitioner.dataset = table
+    return np.asarray(partitioner.load_partition(partition_id)["row"])
+
+
+def get_task(config: TaskConfig) -> Task:
+    """The task named by ``config.name``."""
+    if config.name == "text-classification":
+        from cola_fed.tasks.text_classification import TextClassificationTask
+
+        return TextClassificationTask(config)
+    if config.name == "digits":
+        from cola_fed.tasks.digits import DigitsTask
+
+        return DigitsTask(config)
+    raise NotImplementedError(f"task {config.name!r} is not available yet")

@@ -1,0 +1,20 @@
+"""The Flower ServerApp: builds everything from the run config and runs ColaStrategy."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.getLogger("cola_fed").setLevel(logging.INFO)
+    from cola_fed.federation.server import run_server
+
+    run_server(grid, dict(context.run_config))
