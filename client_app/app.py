@@ -6,8 +6,10 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from cola_fed.federation.client import handle_hello, handle_train
+from cola_fed.federation.flower_log import route_logs_to_flower
 
 app = ClientApp()
+route_logs_to_flower()
 
 
 @app.query()

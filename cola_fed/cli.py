@@ -49,6 +49,21 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from cola_fed.federation.simulate import simulate
+
+    out = simulate(args.name, output_dir=args.out, num_supernodes=args.nodes)
+    metrics = json.loads((out / "metrics.json").read_text())
+    evaluated = [r for r in metrics["rounds"] if "accuracy-mean" in r]
+    if evaluated:
+        first, last = evaluated[0], evaluated[-1]
+        print(f"personalised accuracy: round {first['round']} {first['accuracy-mean']:.3f} -> "
+              f"round {last['round']} {last['accuracy-mean']:.3f} "
+              f"(± {last['accuracy-std']:.3f} over nodes)")
+    print(f"results: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cola-fed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", help="write the result as JSON here")
     demo.set_defaults(run=_demo)
+    simulate = sub.add_parser("simulate", help="run simulations/NAME.toml on Flower's local "
+                              "simulation engine and stop every process it started")
+    simulate.add_argument("name", help="a name in simulations/ or a path to a .toml file")
+    simulate.add_argument("--out", help="results folder (default: results/NAME)")
+    simulate.add_argument("--nodes", type=int, help="SuperNodes (default: "
+                          "strategy.min-available-nodes)")
+    simulate.set_defaults(run=_simulate)
     keygen = sub.add_parser("keygen", help="write a server key pair and print its fingerprint")
     keygen.add_argument("--out", default="keys", help="folder for server.key and server.pub")
     keygen.add_argument("--force", action="store_true", help="replace an existing key")
@@ -70,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stdout)
-    return args.run(args)
+    from cola_fed.errors import ColaError
+
+    try:
+        return args.run(args)
+    except ColaError as err:
+        print(f"cola-fed {args.command}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

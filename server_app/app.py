@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 from flwr.app import Context
@@ -14,7 +13,8 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.getLogger("cola_fed").setLevel(logging.INFO)
+    from cola_fed.federation.flower_log import route_logs_to_flower
     from cola_fed.federation.server import run_server
 
+    route_logs_to_flower()
     run_server(grid, dict(context.run_config))

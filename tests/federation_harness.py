@@ -44,7 +44,7 @@ class LocalGrid(Grid):
                 handle_train)
             try:
                 reply = handler(msg, context)
-            except Exception as err:  # noqa: BLE001 - a node failure becomes an error reply
+            except Exception as err:
                 reply = Message(Error(code=1, reason=repr(err)), reply_to=msg)
             if self.reply_filter is not None:
                 reply = self.reply_filter(msg.metadata.dst_node_id, reply)

@@ -1,0 +1,133 @@
+"""Run a ColA experiment on Flower's local simulation engine, cleanly.
+
+``flwr run .`` starts a background SuperLink that outlives the run. This wrapper gives each run
+its own ``FLWR_HOME`` and free ports, disables runtime dependency installation, and afterwards
+stops exactly the processes that serve its ports (by PID; never by name), so nothing is left
+behind and parallel runs do not collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cola_fed.config import RunConfig, flatten
+from cola_fed.errors import ColaError, ConfigError
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+PROJECT = Path(__file__).resolve().parents[2]
+SIMULATIONS = PROJECT / "simulations"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def resolve(name: str) -> Path:
+    """A simulation config by name (``simulations/NAME.toml``) or path."""
+    path = Path(name)
+    if path.suffix != ".toml":
+        path = SIMULATIONS / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in SIMULATIONS.glob("*.toml"))
+        raise ConfigError(f"no simulation config {name!r}; known: {known}")
+    return path
+
+
+def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes: int | None = None,
+             overrides: dict[str, Any] | None = None, timeout: float = 3600,
+             stream: bool = True) -> Path:
+    """Run simulation ``name``; return its results folder (metrics.json, curve, adapters)."""
+    path = resolve(name)
+    values = flatten(tomllib.loads(path.read_text()))
+    values.update(overrides or {})
+    out = Path(output_dir or values.get("output-dir") or f"results/{path.stem}").resolve()
+    values["output-dir"] = str(out)
+    config = RunConfig.from_flat(values)  # fail early, with a clear message
+    nodes = num_supernodes or config.strategy.min_available_nodes
+    with tempfile.TemporaryDirectory(prefix="cola-flwr-") as home:
+        run_config = Path(home) / "run-config.toml"
+        run_config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in values.items()))
+        http_port, control_port = free_port(), free_port()
+        env = {**os.environ, "FLWR_HOME": home,
+               "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+               "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+               "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+               "HF_HUB_OFFLINE": "1",
+               # flwr starts flower-superlink and flwr-simulation from PATH
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        command = [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT),
+                   "--stream", "--federation-config", f"num-supernodes={nodes}",
+                   "--run-config", str(run_config)]
+        try:
+            result = subprocess.run(command, env=env, timeout=timeout, check=False,
+                                    stdout=None if stream else subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+        finally:
+            stop_processes_on_ports(http_port, control_port)
+        if result.returncode != 0 or not (out / "metrics.json").is_file():
+            tail = "" if stream else f"\n{(result.stdout or '')[-3000:]}"
+            raise ColaError(f"simulation {path.stem!r} failed (exit {result.returncode}){tail}")
+    return out
+
+
+def stop_processes_on_ports(*ports: int, grace: float = 5.0) -> list[int]:
+    """Stop the processes whose command line names one of ``ports`` (the run's SuperLink and
+    the simulation it spawned); SIGTERM, then SIGKILL after ``grace`` seconds."""
+    marks = {str(p) for p in ports}
+    mine = os.getpid()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == mine:
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = {w.decode(errors="ignore").rsplit(":", 1)[-1] for w in args}
+        if words & marks and any(b"flwr" in a or b"flower" in a for a in args):
+            pids.append(int(entry.name))
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        time.sleep(0.1)
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+    return pids
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)

@@ -1,0 +1,109 @@
+"""ColaStrategy and the client session over a fake grid: the real protocol, in one process."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from federation_harness import LocalGrid
+
+from cola_fed.config import RunConfig
+from cola_fed.federation.protocol import SEALED
+from cola_fed.federation.records import blob_to_record, record_to_blob
+from cola_fed.federation.server import build_strategy, write_results
+from cola_fed.gl.engine import ServerEngine
+from cola_fed.gl.learner import GradientLearner
+from cola_fed.tasks.base import get_task
+
+pytest.importorskip("sklearn")
+
+DIGITS = {"task.name": "digits", "task.batch-size": 16, "task.eval-batches": 2,
+          "optimizer.lr": 0.01, "strategy.min-available-nodes": 1}
+
+
+def run(overrides: dict, nodes: int, rounds: int, **grid_options):
+    config = RunConfig.from_flat({**DIGITS, **overrides, "num-server-rounds": rounds})
+    strategy = build_strategy(config)
+    grid = LocalGrid(nodes, **grid_options)
+    strategy.start(grid, num_rounds=rounds, timeout=30)
+    return strategy, grid
+
+
+def test_heterogeneous_run_trains_every_node_and_reports(tmp_path):
+    strategy, _ = run({"adapter.kinds": "lowrank,linear,mlp"}, nodes=3, rounds=3)
+    sessions = sorted(strategy.sessions.values(), key=lambda s: s.partition_id)
+    kinds = [s.specs["*"].kind for s in sessions]
+    assert kinds == ["lowrank", "linear", "mlp"]
+    assert all(s.rounds_trained == 3 for s in sessions)
+    rounds = strategy.rounds
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert all(r["bytes-down"] > 0 and r["bytes-up"] > 0 and r["nodes"] == 3
+               for r in rounds[1:])
+    assert all("accuracy-mean" in r for r in rounds)
+    out = write_results(strategy, tmp_path / "results", seconds=1.0)
+    assert (out / "metrics.json").is_file() and (out / "learning_curve.png").stat().st_size > 0
+    assert len(list((out / "adapters").glob("*.safetensors"))) == 3
+
+
+def test_federation_adds_no_error_to_a_centralized_run():
+    rounds = 4
+    strategy, _ = run({"adapter.kind": "lowrank"}, nodes=2, rounds=rounds)
+    config = strategy.config
+    task = get_task(config.task)
+    engine = ServerEngine(task.build_model(), targets=list(task.targets))
+    for session in strategy.sessions.values():
+        p = session.partition_id
+        learner = GradientLearner(engine.layout, strategy.spec.specs_for(p),
+                                  optimizer=config.optimizer.spec(), seed=config.task.seed + p)
+        stream = task.client_data(p, 2).batches(config.task.batch_size,
+                                                 seed=config.task.seed * 7919 + p)
+        for _ in range(rounds):
+            batch = {k: torch.as_tensor(v) for k, v in next(stream).items()}
+            learner.fit(engine.compute({"c": batch}, {"c": learner.adapter_state()})["c"])
+        for layer, params in learner.adapter_state().items():
+            for name, value in params.items():
+                federated = session.adapters[layer][name]
+                assert np.abs(federated - value.numpy()).max() <= 1e-6, (p, layer, name)
+
+
+def test_tampered_and_dropped_replies_lose_nothing(caplog):
+    def tamper(node, reply):
+        if reply.metadata.message_type != "train" or reply.has_error():
+            return reply
+        if node == 1000:  # flip one bit of the sealed payload
+            blob = bytearray(record_to_blob(reply.content[SEALED]))
+            blob[len(blob) // 2] ^= 1
+            reply.content[SEALED] = blob_to_record(bytes(blob))
+            return reply
+        return None if node == 1001 else reply  # node 1001 drops out
+
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, _ = run({}, nodes=3, rounds=2, reply_filter=tamper)
+    by_node = strategy.sessions
+    assert by_node[1000].rounds_trained == 0 and by_node[1001].rounds_trained == 0
+    assert by_node[1002].rounds_trained == 2
+    assert "failed authentication" in caplog.text
+    assert strategy.rounds[1]["failed"] == 1 and strategy.rounds[1]["nodes"] == 1
+
+
+def test_a_node_pinning_another_key_refuses_to_join(caplog):
+    config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 1})
+    strategy = build_strategy(config)
+    grid = LocalGrid(2)
+    grid.contexts[1001].node_config["server-key-fingerprint"] = "ab" * 32
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy.start(grid, num_rounds=1, timeout=30)
+    assert set(strategy.sessions) == {1000}
+    assert "refusing to talk to it" in caplog.text
+
+
+def test_node_refuses_a_replayed_train_message():
+    config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 2})
+    strategy = build_strategy(config)
+    grid = LocalGrid(1)
+    strategy.start(grid, num_rounds=2, timeout=30)
+    first_train = next(m for m in grid.delivered if m.metadata.message_type == "train")
+    before = grid.contexts[1000].state["cola-session"]["received"]
+    replies = grid.send_and_receive([first_train])
+    assert replies[0].has_error() and "ReplayError" in replies[0].error.reason
+    assert grid.contexts[1000].state["cola-session"]["received"] == before
