@@ -64,6 +64,26 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_peft(args: argparse.Namespace) -> int:
+    from cola_fed.config import RunConfig
+    from cola_fed.export import export_peft
+    from cola_fed.tasks.base import get_task
+    from cola_fed.wire import decode_adapter_state
+
+    config = RunConfig.from_toml(args.run_config) if args.run_config else RunConfig()
+    task = get_task(config.task)
+    adapters = decode_adapter_state(Path(args.adapters).read_bytes())
+    base_path = None
+    if config.task.name == "text-classification":
+        from cola_fed.tasks.text_classification import minilm_path
+
+        base_path = minilm_path()
+    out = export_peft(task.build_model(), adapters, args.out, base_model_name_or_path=base_path)
+    print(f"PEFT LoRA adapter written to {out}; load it with "
+          "peft.PeftModel.from_pretrained(base_model, folder)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cola-fed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--nodes", type=int, help="SuperNodes (default: "
                           "strategy.min-available-nodes)")
     simulate.set_defaults(run=_simulate)
+    export = sub.add_parser("export-peft", help="turn a node's Low Rank adapters into a PEFT "
+                            "LoRA adapter folder")
+    export.add_argument("--adapters", required=True,
+                        help="an adapters file from a results folder (adapters/*.safetensors)")
+    export.add_argument("--run-config", help="the run's TOML config (for the base model and "
+                        "its seeded head); default: the default run config")
+    export.add_argument("--out", required=True, help="folder to write")
+    export.set_defaults(run=_export_peft)
     keygen = sub.add_parser("keygen", help="write a server key pair and print its fingerprint")
     keygen.add_argument("--out", default="keys", help="folder for server.key and server.pub")
     keygen.add_argument("--force", action="store_true", help="replace an existing key")

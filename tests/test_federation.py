@@ -107,3 +107,12 @@ def test_node_refuses_a_replayed_train_message():
     replies = grid.send_and_receive([first_train])
     assert replies[0].has_error() and "ReplayError" in replies[0].error.reason
     assert grid.contexts[1000].state["cola-session"]["received"] == before
+
+
+def test_causal_lm_task_runs_over_the_protocol():
+    strategy, _ = run({"task.name": "causal-lm", "task.max-length": 32, "optimizer.lr": 0.01},
+                      nodes=2, rounds=2)
+    assert all(s.rounds_trained == 2 for s in strategy.sessions.values())
+    assert 0.0 <= strategy.rounds[-1]["accuracy-mean"] <= 1.0
+    layer = strategy.engine.layout.layers[0]
+    assert layer.module_type == "conv1d"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from cola_fed.config import TaskConfig
+from cola_fed.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
 
@@ -95,4 +96,8 @@ def get_task(config: TaskConfig) -> Task:
         from cola_fed.tasks.digits import DigitsTask
 
         return DigitsTask(config)
-    raise NotImplementedError(f"task {config.name!r} is not available yet")
+    if config.name == "causal-lm":
+        from cola_fed.tasks.causal_lm import CausalLMTask
+
+        return CausalLMTask(config)
+    raise ConfigError(f"task.name: unknown task {config.name!r}")
