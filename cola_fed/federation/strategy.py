@@ -221,6 +221,10 @@ class ColaStrategy(Strategy):
             "seconds": time.perf_counter() - self._round_started,
         }
         self.rounds.append(record)
+        log.info("round %d/%d: %d nodes (%d failed)  loss %.4f  down %.2f MB  up %.2f MB  %.2f s",
+                 server_round, self.config.num_server_rounds, record["nodes"], failed,
+                 record["train-loss"], record["bytes-down"] / 1e6, bytes_up / 1e6,
+                 record["seconds"])
         return None, MetricRecord({k: v for k, v in record.items() if k != "round"})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -270,15 +274,10 @@ class ColaStrategy(Strategy):
         return MetricRecord(metrics)
 
     def _progress(self, server_round: int, metrics: dict[str, float]) -> None:
-        if server_round == 0:
-            log.info("round 0: base accuracy %.3f ± %.3f", metrics["accuracy-mean"],
-                     metrics["accuracy-std"])
-            return
-        r = self.rounds[-1]
-        log.info("round %d/%d: loss %.4f  accuracy %.3f ± %.3f  down %.2f MB  up %.2f MB  %.2f s",
-                 server_round, self.config.num_server_rounds, r["train-loss"],
-                 metrics["accuracy-mean"], metrics["accuracy-std"], r["bytes-down"] / 1e6,
-                 r["bytes-up"] / 1e6, r["seconds"])
+        log.info("round %d: personalised accuracy %.3f ± %.3f (min %.3f, max %.3f)%s",
+                 server_round, metrics["accuracy-mean"], metrics["accuracy-std"],
+                 metrics["accuracy-min"], metrics["accuracy-max"],
+                 " (base model)" if server_round == 0 else "")
 
     # ----------------------------------------------------------------------------------------
     # strict decoding against what the server expects
