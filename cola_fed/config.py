@@ -26,7 +26,7 @@ from cola_fed.gl.optim_spec import OptimizerSpec
 
 TASKS = ("text-classification", "digits", "causal-lm")
 PARTITIONERS = ("iid", "dirichlet")
-DATA_MODES = ("stream",)  # "upload" (whole split at hello) is planned
+DATA_MODES = ("stream", "upload")
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,14 @@ class StrategyConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """How client data reaches the server: ``stream`` sends the next ``interval`` batches with
-    every reply. ``interval`` is ColA's adaptation interval I: one optimizer step per I batches."""
+    """How client data reaches the server.
+
+    ``stream`` (default): every reply carries the node's next ``interval`` batches. ``upload``:
+    the node sends its whole training split once, at hello (the fine-tuning-as-a-service
+    reading of the paper); the server then draws the same seeded batches itself and rounds carry
+    only adaptation data down and adapters up. ``interval`` is ColA's adaptation interval I: one
+    optimizer step per I batches.
+    """
 
     mode: str = "stream"
     interval: int = 1

@@ -56,7 +56,7 @@ def test_federation_adds_no_error_to_a_centralized_run():
         learner = GradientLearner(engine.layout, strategy.spec.specs_for(p),
                                   optimizer=config.optimizer.spec(), seed=config.task.seed + p)
         stream = task.client_data(p, 2).batches(config.task.batch_size,
-                                                 seed=config.task.seed * 7919 + p)
+                                                 seed=strategy.spec.batch_seed(p))
         for _ in range(rounds):
             batch = {k: torch.as_tensor(v) for k, v in next(stream).items()}
             learner.fit(engine.compute({"c": batch}, {"c": learner.adapter_state()})["c"])
@@ -116,3 +116,31 @@ def test_causal_lm_task_runs_over_the_protocol():
     assert 0.0 <= strategy.rounds[-1]["accuracy-mean"] <= 1.0
     layer = strategy.engine.layout.layers[0]
     assert layer.module_type == "conv1d"
+
+
+@pytest.mark.parametrize("interval", [1, 2])
+def test_upload_mode_trains_on_the_same_batches_as_stream_mode(interval):
+    common = {"data.interval": interval, "adapter.kind": "lowrank"}
+    streamed, _ = run({**common, "data.mode": "stream"}, nodes=2, rounds=2)
+    uploaded, _ = run({**common, "data.mode": "upload"}, nodes=2, rounds=2)
+    for node, session in uploaded.sessions.items():
+        assert session.rounds_trained == 2
+        for layer, params in session.adapters.items():
+            for name, value in params.items():
+                np.testing.assert_array_equal(value, streamed.sessions[node].adapters[layer][name])
+    # replies carry adapters only: fewer bytes up than streaming the next batches
+    assert uploaded.rounds[1]["bytes-up"] < streamed.rounds[1]["bytes-up"]
+
+
+def test_a_node_config_data_path_replaces_the_partition(tmp_path):
+    path = tmp_path / "mine.txt"
+    path.write_text("\n".join(f"local line number {i} of this node's own text" for i in range(80)))
+    config = RunConfig.from_flat({**DIGITS, "task.name": "causal-lm", "task.max-length": 32,
+                                  "num-server-rounds": 1})
+    strategy = build_strategy(config)
+    grid = LocalGrid(1)
+    grid.contexts[1000].node_config["data-path"] = str(path)
+    strategy.start(grid, num_rounds=1, timeout=30)
+    session = strategy.sessions[1000]
+    first = bytes(session.eval_batches[0]["input_ids"][0][:10].astype(np.uint8))
+    assert first.startswith(b"local line")

@@ -60,10 +60,14 @@ def handle_hello(msg: Message, context: Context) -> Message:
     channel = SecureChannel(key, server_public, role="node", run_id=context.run_id,
                             node_id=context.node_id)
     learner = _new_learner(spec, partition_id)
-    data = _client_data(spec, partition_id, num_partitions)
-    batches = _draw(data, spec, partition_id, start=0)
+    data = _client_data(spec, context, partition_id, num_partitions)
     parts = {"adapters": encode_adapter_state(_numpy_state(learner.adapter_state()))}
-    parts.update({f"batch{i}": encode_batch(b) for i, b in enumerate(batches)})
+    if spec.data_mode == "upload":  # the whole training split, once
+        batches = []
+        parts["train"] = encode_batch(data.train)
+    else:
+        batches = _draw(data, spec, partition_id, start=0)
+        parts.update({f"batch{i}": encode_batch(b) for i, b in enumerate(batches)})
     parts.update({f"eval{i}": encode_batch(b) for i, b in enumerate(data.eval_batches)})
     sealed = channel.seal(encode_bundle(parts), round=0, kind=KIND_HELLO)
 
@@ -106,9 +110,11 @@ def handle_train(msg: Message, context: Context) -> Message:
     for chunk in chunks:
         metrics = learner.fit(chunk)
 
-    data = _client_data(spec, partition_id, num_partitions)
     drawn = int(session["drawn"])
-    batches = _draw(data, spec, partition_id, start=drawn)
+    batches = []
+    if spec.data_mode == "stream":
+        data = _client_data(spec, context, partition_id, num_partitions)
+        batches = _draw(data, spec, partition_id, start=drawn)
     parts = {"adapters": encode_adapter_state(_numpy_state(learner.adapter_state()))}
     parts.update({f"batch{i}": encode_batch(b) for i, b in enumerate(batches)})
     sealed = channel.seal(encode_bundle(parts), round=server_round, kind=KIND_TRAIN)
@@ -156,16 +162,22 @@ def _cached_client_data(task_json: str, partition_id: int, num_partitions: int) 
     return get_task(TaskConfig(**json.loads(task_json))).client_data(partition_id, num_partitions)
 
 
-def _client_data(spec: RunSpec, partition_id: int, num_partitions: int) -> ClientData:
+def _client_data(spec: RunSpec, context: Context, partition_id: int,
+                 num_partitions: int) -> ClientData:
+    """This node's data: its partition of the task's data, or, when the node config names a
+    ``data-path``, all of that local file."""
     import json
 
-    return _cached_client_data(json.dumps(vars(spec.task), sort_keys=True), partition_id,
-                               num_partitions)
+    task = dict(vars(spec.task))
+    local = context.node_config.get("data-path")
+    if local:
+        task["data_path"], partition_id, num_partitions = str(local), 0, 1
+    return _cached_client_data(json.dumps(task, sort_keys=True), partition_id, num_partitions)
 
 
 def _draw(data: ClientData, spec: RunSpec, partition_id: int, start: int) -> list:
     """Batches ``start .. start + interval`` of this node's endless, seeded batch stream."""
-    stream = data.batches(spec.task.batch_size, seed=spec.task.seed * 7919 + partition_id)
+    stream = data.batches(spec.task.batch_size, seed=spec.batch_seed(partition_id))
     for _ in range(start):
         next(stream)
     return [next(stream) for _ in range(spec.interval)]

@@ -3,9 +3,12 @@
 ```
 round 0  QUERY  server -> node  cola{protocol-version, server-public-key, run-spec}
                 node -> server  cola{node-public-key, partition-id, backend, num-examples}
-                                sealed{adapters, batch0..batch(I-1), eval0..}
+                                sealed{adapters, batch0..batch(I-1) | train, eval0..}
 round t  TRAIN  server -> node  cola{server-round}  sealed{adaptation0..adaptation(I-1)}
-                node -> server  sealed{adapters, batch0..batch(I-1)}  metrics{...}
+                node -> server  sealed{adapters[, batch0..batch(I-1)]}  metrics{...}
+
+In ``upload`` data mode the hello carries the whole training split (``train``) instead of the
+first batches, and TRAIN replies carry adapters only.
 ```
 
 Every sealed payload is bound to (run, node, round, direction, kind); ``kind`` is ``hello`` for
@@ -44,6 +47,7 @@ class RunSpec:
     interval: int
     head: str | None
     wire_dtype: str = "float32"
+    data_mode: str = "stream"
 
     def specs_for(self, partition_id: int) -> dict[str, AdapterSpec]:
         """Layer selector -> adapter spec of the node with this partition id."""
@@ -51,6 +55,10 @@ class RunSpec:
         if self.head:
             specs[self.head] = AdapterSpec(kind="linear", bias=True)
         return specs
+
+    def batch_seed(self, partition_id: int) -> int:
+        """Seed of a node's batch stream; the server reproduces it in ``upload`` mode."""
+        return self.task.seed * 7919 + partition_id
 
     def to_json(self) -> str:
         return json.dumps({
@@ -62,6 +70,7 @@ class RunSpec:
             "interval": self.interval,
             "head": self.head,
             "wire-dtype": self.wire_dtype,
+            "data-mode": self.data_mode,
         })
 
     @classmethod
@@ -81,6 +90,7 @@ class RunSpec:
                 interval=int(raw["interval"]),
                 head=raw["head"],
                 wire_dtype=raw["wire-dtype"],
+                data_mode=raw["data-mode"],
             )
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
             raise ProtocolError(f"malformed run spec from the server: {err!r}") from None

@@ -13,7 +13,7 @@ import logging
 import random
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from cola_fed.federation.protocol import (
 )
 from cola_fed.federation.records import blob_to_record, record_to_blob
 from cola_fed.gl.engine import ServerEngine
-from cola_fed.tasks.base import Task
+from cola_fed.tasks.base import ClientData, Task
 from cola_fed.wire import (
     SecureChannel,
     decode_adapter_state,
@@ -64,6 +64,8 @@ class NodeSession:
     adapters: dict[str, dict[str, np.ndarray]]
     pending: list[dict[str, np.ndarray]]
     eval_batches: list[dict[str, np.ndarray]]
+    #: ``upload`` mode: the node's training split, as the seeded batch stream the node would draw
+    stream: Iterator[dict[str, np.ndarray]] | None = None
     num_examples: int = 0
     rounds_trained: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -90,7 +92,8 @@ class ColaStrategy(Strategy):
         self.key = server_key or X25519PrivateKey.generate()
         self.spec = RunSpec(layout=engine.layout, task=config.task, adapter=config.adapter,
                             optimizer=config.optimizer.spec(), interval=config.data.interval,
-                            head=task.head, wire_dtype=config.wire.dtype)
+                            head=task.head, wire_dtype=config.wire.dtype,
+                            data_mode=config.data.mode)
         self.sessions: dict[int, NodeSession] = {}
         self.rounds: list[dict[str, Any]] = []
         self._round_started = 0.0
@@ -146,11 +149,18 @@ class ColaStrategy(Strategy):
         partition_id = int(clear["partition-id"])
         specs = self.spec.specs_for(partition_id)
         adapters = self._checked_adapters(bundle["adapters"], partition_id)
-        pending = [self._checked_batch(bundle[f"batch{i}"]) for i in range(self.spec.interval)]
         evals = [self._checked_batch(bundle[name]) for name in sorted(bundle)
                  if name.startswith("eval")]
-        return NodeSession(node, partition_id, channel, specs, adapters, pending, evals,
-                           num_examples=int(clear["num-examples"]))
+        session = NodeSession(node, partition_id, channel, specs, adapters, [], evals,
+                              num_examples=int(clear["num-examples"]))
+        if self.spec.data_mode == "upload":
+            train = ClientData(train=self._checked_batch(bundle["train"]), eval_batches=[])
+            session.stream = train.batches(self.config.task.batch_size,
+                                           seed=self.spec.batch_seed(partition_id))
+        else:
+            session.pending = [self._checked_batch(bundle[f"batch{i}"])
+                               for i in range(self.spec.interval)]
+        return session
 
     # ----------------------------------------------------------------------------------------
     # the four hooks
@@ -163,6 +173,10 @@ class ColaStrategy(Strategy):
         count = max(1, round(len(nodes) * self.config.strategy.fraction_train))
         sampled = sorted(self._rng.sample(nodes, count)) if count < len(nodes) else nodes
         chunks: dict[int, list[Any]] = {node: [] for node in sampled}
+        for node in sampled:
+            session = self.sessions[node]
+            if session.stream is not None:  # upload mode: the server draws the batches
+                session.pending = [next(session.stream) for _ in range(self.spec.interval)]
         for i in range(self.spec.interval):
             out = self.engine.compute(
                 {str(n): _as_torch(self.sessions[n].pending[i]) for n in sampled},
@@ -201,8 +215,8 @@ class ColaStrategy(Strategy):
                 bundle = decode_bundle(session.channel.open(blob, round=server_round,
                                                             kind=KIND_TRAIN))
                 adapters = self._checked_adapters(bundle["adapters"], session.partition_id)
-                pending = [self._checked_batch(bundle[f"batch{i}"])
-                           for i in range(self.spec.interval)]
+                pending = session.pending if session.stream is not None else [
+                    self._checked_batch(bundle[f"batch{i}"]) for i in range(self.spec.interval)]
             except (PayloadError, KeyError) as err:
                 failed += 1
                 log.warning("round %d: refused the reply of node %s: %s", server_round, node, err)
