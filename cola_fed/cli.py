@@ -50,8 +50,12 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    import signal
+
     from cola_fed.federation.simulate import simulate
 
+    # turn SIGTERM into an exit, so that the SuperLink this run started is stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = simulate(args.name, output_dir=args.out, num_supernodes=args.nodes)
     metrics = json.loads((out / "metrics.json").read_text())
     evaluated = [r for r in metrics["rounds"] if "accuracy-mean" in r]

@@ -50,6 +50,9 @@ class TaskConfig:
         ``iid`` or ``dirichlet`` (label skew, concentration ``dirichlet_alpha``).
     dirichlet_alpha : float
         Concentration of the Dirichlet partitioner; smaller is more skewed.
+    server_test_size : int
+        Samples held out from every node for a server-held test set (0: none). Each node's
+        adapters are then also evaluated on it.
     seed : int
         Seeds partitioning, shuffling and the model's fresh head.
     """
@@ -61,6 +64,7 @@ class TaskConfig:
     eval_batches: int = 4
     partitioner: str = "iid"
     dirichlet_alpha: float = 0.5
+    server_test_size: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,6 +72,9 @@ class TaskConfig:
         _one_of("task.partitioner", self.partitioner, PARTITIONERS)
         for key in ("batch_size", "max_length", "eval_batches"):
             _positive(f"task.{key.replace('_', '-')}", getattr(self, key))
+        if not isinstance(self.server_test_size, int) or self.server_test_size < 0:
+            raise ConfigError(f"task.server-test-size: expected an integer >= 0, got "
+                              f"{self.server_test_size!r}")
         if self.dirichlet_alpha <= 0:
             raise ConfigError(f"task.dirichlet-alpha: must be > 0, got {self.dirichlet_alpha}")
 

@@ -144,3 +144,14 @@ def test_a_node_config_data_path_replaces_the_partition(tmp_path):
     session = strategy.sessions[1000]
     first = bytes(session.eval_batches[0]["input_ids"][0][:10].astype(np.uint8))
     assert first.startswith(b"local line")
+
+
+def test_server_held_test_set_is_disjoint_from_nodes_and_evaluated():
+    strategy, _ = run({"task.server-test-size": 96}, nodes=2, rounds=1)
+    assert "server-accuracy-mean" in strategy.rounds[-1]
+    assert sum(len(b["labels"]) for b in strategy.server_test) == 96
+    task = strategy.task
+    test_rows = set(task._pools(len(task.labels()))[0].tolist())
+    features = task.encode(np.array(sorted(test_rows)))["x"]
+    node_rows = np.concatenate([s.eval_batches[0]["x"] for s in strategy.sessions.values()])
+    assert not any((features == row).all(axis=1).any() for row in node_rows)

@@ -59,6 +59,7 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
     values["output-dir"] = str(out)
     config = RunConfig.from_flat(values)  # fail early, with a clear message
     nodes = num_supernodes or config.strategy.min_available_nodes
+    (out / "metrics.json").unlink(missing_ok=True)  # a stale file must not pass for this run
     with tempfile.TemporaryDirectory(prefix="cola-flwr-") as home:
         run_config = Path(home) / "run-config.toml"
         run_config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in values.items()))

@@ -95,6 +95,7 @@ class ColaStrategy(Strategy):
                             head=task.head, wire_dtype=config.wire.dtype,
                             data_mode=config.data.mode)
         self.sessions: dict[int, NodeSession] = {}
+        self.server_test = task.server_test_batches() if config.task.server_test_size else []
         self.rounds: list[dict[str, Any]] = []
         self._round_started = 0.0
         self._bytes_down = 0
@@ -260,26 +261,25 @@ class ColaStrategy(Strategy):
     # evaluation
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Personalised accuracy of every node's adapters on its held-out batches."""
+        """Personalised accuracy of every node's adapters on its held-out batches, and on the
+        server-held test set when ``task.server-test-size`` is set."""
         every = self.config.strategy.evaluate_every
         last = server_round == self.config.num_server_rounds
         if server_round % every and not last and server_round != 0:
             return None
-        accuracies = {}
+        metrics: dict[str, float] = {}
+        held_out = {s.partition_id: self._accuracy(s, s.eval_batches)
+                    for s in self.sessions.values()}
+        metrics.update(_spread("accuracy", held_out.values()))
+        if self.server_test:
+            server = {s.partition_id: self._accuracy(s, self.server_test)
+                      for s in self.sessions.values()}
+            metrics.update(_spread("server-accuracy", server.values()))
         for session in self.sessions.values():
-            correct = counted = 0
-            for batch in session.eval_batches:
-                logits = self.engine.predict(_as_torch(batch), session.adapters,
-                                             spec=session.specs)
-                c, n = self.task.correct(logits, torch.as_tensor(batch["labels"]))
-                correct, counted = correct + c, counted + n
-            accuracies[session.partition_id] = correct / max(counted, 1)
-            session.history.append({"round": server_round,
-                                    "accuracy": accuracies[session.partition_id]})
-        values = list(accuracies.values())
-        metrics = {"accuracy-mean": statistics.fmean(values),
-                   "accuracy-std": statistics.pstdev(values),
-                   "accuracy-min": min(values), "accuracy-max": max(values)}
+            entry = {"round": server_round, "accuracy": held_out[session.partition_id]}
+            if self.server_test:
+                entry["server-accuracy"] = server[session.partition_id]
+            session.history.append(entry)
         if self.rounds and self.rounds[-1]["round"] == server_round:
             self.rounds[-1].update(metrics)
         elif server_round == 0:
@@ -287,10 +287,20 @@ class ColaStrategy(Strategy):
         self._progress(server_round, metrics)
         return MetricRecord(metrics)
 
+    def _accuracy(self, session: NodeSession, batches: list[dict[str, np.ndarray]]) -> float:
+        correct = counted = 0
+        for batch in batches:
+            logits = self.engine.predict(_as_torch(batch), session.adapters, spec=session.specs)
+            c, n = self.task.correct(logits, torch.as_tensor(batch["labels"]))
+            correct, counted = correct + c, counted + n
+        return correct / max(counted, 1)
+
     def _progress(self, server_round: int, metrics: dict[str, float]) -> None:
-        log.info("round %d: personalised accuracy %.3f ± %.3f (min %.3f, max %.3f)%s",
+        server = (f"; server test set {metrics['server-accuracy-mean']:.3f} ± "
+                  f"{metrics['server-accuracy-std']:.3f}" if self.server_test else "")
+        log.info("round %d: personalised accuracy %.3f ± %.3f (min %.3f, max %.3f)%s%s",
                  server_round, metrics["accuracy-mean"], metrics["accuracy-std"],
-                 metrics["accuracy-min"], metrics["accuracy-max"],
+                 metrics["accuracy-min"], metrics["accuracy-max"], server,
                  " (base model)" if server_round == 0 else "")
 
     # ----------------------------------------------------------------------------------------
@@ -312,6 +322,12 @@ class ColaStrategy(Strategy):
         if "labels" not in batch:
             raise PayloadError("a client batch has no labels")
         return batch
+
+
+def _spread(name: str, values: Iterable[float]) -> dict[str, float]:
+    values = list(values)
+    return {f"{name}-mean": statistics.fmean(values), f"{name}-std": statistics.pstdev(values),
+            f"{name}-min": min(values), f"{name}-max": max(values)}
 
 
 def _as_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -57,12 +57,51 @@ class Task(ABC):
         """The frozen base model (server side)."""
 
     @abstractmethod
-    def client_data(self, partition_id: int, num_partitions: int) -> ClientData:
-        """This node's partition (node side, torch-free)."""
+    def labels(self) -> np.ndarray:
+        """One label per sample of the task's data (for partitioning), node side."""
+
+    @abstractmethod
+    def encode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Model inputs and ``labels`` of the given samples, as numpy arrays, node side."""
 
     def correct(self, logits: Any, labels: Any) -> tuple[int, int]:
         """``(correct, counted)`` predictions of a batch, for accuracy."""
         return int((logits.argmax(-1) == labels).sum()), int(labels.shape[0])
+
+    def client_data(self, partition_id: int, num_partitions: int) -> ClientData:
+        """This node's partition: its first ``eval_batches`` batches held out, the rest to train."""
+        labels = self.labels()
+        pool = self._pools(len(labels))[1]
+        rows = pool[partition_indices(labels[pool], partition_id, num_partitions, self.config)]
+        size, held_out = self.config.batch_size, self.config.eval_batches * self.config.batch_size
+        if len(rows) < held_out + size:
+            raise ConfigError(
+                f"partition {partition_id} has {len(rows)} samples, too few for "
+                f"{self.config.eval_batches} evaluation batches plus one training batch"
+            )
+        encoded = self.encode(rows)
+        train = {k: v[held_out:] for k, v in encoded.items()}
+        evals = [{k: v[lo:lo + size] for k, v in encoded.items()}
+                 for lo in range(0, held_out, size)]
+        return ClientData(train=train, eval_batches=evals)
+
+    def server_test_batches(self) -> list[Batch]:
+        """The server-held test set (``task.server-test-size`` samples no node holds)."""
+        test = self._pools(len(self.labels()))[0]
+        encoded = self.encode(test)
+        size = self.config.batch_size
+        return [{k: v[lo:lo + size] for k, v in encoded.items()}
+                for lo in range(0, len(test), size)]
+
+    def _pools(self, total: int) -> tuple[np.ndarray, np.ndarray]:
+        """(server test rows, rows the nodes partition), by a seeded permutation."""
+        size = self.config.server_test_size
+        if size >= total:
+            raise ConfigError(f"task.server-test-size {size} leaves no data for the nodes")
+        if size == 0:
+            return np.arange(0), np.arange(total)
+        order = np.random.default_rng(self.config.seed).permutation(total)
+        return np.sort(order[:size]), np.sort(order[size:])
 
 
 def partition_indices(labels: np.ndarray, partition_id: int, num_partitions: int,

@@ -7,12 +7,13 @@ adapters go on GPT-2's fused ``c_attn`` (a Hugging Face ``Conv1D``).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
 from cola_fed.errors import ConfigError
-from cola_fed.tasks.base import ClientData, Task, partition_indices
+from cola_fed.tasks.base import Task
 
 PAD = 256
 VOCAB = 257
@@ -43,6 +44,7 @@ class CausalLMTask(Task):
                             attn_pdrop=0.0, pad_token_id=PAD)
         return GPT2LMHeadModel(config).eval()
 
+    @functools.cache  # noqa: B019 - one task object per run, reread never
     def texts(self) -> list[str]:
         if self.config.data_path:
             try:
@@ -54,16 +56,12 @@ class CausalLMTask(Task):
 
         return load_rotten_tomatoes().texts
 
-    def client_data(self, partition_id: int, num_partitions: int) -> ClientData:
+    def labels(self) -> np.ndarray:
+        return np.zeros(len(self.texts()), dtype=np.int64)  # no classes: partition by count
+
+    def encode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         texts = self.texts()
-        rows = partition_indices(np.zeros(len(texts), dtype=np.int64), partition_id,
-                                 num_partitions, self.config)
-        encoded = encode_bytes([texts[i] for i in rows], self.config.max_length)
-        held_out = self.config.eval_batches * self.config.batch_size
-        train = {k: v[held_out:] for k, v in encoded.items()}
-        evals = [{k: v[lo:lo + self.config.batch_size] for k, v in encoded.items()}
-                 for lo in range(0, held_out, self.config.batch_size)]
-        return ClientData(train=train, eval_batches=evals)
+        return encode_bytes([texts[i] for i in rows], self.config.max_length)
 
     def correct(self, logits, labels) -> tuple[int, int]:
         """Next-byte accuracy over the non-padding positions."""

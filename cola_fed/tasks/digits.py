@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cola_fed.tasks.base import ClientData, Task, partition_indices
+from cola_fed.tasks.base import Task
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -40,12 +40,9 @@ class DigitsTask(Task):
         torch.manual_seed(self.config.seed)
         return FrozenMLP().eval()
 
-    def client_data(self, partition_id: int, num_partitions: int) -> ClientData:
+    def labels(self) -> np.ndarray:
+        return load_digits()[1]
+
+    def encode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         features, labels = load_digits()
-        rows = partition_indices(labels, partition_id, num_partitions, self.config)
-        held_out = self.config.eval_batches * self.config.batch_size
-        train = {"x": features[rows[held_out:]], "labels": labels[rows[held_out:]]}
-        evals = [{"x": features[rows[lo:lo + self.config.batch_size]],
-                  "labels": labels[rows[lo:lo + self.config.batch_size]]}
-                 for lo in range(0, held_out, self.config.batch_size)]
-        return ClientData(train=train, eval_batches=evals)
+        return {"x": features[rows], "labels": labels[rows]}

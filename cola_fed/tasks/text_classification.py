@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import functools
 import importlib.util
 import io
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cola_fed.errors import ConfigError
-from cola_fed.tasks.base import ClientData, Task, partition_indices
+from cola_fed.tasks.base import Task
 
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 LABELS = {"rotten": 0, "fresh": 1}
@@ -115,27 +116,20 @@ class TextClassificationTask(Task):
         model, _ = load_minilm_classifier(num_labels=2, seed=self.config.seed)
         return model
 
+    @functools.cache  # noqa: B019 - one task object per run, reread never
     def load(self) -> TextDataset:
         if self.config.data_path:
             return load_local_text(Path(self.config.data_path))
         return load_rotten_tomatoes()
 
-    def client_data(self, partition_id: int, num_partitions: int) -> ClientData:
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.load().labels, dtype=np.int64)
+
+    def encode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         dataset = self.load()
-        rows = partition_indices(np.asarray(dataset.labels), partition_id, num_partitions,
-                                 self.config)
-        held_out = self.config.eval_batches * self.config.batch_size
-        if len(rows) < held_out + self.config.batch_size:
-            raise ConfigError(
-                f"partition {partition_id} has {len(rows)} samples, too few for "
-                f"{self.config.eval_batches} evaluation batches plus one training batch"
-            )
         encoded = tokenize([dataset.texts[i] for i in rows], self.config.max_length)
         encoded["labels"] = np.asarray([dataset.labels[i] for i in rows], dtype=np.int64)
-        train = {k: v[held_out:] for k, v in encoded.items()}
-        evals = [{k: v[lo:lo + self.config.batch_size] for k, v in encoded.items()}
-                 for lo in range(0, held_out, self.config.batch_size)]
-        return ClientData(train=train, eval_batches=evals)
+        return encoded
 
 
 def tokenize(texts: list[str], max_length: int) -> dict[str, np.ndarray]:
