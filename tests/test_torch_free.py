@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 
 def test_package_imports_without_torch():
@@ -38,3 +39,26 @@ def test_package_imports_without_torch():
                             check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_client_app_imports_without_torch():
+    code = textwrap.dedent(
+        """
+        import sys
+
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is not installed on this device")
+
+        sys.meta_path.insert(0, NoTorch())
+        from client_app.app import app
+        import cola_fed.wire, cola_fed.federation.client, cola_fed.tasks.base
+        assert "torch" not in sys.modules
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False, cwd=str(Path(__file__).parents[1]))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")

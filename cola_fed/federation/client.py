@@ -9,12 +9,14 @@ session.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from cola_fed.config import TaskConfig
 from cola_fed.errors import ProtocolError
 from cola_fed.federation.protocol import (
     CLEAR,
@@ -157,7 +159,6 @@ def _new_learner(spec: RunSpec, partition_id: int) -> Any:
 def _cached_client_data(task_json: str, partition_id: int, num_partitions: int) -> ClientData:
     import json
 
-    from cola_fed.config import TaskConfig
 
     return get_task(TaskConfig(**json.loads(task_json))).client_data(partition_id, num_partitions)
 
@@ -166,8 +167,6 @@ def _client_data(spec: RunSpec, context: Context, partition_id: int,
                  num_partitions: int) -> ClientData:
     """This node's data: its partition of the task's data, or, when the node config names a
     ``data-path``, all of that local file."""
-    import json
-
     task = dict(vars(spec.task))
     local = context.node_config.get("data-path")
     if local:
