@@ -83,9 +83,11 @@ class TaskConfig:
 class AdapterConfig:
     """Each node's auxiliary models.
 
-    ``kinds`` (comma-separated, e.g. ``"lowrank,linear,mlp"``) gives heterogeneous nodes: node
-    with partition id ``p`` gets ``kinds[p % len(kinds)]``; empty means every node uses ``kind``.
-    The task's head, if it has a fresh one, always gets a Linear adapter with bias.
+    ``kinds`` gives heterogeneous nodes, as a list or as a mapping by partition id:
+    ``"lowrank,linear,mlp"`` gives the node with partition id ``p`` ``kinds[p % 3]``;
+    ``"0:mlp,3:linear"`` gives partitions 0 and 3 those kinds and every other node ``kind``.
+    Empty: every node uses ``kind``. The task's fresh head, if it has one, always gets a Linear
+    adapter with bias.
     """
 
     kind: str = "lowrank"
@@ -96,18 +98,39 @@ class AdapterConfig:
     activation: str = "relu"
 
     def __post_init__(self) -> None:
-        for kind in self.kind_list:
+        for kind in [self.kind, *self.kind_list, *self.kind_map.values()]:
             AdapterSpec(kind=kind)  # validates the name
         self.spec_for(0)  # validates the sizes
 
     @property
     def kind_list(self) -> list[str]:
-        return [k.strip() for k in self.kinds.split(",") if k.strip()] or [self.kind]
+        """The cyclic list form of ``kinds`` (empty when ``kinds`` is a mapping)."""
+        entries = [k.strip() for k in self.kinds.split(",") if k.strip()]
+        return [] if any(":" in k for k in entries) else entries
+
+    @property
+    def kind_map(self) -> dict[int, str]:
+        """The by-partition-id mapping form of ``kinds`` (empty when ``kinds`` is a list)."""
+        entries = [k.strip() for k in self.kinds.split(",") if k.strip()]
+        if not any(":" in k for k in entries):
+            return {}
+        mapping = {}
+        for entry in entries:
+            pid, sep, kind = entry.partition(":")
+            if not sep or not pid.strip().isdigit():
+                raise ConfigError(f"adapter.kinds: expected 'partition-id:kind' entries, got "
+                                  f"{entry!r} in {self.kinds!r}")
+            mapping[int(pid)] = kind.strip()
+        return mapping
 
     def spec_for(self, partition_id: int) -> AdapterSpec:
         kinds = self.kind_list
-        return AdapterSpec(kind=kinds[partition_id % len(kinds)], rank=self.rank,
-                           hidden=self.hidden, depth=self.depth, activation=self.activation)
+        if kinds:
+            kind = kinds[partition_id % len(kinds)]
+        else:
+            kind = self.kind_map.get(partition_id, self.kind)
+        return AdapterSpec(kind=kind, rank=self.rank, hidden=self.hidden, depth=self.depth,
+                           activation=self.activation)
 
 
 @dataclass(frozen=True)

@@ -254,7 +254,8 @@ class ColaStrategy(Strategy):
         s = self.config.strategy
         log.info("ColaStrategy: mode %s, %d adapted layers, adapters %s, interval %d, "
                  "fraction-train %.2f, wire %s", s.mode, len(self.engine.layout),
-                 self.config.adapter.kind_list, self.spec.interval, s.fraction_train,
+                 self.config.adapter.kinds or self.config.adapter.kind, self.spec.interval,
+                 s.fraction_train,
                  self.config.wire.dtype)
 
     # ----------------------------------------------------------------------------------------
