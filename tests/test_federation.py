@@ -83,7 +83,7 @@ def test_tampered_and_dropped_replies_lose_nothing(caplog):
     assert by_node[1000].rounds_trained == 0 and by_node[1001].rounds_trained == 0
     assert by_node[1002].rounds_trained == 2
     assert "failed authentication" in caplog.text
-    assert strategy.rounds[1]["failed"] == 1 and strategy.rounds[1]["nodes"] == 1
+    assert strategy.rounds[1]["failed"] == 2 and strategy.rounds[1]["nodes"] == 1
 
 
 def test_a_node_pinning_another_key_refuses_to_join(caplog):
@@ -155,3 +155,20 @@ def test_server_held_test_set_is_disjoint_from_nodes_and_evaluated():
     features = task.encode(np.array(sorted(test_rows)))["x"]
     node_rows = np.concatenate([s.eval_batches[0]["x"] for s in strategy.sessions.values()])
     assert not any((features == row).all(axis=1).any() for row in node_rows)
+
+
+def test_a_lost_reply_is_resumed_without_skipping_a_batch():
+    def drop_first_train_reply_of_node_1001(node, reply):
+        if node == 1001 and reply.metadata.message_type == "train" and not drop.get("done"):
+            drop["done"] = True
+            return None
+        return reply
+
+    drop: dict = {}
+    lossy, _ = run({}, nodes=2, rounds=3, reply_filter=drop_first_train_reply_of_node_1001)
+    clean, _ = run({}, nodes=2, rounds=2)
+    assert lossy.rounds[1]["failed"] == 1 and lossy.sessions[1001].rounds_trained == 2
+    for layer, params in clean.sessions[1001].adapters.items():
+        for name, value in params.items():
+            np.testing.assert_allclose(lossy.sessions[1001].adapters[layer][name], value,
+                                       rtol=0, atol=1e-6)

@@ -44,7 +44,9 @@ from cola_fed.wire.crypto import PROTOCOL_VERSION
 log = logging.getLogger("cola_fed")
 
 STATE_SESSION = "cola-session"  # ConfigRecord: key, run spec, counters, cursor
-STATE_LEARNER = "cola-learner"  # ArrayRecord: the learner's state as one blob
+STATE_LEARNER = "cola-learner"  # ArrayRecord: the learner's latest state, as one blob
+# the learner as the server last saw it: restored when the server did not get the latest reply
+STATE_LEARNER_ACKED = "cola-learner-acked"
 
 
 def handle_hello(msg: Message, context: Context) -> Message:
@@ -73,8 +75,9 @@ def handle_hello(msg: Message, context: Context) -> Message:
     parts.update({f"eval{i}": encode_batch(b) for i, b in enumerate(data.eval_batches)})
     sealed = channel.seal(encode_bundle(parts), round=0, kind=KIND_HELLO)
 
+    blob = learner.to_bytes()
     _save(context, key, server_public, spec, channel.state, drawn=len(batches),
-          learner=learner)
+          drawn_acked=len(batches), learner=blob, learner_acked=blob)
     reply = RecordDict({
         CLEAR: ConfigRecord({
             "node-public-key": public_bytes(key),
@@ -106,13 +109,22 @@ def handle_train(msg: Message, context: Context) -> Message:
                                         kind=KIND_TRAIN))
     chunks = [decode_adaptation(bundle[f"adaptation{i}"], layout=spec.layout)
               for i in range(len(bundle))]
+    # The server's adaptation data was computed at the adapters it last received. If it did not
+    # receive our latest reply (dropped, or refused), roll back to the state it did see, so the
+    # step and the batch stream stay consistent with the server and no batch is skipped.
+    acknowledged = int(msg.content[CLEAR]["acknowledged"]) == int(session["sent"])
+    base = STATE_LEARNER if acknowledged else STATE_LEARNER_ACKED
+    drawn = int(session["drawn"] if acknowledged else session["drawn-acked"])
+    if not acknowledged:
+        log.warning("round %d: the server did not get this node's last reply; resuming from "
+                    "the state it did get", server_round)
+    base_blob = record_to_blob(context.state[base])
     learner = _new_learner(spec, partition_id)
-    learner.load_bytes(record_to_blob(context.state[STATE_LEARNER]))
+    learner.load_bytes(base_blob)
     metrics: dict[str, float] = {}
     for chunk in chunks:
         metrics = learner.fit(chunk)
 
-    drawn = int(session["drawn"])
     batches = []
     if spec.data_mode == "stream":
         data = _client_data(spec, context, partition_id, num_partitions)
@@ -121,7 +133,8 @@ def handle_train(msg: Message, context: Context) -> Message:
     parts.update({f"batch{i}": encode_batch(b) for i, b in enumerate(batches)})
     sealed = channel.seal(encode_bundle(parts), round=server_round, kind=KIND_TRAIN)
     _save(context, key, bytes(session["server-public-key"]), spec, channel.state,
-          drawn=drawn + len(batches), learner=learner)
+          drawn=drawn + len(batches), drawn_acked=drawn, learner=learner.to_bytes(),
+          learner_acked=base_blob)
     loss = sum(chunk.loss for chunk in chunks) / len(chunks)
     reply = RecordDict({
         SEALED: blob_to_record(sealed),
@@ -188,7 +201,8 @@ def _numpy_state(state: dict) -> dict:
 
 
 def _save(context: Context, key: X25519PrivateKey, server_public: bytes, spec: RunSpec,
-          channel: ChannelState, *, drawn: int, learner: Any) -> None:
+          channel: ChannelState, *, drawn: int, drawn_acked: int, learner: bytes,
+          learner_acked: bytes) -> None:
     from cryptography.hazmat.primitives import serialization
 
     raw_key = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
@@ -201,5 +215,7 @@ def _save(context: Context, key: X25519PrivateKey, server_public: bytes, spec: R
         "received": channel.received,
         "last-round": channel.last_round,
         "drawn": drawn,
+        "drawn-acked": drawn_acked,
     })
-    context.state[STATE_LEARNER] = blob_to_record(learner.to_bytes())
+    context.state[STATE_LEARNER] = blob_to_record(learner)
+    context.state[STATE_LEARNER_ACKED] = blob_to_record(learner_acked)

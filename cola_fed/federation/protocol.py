@@ -4,11 +4,13 @@
 round 0  QUERY  server -> node  cola{protocol-version, server-public-key, run-spec}
                 node -> server  cola{node-public-key, partition-id, backend, num-examples}
                                 sealed{adapters, batch0..batch(I-1) | train, eval0..}
-round t  TRAIN  server -> node  cola{server-round}  sealed{adaptation0..adaptation(I-1)}
+round t  TRAIN  server -> node  cola{server-round, acknowledged}  sealed{adaptation0..(I-1)}
                 node -> server  sealed{adapters[, batch0..batch(I-1)]}  metrics{...}
 
-In ``upload`` data mode the hello carries the whole training split (``train``) instead of the
-first batches, and TRAIN replies carry adapters only.
+``acknowledged`` is the counter of the last node message the server accepted: a node whose latest
+reply was lost or refused resumes from the learner state the server holds (no step is applied
+twice, no batch skipped). In ``upload`` data mode the hello carries the whole training split
+(``train``) instead of the first batches, and TRAIN replies carry adapters only.
 ```
 
 Every sealed payload is bound to (run, node, round, direction, kind); ``kind`` is ``hello`` for

@@ -99,6 +99,7 @@ class ColaStrategy(Strategy):
         self.rounds: list[dict[str, Any]] = []
         self._round_started = 0.0
         self._bytes_down = 0
+        self._sampled = 0
         self._rng = random.Random(config.task.seed)
 
     # ----------------------------------------------------------------------------------------
@@ -187,15 +188,18 @@ class ColaStrategy(Strategy):
             )
             for node in sampled:
                 chunks[node].append(out[str(node)])
-        messages, self._bytes_down = [], 0
+        messages, self._bytes_down, self._sampled = [], 0, len(sampled)
         for node in sampled:
             parts = {f"adaptation{i}": encode_adaptation(data, dtype=self.config.wire.dtype)
                      for i, data in enumerate(chunks[node])}
             sealed = self.sessions[node].channel.seal(encode_bundle(parts), round=server_round,
                                                       kind=KIND_TRAIN)
             self._bytes_down += len(sealed)
-            content = RecordDict({CLEAR: ConfigRecord({"server-round": server_round}),
-                                  SEALED: blob_to_record(sealed)})
+            # "acknowledged": the last node message the server accepted, so that a node whose
+            # reply was lost resumes from the state the server holds
+            clear = ConfigRecord({"server-round": server_round,
+                                  "acknowledged": self.sessions[node].channel.state.received})
+            content = RecordDict({CLEAR: clear, SEALED: blob_to_record(sealed)})
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
                                     group_id=str(server_round)))
         return messages
@@ -226,6 +230,7 @@ class ColaStrategy(Strategy):
             session.rounds_trained += 1
             bytes_up += len(blob)
             losses.append(float(reply.content[METRICS]["loss"]))
+        failed = max(failed, self._sampled - len(losses))  # no reply at all counts too
         record = {
             "round": server_round,
             "nodes": len(losses),
