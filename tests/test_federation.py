@@ -190,3 +190,23 @@ def test_text_task_reads_a_local_csv_and_jsonl(tmp_path):
         data = task.client_data(0, 2)
         assert data.num_examples == 40 - 8
         assert set(data.train["labels"].tolist()) == {0, 1}
+
+
+def test_a_reply_that_opens_but_fails_decoding_is_not_acknowledged():
+    from cola_fed.federation.client import STATE_SESSION
+
+    def bad_metrics_once(node, reply):
+        if node == 1000 and reply.metadata.message_type == "train" and not seen:
+            seen.append(1)
+            reply.content["metrics"] = reply.content["metrics"].__class__({"no-loss": 1.0})
+        return reply
+
+    seen: list = []
+    lossy, grid = run({}, nodes=1, rounds=3, reply_filter=bad_metrics_once)
+    clean, _ = run({}, nodes=1, rounds=2)
+    assert lossy.rounds[1]["failed"] == 1
+    assert grid.contexts[1000].state[STATE_SESSION]["sent"] == 4  # hello + 3 replies
+    for layer, params in clean.sessions[1000].adapters.items():
+        for name, value in params.items():
+            np.testing.assert_allclose(lossy.sessions[1000].adapters[layer][name], value,
+                                       rtol=0, atol=1e-6)

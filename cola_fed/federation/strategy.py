@@ -9,6 +9,7 @@ held-out batches with that node's adapters (personalised accuracy).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import statistics
@@ -135,8 +136,8 @@ class ColaStrategy(Strategy):
                 continue
             try:
                 self.sessions[node] = self._open_hello(node, reply)
-            except (PayloadError, ColaError, KeyError) as err:
-                log.warning("hello: refused node %s: %s", node, err)
+            except (PayloadError, ColaError, KeyError, TypeError, ValueError) as err:
+                log.warning("hello: refused node %s: %r", node, err)
         if not self.sessions:
             raise ColaError("no node completed the hello round")
         log.info("hello: %d nodes joined (partitions %s)", len(self.sessions),
@@ -215,6 +216,7 @@ class ColaStrategy(Strategy):
                 log.warning("round %d: node %s failed: %s", server_round, node,
                             reply.error.reason if reply.has_error() else "unknown node")
                 continue
+            before = dataclasses.replace(session.channel.state)
             try:
                 blob = record_to_blob(reply.content[SEALED])
                 bundle = decode_bundle(session.channel.open(blob, round=server_round,
@@ -222,14 +224,17 @@ class ColaStrategy(Strategy):
                 adapters = self._checked_adapters(bundle["adapters"], session.partition_id)
                 pending = session.pending if session.stream is not None else [
                     self._checked_batch(bundle[f"batch{i}"]) for i in range(self.spec.interval)]
-            except (PayloadError, KeyError) as err:
+                loss = float(reply.content[METRICS]["loss"])
+            except (PayloadError, KeyError, TypeError, ValueError) as err:
+                # not applied, so not acknowledged: the node resumes from the state we hold
+                session.channel.state = before
                 failed += 1
                 log.warning("round %d: refused the reply of node %s: %s", server_round, node, err)
                 continue
             session.adapters, session.pending = adapters, pending
             session.rounds_trained += 1
             bytes_up += len(blob)
-            losses.append(float(reply.content[METRICS]["loss"]))
+            losses.append(loss)
         failed = max(failed, self._sampled - len(losses))  # no reply at all counts too
         record = {
             "round": server_round,
