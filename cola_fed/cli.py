@@ -61,7 +61,7 @@ def _simulate(args: argparse.Namespace) -> int:
     evaluated = [r for r in metrics["rounds"] if "accuracy-mean" in r]
     if evaluated:
         first, last = evaluated[0], evaluated[-1]
-        print(f"personalised accuracy: round {first['round']} {first['accuracy-mean']:.3f} -> "
+        print(f"held-out accuracy: round {first['round']} {first['accuracy-mean']:.3f} -> "
               f"round {last['round']} {last['accuracy-mean']:.3f} "
               f"(± {last['accuracy-std']:.3f} over nodes)")
     print(f"results: {out}")

@@ -198,3 +198,13 @@ def test_bad_input_gets_clear_errors(bert64, net64):
     nan_state["fc2"]["B"][0, 0] = float("inf")
     with pytest.raises(AdapterError, match=r"layer 'fc2'.*'B' is not finite"):
         engine.compute({"c": batch}, {"c": nan_state})
+
+
+def test_predict_col_is_the_base_with_the_mean_delta_weight(bert64):
+    engine = ServerEngine(bert64, targets=["query", "value"])
+    states = {c: learner_for(engine, LINEAR, seed=i).adapter_state() for i, c in enumerate("ab")}
+    mean = {layer: {p: (states["a"][layer][p] + states["b"][layer][p]) / 2
+                    for p in states["a"][layer]} for layer in states["a"]}
+    batch = text_batch(3, 10, 60, labels="3", seed=7)
+    torch.testing.assert_close(engine.predict_col(batch, states), engine.predict(batch, mean),
+                               rtol=1e-10, atol=1e-10)

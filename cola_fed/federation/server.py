@@ -65,7 +65,7 @@ def plot_learning_curve(rounds: list[dict[str, Any]], path: Path) -> None:
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
     acc_ax.errorbar([r["round"] for r in evaluated], [r["accuracy-mean"] for r in evaluated],
                     yerr=[r["accuracy-std"] for r in evaluated], marker="o", capsize=3)
-    acc_ax.set(xlabel="round", ylabel="personalised accuracy", title="held-out accuracy")
+    acc_ax.set(xlabel="round", ylabel="held-out accuracy", title="held-out accuracy")
     loss_ax.plot([r["round"] for r in trained], [r["train-loss"] for r in trained], marker="o")
     loss_ax.set(xlabel="round", ylabel="mean client loss", title="training loss")
     fig.tight_layout()

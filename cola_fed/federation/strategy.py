@@ -272,8 +272,9 @@ class ColaStrategy(Strategy):
     # evaluation
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Personalised accuracy of every node's adapters on its held-out batches, and on the
-        server-held test set when ``task.server-test-size`` is set."""
+        """Accuracy on every node's held-out batches (and on the server-held test set when
+        ``task.server-test-size`` is set) of the model that node trains through: its own
+        adapters, or in ``col`` mode the collaborative model."""
         every = self.config.strategy.evaluate_every
         last = server_round == self.config.num_server_rounds
         if server_round % every and not last and server_round != 0:
@@ -299,9 +300,17 @@ class ColaStrategy(Strategy):
         return MetricRecord(metrics)
 
     def _accuracy(self, session: NodeSession, batches: list[dict[str, np.ndarray]]) -> float:
+        """Accuracy of the model this node trains through: its own adapters, or in ``col`` mode
+        the collaborative model (the mean delta W of all nodes)."""
         correct = counted = 0
         for batch in batches:
-            logits = self.engine.predict(_as_torch(batch), session.adapters, spec=session.specs)
+            if self.config.strategy.mode == "col":
+                logits = self.engine.predict_col(
+                    _as_torch(batch), {str(n): s.adapters for n, s in self.sessions.items()},
+                    specs={str(n): s.specs for n, s in self.sessions.items()})
+            else:
+                logits = self.engine.predict(_as_torch(batch), session.adapters,
+                                             spec=session.specs)
             c, n = self.task.correct(logits, torch.as_tensor(batch["labels"]))
             correct, counted = correct + c, counted + n
         return correct / max(counted, 1)
@@ -309,8 +318,9 @@ class ColaStrategy(Strategy):
     def _progress(self, server_round: int, metrics: dict[str, float]) -> None:
         server = (f"; server test set {metrics['server-accuracy-mean']:.3f} ± "
                   f"{metrics['server-accuracy-std']:.3f}" if self.server_test else "")
-        log.info("round %d: personalised accuracy %.3f ± %.3f (min %.3f, max %.3f)%s%s",
-                 server_round, metrics["accuracy-mean"], metrics["accuracy-std"],
+        which = "collaborative model" if self.config.strategy.mode == "col" else "personalised"
+        log.info("round %d: held-out accuracy (%s) %.3f ± %.3f over nodes (min %.3f, max %.3f)"
+                 "%s%s", server_round, which, metrics["accuracy-mean"], metrics["accuracy-std"],
                  metrics["accuracy-min"], metrics["accuracy-max"], server,
                  " (base model)" if server_round == 0 else "")
 

@@ -163,6 +163,22 @@ class ServerEngine:
         finally:
             self._pass = None
 
+    @torch.no_grad()
+    def predict_col(
+        self,
+        batch: Batch,
+        adapters: Mapping[str, AdapterState],
+        *,
+        specs: Mapping[str, SpecLike] | None = None,
+    ) -> torch.Tensor:
+        """Logits of the collaborative model: the base with the mean ``delta W`` of all clients
+        merged (what ``col`` mode trains through)."""
+        prepared = {c: self._prepare(c, state, (specs or {}).get(c))
+                    for c, state in adapters.items()}
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with self._merged(_mean_delta_weights(prepared)):
+            return logits_of(self.model(**inputs))
+
     def close(self) -> None:
         """Remove the engine's hooks; the model behaves as the plain base model again."""
         for hook in self._hooks:
