@@ -5,18 +5,24 @@ import sys
 import textwrap
 from pathlib import Path
 
+# Makes `import torch` fail, as on an edge device without PyTorch.
+NO_TORCH = textwrap.dedent(
+    """
+    import sys
+
+    class NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is not installed on this device")
+
+    sys.meta_path.insert(0, NoTorch())
+    """
+)
+
 
 def test_package_imports_without_torch():
-    code = textwrap.dedent(
+    code = NO_TORCH + textwrap.dedent(
         """
-        import sys
-
-        class NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is not installed on this device")
-
-        sys.meta_path.insert(0, NoTorch())
         import cola_fed
         from cola_fed import AdaptationData, AdapterSpec, Layout, OptimizerSpec
         from cola_fed.gl import LayerInfo
@@ -42,16 +48,8 @@ def test_package_imports_without_torch():
 
 
 def test_client_app_imports_without_torch():
-    code = textwrap.dedent(
+    code = NO_TORCH + textwrap.dedent(
         """
-        import sys
-
-        class NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is not installed on this device")
-
-        sys.meta_path.insert(0, NoTorch())
         from client_app.app import app
         import cola_fed.wire, cola_fed.federation.client, cola_fed.tasks.base
         assert "torch" not in sys.modules
