@@ -88,6 +88,42 @@ def _export_peft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_edge(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from cola_fed.adapters.spec import AdapterSpec
+    from cola_fed.config import RunConfig
+    from cola_fed.edge.export import content_hash, export_train_step
+    from cola_fed.edge.graphs import GraphKey
+    from cola_fed.gl.layout import assign_specs
+    from cola_fed.gl.targets import find_targets
+    from cola_fed.tasks.base import get_task
+
+    config = RunConfig.from_toml(args.run_config) if args.run_config else RunConfig()
+    task = get_task(config.task)
+    layout, _ = find_targets(task.build_model(), list(task.targets))
+    optimizer = config.optimizer.spec()
+    adapter = config.adapter
+    keys = set()
+    for kind in {adapter.kind, *adapter.kind_list, *adapter.kind_map.values()}:
+        specs = {"*": dataclasses.replace(adapter.spec_for(0), kind=kind)}
+        if task.head:  # the fresh head's adapter, as every node gets it
+            specs[task.head] = AdapterSpec(kind="linear", bias=True)
+        for name, spec in assign_specs(layout, specs).items():
+            info = layout[name]
+            keys.add(GraphKey(spec, info.d_in, info.d_out, optimizer.name, optimizer.nesterov))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {}
+    for key in sorted(keys, key=lambda k: k.name):
+        model = export_train_step(key)
+        (out / f"{key.name}.onnx").write_bytes(model)
+        manifest[key.name] = content_hash(model)
+        print(f"{key.name}.onnx  {len(model):,} bytes  sha256 {manifest[key.name][:16]}...")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cola-fed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "its seeded head); default: the default run config")
     export.add_argument("--out", required=True, help="folder to write")
     export.set_defaults(run=_export_peft)
+    edge = sub.add_parser("export-edge", help="export the ONNX train-step graphs a run's "
+                          "ONNX Runtime clients need, with a manifest of their hashes")
+    edge.add_argument("--run-config", help="the run's TOML config (default: the default run)")
+    edge.add_argument("--out", required=True, help="folder for the .onnx files")
+    edge.set_defaults(run=_export_edge)
     keygen = sub.add_parser("keygen", help="write a server key pair and print its fingerprint")
     keygen.add_argument("--out", default="keys", help="folder for server.key and server.pub")
     keygen.add_argument("--force", action="store_true", help="replace an existing key")

@@ -52,6 +52,7 @@ def test_client_app_imports_without_torch():
         """
         from client_app.app import app
         import cola_fed.wire, cola_fed.federation.client, cola_fed.tasks.base
+        import cola_fed.edge.ort_learner, cola_fed.edge.graphs
         assert "torch" not in sys.modules
         print("ok")
         """

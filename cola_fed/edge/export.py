@@ -1,0 +1,101 @@
+"""Export one Gradient Learning train step as a plain ONNX graph.
+
+The graph is built from the same functional definitions the torch learner runs — the adapter's
+closed-form VJP (``cola_fed.adapters``) and the optimizer update (``cola_fed.gl.optim``) — so the
+two cannot drift apart. Contract (every hyper-parameter a graph input, so nothing is folded):
+
+    inputs : params..., slots..., x [N, d_in], d [N, d_out],
+             lr, step, beta1, beta2, eps, weight_decay, momentum      (float32 scalars)
+    outputs: params'..., slots'..., grad_norm                          (this layer's gradient norm)
+
+Exported with ``torch.onnx.export(dynamo=True, optimize=False)``: the onnxscript optimizer's
+``x + 0`` rule also removes ``+ 1e-8`` and so drops Adam's epsilon (see docs), hence no optimize.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import torch
+from torch import nn
+
+from cola_fed.adapters.registry import build_adapter
+from cola_fed.edge.graphs import HYPER, GraphKey, slot_names
+from cola_fed.gl.optim import adamw_update, sgd_update
+
+
+class TrainStep(nn.Module):
+    """One optimizer step of one adapter on one chunk of adaptation data."""
+
+    def __init__(self, key: GraphKey) -> None:
+        super().__init__()
+        self.key = key
+        self.adapter = build_adapter(key.spec)
+        self.param_names = list(self.adapter.param_shapes(key.d_in, key.d_out))
+        self.slots = slot_names(key.optimizer)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n_params, n_slots = len(self.param_names), len(self.param_names) * len(self.slots)
+        params = dict(zip(self.param_names, inputs[:n_params]))
+        slots = inputs[n_params:n_params + n_slots]
+        x, d = inputs[n_params + n_slots:n_params + n_slots + 2]
+        lr, step, beta1, beta2, eps, weight_decay, momentum = inputs[n_params + n_slots + 2:]
+        grads = self.adapter.vjp(params, x, d)
+        norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
+        new_params, new_slots = [], []
+        for i, name in enumerate(self.param_names):
+            if self.key.optimizer == "adamw":
+                p, m, v = adamw_update(params[name], grads[name], slots[2 * i], slots[2 * i + 1],
+                                       step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                       weight_decay=weight_decay)
+                new_params.append(p)
+                new_slots += [m, v]
+            else:
+                p, buf = sgd_update(params[name], grads[name], slots[i], lr=lr,
+                                    momentum=momentum, nesterov=self.key.nesterov,
+                                    weight_decay=weight_decay)
+                new_params.append(p)
+                new_slots.append(buf)
+        return (*new_params, *new_slots, norm)
+
+    def input_names(self) -> list[str]:
+        slots = [f"{p}.{s}" for p in self.param_names for s in self.slots]
+        return [*self.param_names, *slots, "x", "d", *HYPER]
+
+    def output_names(self) -> list[str]:
+        slots = [f"{p}.{s}" for p in self.param_names for s in self.slots]
+        return [f"new.{n}" for n in [*self.param_names, *slots]] + ["grad_norm"]
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        shapes = self.adapter.param_shapes(self.key.d_in, self.key.d_out)
+        params = [torch.zeros(shapes[n]) for n in self.param_names]
+        slots = [torch.zeros(shapes[n]) for n in self.param_names for _ in self.slots]
+        x, d = torch.zeros(3, self.key.d_in), torch.zeros(3, self.key.d_out)
+        hyper = [torch.tensor(v, dtype=torch.float32)
+                 for v in (1e-3, 1.0, 0.9, 0.999, 1e-8, 0.0, 0.0)]
+        return (*params, *slots, x, d, *hyper)
+
+
+def export_train_step(key: GraphKey) -> bytes:
+    """The ONNX bytes of one train step, rows dynamic."""
+    import warnings
+
+    step = TrainStep(key)
+    example = step.example_inputs()
+    rows = torch.export.Dim("rows", min=1)
+    n_params = len(step.param_names) * (1 + len(step.slots))
+    dynamic = tuple([None] * n_params + [{0: rows}, {0: rows}] + [None] * len(HYPER))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(step, example, dynamo=True, optimize=False,
+                                    input_names=step.input_names(),
+                                    output_names=step.output_names(),
+                                    dynamic_shapes=(dynamic,), verbose=False)
+    program.save(buffer)
+    return buffer.getvalue()
+
+
+def content_hash(model: bytes) -> str:
+    return hashlib.sha256(model).hexdigest()

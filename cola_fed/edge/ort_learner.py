@@ -1,0 +1,158 @@
+"""The client side of ColA on plain ONNX Runtime: numpy and onnxruntime only, no torch.
+
+Same behaviour and interface as :class:`cola_fed.gl.learner.GradientLearner` (interval I,
+learning-rate schedule, state save/load, strict checks of incoming chunks); the optimizer step
+itself is the exported train-step graph of each layer (``cola_fed.edge.export``). Global
+gradient-norm clipping is not offered here: it needs every layer's gradient before any update,
+which one graph per layer does not give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from cola_fed.adapters.spec import AdapterSpec
+from cola_fed.edge.graphs import HYPER, GraphKey, slot_names
+from cola_fed.errors import AdapterError, ConfigError, GradientError
+from cola_fed.gl.data import AdaptationData
+from cola_fed.gl.layout import Layout, SpecLike, assign_specs
+from cola_fed.gl.optim_spec import OptimizerSpec
+
+Arrays = dict[str, np.ndarray]
+
+
+class OrtLearner:
+    """A client's adapters trained by exported train-step graphs in ONNX Runtime.
+
+    Parameters
+    ----------
+    layout : Layout
+        The adapted layers.
+    spec : AdapterSpec or mapping
+        As for ``GradientLearner``.
+    optimizer : OptimizerSpec
+        Optimizer and schedule (``max_grad_norm`` must be unset).
+    graphs : mapping
+        ``GraphKey.name`` -> ONNX model bytes, for every (family, layer shape, optimizer) used.
+    initial_state : mapping
+        ``{layer: {param: array}}``: the adapters to start from (e.g. sent by the server, or
+        produced by a ``GradientLearner`` with the run's seed).
+    interval : int
+        Adaptation interval I.
+    threads : int
+        ONNX Runtime intra-op threads (1-2 on phones).
+    """
+
+    def __init__(self, layout: Layout, spec: SpecLike, optimizer: OptimizerSpec,
+                 graphs: Mapping[str, bytes], initial_state: Mapping[str, Mapping[str, Any]],
+                 *, interval: int = 1, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        if optimizer.max_grad_norm is not None:
+            raise ConfigError("optimizer.max-grad-norm: not available on the ONNX backend")
+        if not isinstance(interval, int) or interval < 1:
+            raise ConfigError(f"interval: expected a positive integer, got {interval!r}")
+        self.layout, self.optimizer, self.interval = layout, optimizer, interval
+        self.specs: dict[str, AdapterSpec] = assign_specs(layout, spec)
+        self.step = 0
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self._sessions = {}
+        for name, layer_spec in self.specs.items():
+            info = layout[name]
+            key = GraphKey(layer_spec, info.d_in, info.d_out, optimizer.name, optimizer.nesterov)
+            if key.name not in graphs:
+                raise ConfigError(f"no train-step graph {key.name!r} for layer {name!r}")
+            self._sessions[name] = ort.InferenceSession(graphs[key.name], options,
+                                                        providers=["CPUExecutionProvider"])
+        self._params = self._checked(initial_state)
+        slots = slot_names(optimizer.name)
+        self._slots = {n: {p: {s: np.zeros_like(v) for s in slots} for p, v in ps.items()}
+                       for n, ps in self._params.items()}
+        self._buffer: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+
+    def adapter_state(self) -> dict[str, Arrays]:
+        return {n: {p: v.copy() for p, v in ps.items()} for n, ps in self._params.items()}
+
+    def fit(self, data: AdaptationData) -> dict[str, float]:
+        """Buffer one chunk; every ``interval`` chunks, run one train step per layer."""
+        chunk = {}
+        for name in data.layer_names:
+            if name not in self._params:
+                raise AdapterError(f"adaptation data for {name!r}, which this learner does not "
+                                   "adapt")
+            x, d = (np.ascontiguousarray(a, dtype=np.float32) for a in data.layer(name))
+            info = self.layout[name]
+            if x.ndim != 2 or d.ndim != 2 or x.shape != (d.shape[0], info.d_in) or (
+                    d.shape[1] != info.d_out):
+                raise GradientError(f"layer {name!r}: expected x [n, {info.d_in}] and d "
+                                    f"[n, {info.d_out}], got {list(x.shape)} and {list(d.shape)}")
+            for label, value in (("x", x), ("d", d)):
+                if not np.isfinite(value).all():
+                    raise GradientError(f"layer {name!r}: non-finite values in {label}; the chunk "
+                                        "was rejected and the learner is unchanged")
+            chunk[name] = (x, d)
+        self._buffer.append(chunk)
+        metrics = {"stepped": 0.0, "loss": float(data.loss)}
+        if len(self._buffer) < self.interval:
+            return metrics
+        buffered, self._buffer = self._buffer, []
+        self.step += 1
+        lr = self.optimizer.lr_at(self.step)
+        hyper = {"lr": lr, "step": float(self.step), "beta1": self.optimizer.betas[0],
+                 "beta2": self.optimizer.betas[1], "eps": self.optimizer.eps,
+                 "weight_decay": self.optimizer.weight_decay, "momentum": self.optimizer.momentum}
+        squares = 0.0
+        for name, session in self._sessions.items():
+            parts = [c[name] for c in buffered if name in c]
+            if not parts:
+                continue
+            feeds = {k: np.asarray(v, dtype=np.float32) for k, v in hyper.items()}
+            feeds["x"] = np.concatenate([x for x, _ in parts])
+            feeds["d"] = np.concatenate([d for _, d in parts])
+            for p, value in self._params[name].items():
+                feeds[p] = value
+                for s, slot in self._slots[name][p].items():
+                    feeds[f"{p}.{s}"] = slot
+            names = [o.name for o in session.get_outputs()]
+            outputs = dict(zip(names, session.run(names, feeds)))
+            for p in self._params[name]:
+                self._params[name][p] = outputs[f"new.{p}"]
+                for s in self._slots[name][p]:
+                    self._slots[name][p][s] = outputs[f"new.{p}.{s}"]
+            squares += float(outputs["grad_norm"]) ** 2
+        return {**metrics, "stepped": 1.0, "grad_norm": squares**0.5, "lr": lr}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "params": self.adapter_state(),
+                "slots": {n: {p: {s: v.copy() for s, v in ss.items()} for p, ss in ps.items()}
+                          for n, ps in self._slots.items()},
+                "buffer": [dict(c) for c in self._buffer]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        params = self._checked(state["params"])
+        slots = {n: {p: {s: np.asarray(v, np.float32) for s, v in ss.items()}
+                     for p, ss in state["slots"][n].items()} for n in params}
+        self._params, self._slots = params, slots
+        self.step, self._buffer = int(state["step"]), list(state.get("buffer", []))
+
+    def _checked(self, state: Mapping[str, Mapping[str, Any]]) -> dict[str, Arrays]:
+        """``state`` as float32 arrays, refused unless it has exactly the graphs' parameters."""
+        if set(state) != set(self._sessions):
+            raise AdapterError(f"adapter state has layers {sorted(state)}, this learner adapts "
+                               f"{sorted(self._sessions)}")
+        slot_suffixes = tuple("." + s for s in slot_names(self.optimizer.name))
+        checked = {}
+        for name, session in self._sessions.items():
+            expected = {i.name: list(i.shape) for i in session.get_inputs()
+                        if i.name not in (*HYPER, "x", "d") and not i.name.endswith(slot_suffixes)}
+            params = {p: np.ascontiguousarray(v, dtype=np.float32) for p, v in state[name].items()}
+            if set(expected) != set(params) or any(
+                    list(params[p].shape) != shape for p, shape in expected.items()):
+                raise AdapterError(f"layer {name!r}: expected parameters {expected}, got "
+                                   f"{ {p: list(v.shape) for p, v in params.items()} }")
+            checked[name] = params
+        return checked

@@ -1,0 +1,147 @@
+"""Edge learner on plain ONNX Runtime: parity with the torch learner, and its edge cases."""
+
+import numpy as np
+import pytest
+import torch
+
+from cola_fed import AdaptationData, AdapterSpec, GradientLearner, OptimizerSpec
+from cola_fed.errors import ConfigError, GradientError
+from cola_fed.gl.layout import LayerInfo, Layout
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+from cola_fed.edge.export import content_hash, export_train_step  # noqa: E402
+from cola_fed.edge.graphs import GraphKey  # noqa: E402
+from cola_fed.edge.ort_learner import OrtLearner  # noqa: E402
+
+LAYOUT = Layout((LayerInfo("q", 24, 16),))
+SPECS = {"lowrank": AdapterSpec(kind="lowrank", rank=4),
+         "linear": AdapterSpec(kind="linear", bias=True),
+         "mlp": AdapterSpec(kind="mlp", hidden=12, depth=1, activation="gelu")}
+OPTIMIZERS = {
+    "sgd": OptimizerSpec(name="sgd", lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    "adamw": OptimizerSpec(name="adamw", lr=1e-3, weight_decay=1e-2, warmup_steps=5,
+                           total_steps=300),
+}
+_graphs: dict = {}
+
+
+def graphs_for(kind, optimizer):
+    key = GraphKey(SPECS[kind], 24, 16, optimizer.name, optimizer.nesterov)
+    if key.name not in _graphs:
+        _graphs[key.name] = export_train_step(key)
+    return {key.name: _graphs[key.name]}
+
+
+def chunk(rng, rows, scale=1e-2):
+    return AdaptationData({"q": rng.standard_normal((rows, 24)).astype(np.float32)},
+                          {"q": (rng.standard_normal((rows, 16)) * scale).astype(np.float32)},
+                          {"q": "q"})
+
+
+def learners(kind, optimizer, *, zero_b=False):
+    reference = GradientLearner(LAYOUT, SPECS[kind], optimizer=optimizer, dtype=torch.float64,
+                                seed=1)
+    state = reference.adapter_state()
+    if not zero_b:  # start away from zero so that every parameter gets a gradient
+        g = torch.Generator().manual_seed(2)
+        state = {n: {p: torch.randn(v.shape, generator=g, dtype=v.dtype) * 0.1
+                     for p, v in ps.items()} for n, ps in state.items()}
+        reference.load_adapter_state(state)
+    torch32 = GradientLearner(LAYOUT, SPECS[kind], optimizer=optimizer, seed=1)
+    torch32.load_adapter_state(state)
+    numpy_state = {n: {p: v.numpy().astype(np.float32) for p, v in ps.items()}
+                   for n, ps in state.items()}
+    edge = OrtLearner(LAYOUT, SPECS[kind], optimizer, graphs_for(kind, optimizer), numpy_state)
+    return reference, torch32, edge
+
+
+def flat(state):
+    return np.concatenate([np.asarray(v, dtype=np.float64).ravel()
+                           for ps in state.values() for v in ps.values()])
+
+
+@pytest.mark.parametrize("kind", SPECS)
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+def test_parity_after_200_steps(kind, opt):
+    reference, torch32, edge = learners(kind, OPTIMIZERS[opt])
+    rng = np.random.default_rng(0)
+    for step in range(200):
+        data = chunk(rng, 37 if step % 2 else 19)
+        for learner in (reference, torch32, edge):
+            learner.fit(data)
+    ours, t32 = flat(edge.adapter_state()), flat(torch32.adapter_state())
+    ref = flat(reference.adapter_state())
+    assert np.isfinite(ours).all()
+    if opt == "sgd":
+        assert np.abs(ours - t32).max() <= 1e-5
+    else:  # Adam amplifies rounding: compare the error distributions against float64
+        edge_err, torch_err = np.abs(ours - ref), np.abs(t32 - ref)
+        assert np.quantile(edge_err, 0.99) <= 3 * np.quantile(torch_err, 0.99) + 1e-7
+        assert edge_err.max() <= 1e-4
+
+
+def test_lowrank_with_zero_b_and_adamw_stays_finite():
+    _, torch32, edge = learners("lowrank", OPTIMIZERS["adamw"], zero_b=True)
+    rng = np.random.default_rng(1)
+    a_before = edge.adapter_state()["q"]["A"]
+    for _ in range(6):  # the first steps run at lr 0 (warmup) and with grad A == 0
+        data = chunk(rng, 5)
+        edge.fit(data)
+        torch32.fit(data)
+    after = edge.adapter_state()["q"]
+    assert all(np.isfinite(v).all() for v in after.values())
+    assert np.abs(after["B"]).max() > 0
+    assert np.abs(after["A"] - a_before).max() > 0
+    np.testing.assert_allclose(after["A"], torch32.adapter_state()["q"]["A"].numpy(), atol=1e-6)
+
+
+def test_zero_gradient_and_one_row():
+    _, torch32, edge = learners("mlp", OPTIMIZERS["adamw"])
+    zero = AdaptationData({"q": np.ones((1, 24), np.float32)}, {"q": np.zeros((1, 16), np.float32)},
+                          {"q": "q"})
+    for _ in range(3):
+        edge.fit(zero)
+        torch32.fit(zero)
+    for p, v in edge.adapter_state()["q"].items():
+        assert np.isfinite(v).all()
+        np.testing.assert_allclose(v, torch32.adapter_state()["q"][p].numpy(), atol=1e-7)
+
+
+def test_bad_chunks_are_refused_and_change_nothing():
+    _, _, edge = learners("linear", OPTIMIZERS["sgd"])
+    before = edge.state_dict()
+    bad = chunk(np.random.default_rng(0), 4)
+    bad.grads["q"][1, 2] = np.inf
+    with pytest.raises(GradientError, match="non-finite values in d"):
+        edge.fit(bad)
+    wrong = AdaptationData({"q": np.zeros((2, 23), np.float32)},
+                           {"q": np.zeros((2, 16), np.float32)}, {"q": "q"})
+    with pytest.raises(GradientError, match=r"expected x \[n, 24\]"):
+        edge.fit(wrong)
+    after = edge.state_dict()
+    assert after["step"] == before["step"] and after["buffer"] == []
+    for p, v in after["params"]["q"].items():
+        np.testing.assert_array_equal(v, before["params"]["q"][p])
+    with pytest.raises(ConfigError, match="max-grad-norm"):
+        OrtLearner(LAYOUT, SPECS["linear"], OptimizerSpec(max_grad_norm=1.0), {}, {})
+
+
+def test_export_is_deterministic():
+    key = GraphKey(SPECS["lowrank"], 24, 16, "sgd")
+    assert content_hash(export_train_step(key)) == content_hash(export_train_step(key))
+
+
+def test_cli_exports_the_graphs_a_run_needs(tmp_path):
+    import json
+    from pathlib import Path
+
+    from cola_fed.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["export-edge", "--run-config", str(root / "simulations" / "digits.toml"),
+                 "--out", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest) == {"lowrank-r8-64x64-adamw", "linear-bias-64x10-adamw"}
+    for name, digest in manifest.items():
+        assert content_hash((tmp_path / f"{name}.onnx").read_bytes()) == digest
