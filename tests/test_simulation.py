@@ -1,7 +1,6 @@
 """End to end: `flwr run .` on Flower's local simulation engine, through `cola-fed simulate`."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -9,20 +8,6 @@ from cola_fed.federation import simulate as sim
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ray")
-
-
-def running_on(*ports: int) -> list[int]:
-    marks = {str(p) for p in ports}
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                args = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if {a.decode(errors="ignore").rsplit(":", 1)[-1] for a in args} & marks:
-                found.append(int(entry.name))
-    return found
 
 
 def test_flwr_run_digits_two_rounds_and_nothing_left_behind(tmp_path, monkeypatch):
@@ -42,4 +27,4 @@ def test_flwr_run_digits_two_rounds_and_nothing_left_behind(tmp_path, monkeypatc
     assert all(r["nodes"] == 2 and r["failed"] == 0 for r in metrics["rounds"][1:])
     assert len(list((out / "adapters").glob("*.safetensors"))) == 2
     assert (out / "learning_curve.png").stat().st_size > 0
-    assert len(ports) == 2 and running_on(*ports) == []
+    assert len(ports) == 2 and sim.flower_processes_on_ports(*ports) == []

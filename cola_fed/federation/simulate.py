@@ -19,13 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cola_fed.config import RunConfig, flatten
-from cola_fed.errors import ColaError, ConfigError
+import tomli_w
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
+from cola_fed.config import RunConfig, flatten, tomllib
+from cola_fed.errors import ColaError, ConfigError
 
 PROJECT = Path(__file__).resolve().parents[2]
 SIMULATIONS = PROJECT / "simulations"
@@ -62,7 +59,7 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
     (out / "metrics.json").unlink(missing_ok=True)  # a stale file must not pass for this run
     with tempfile.TemporaryDirectory(prefix="cola-flwr-") as home:
         run_config = Path(home) / "run-config.toml"
-        run_config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in values.items()))
+        run_config.write_text(tomli_w.dumps(values))
         http_port, control_port = free_port(), free_port()
         env = {**os.environ, "FLWR_HOME": home,
                "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
@@ -87,9 +84,9 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
     return out
 
 
-def stop_processes_on_ports(*ports: int, grace: float = 5.0) -> list[int]:
-    """Stop the processes whose command line names one of ``ports`` (the run's SuperLink and
-    the simulation it spawned); SIGTERM, then SIGKILL after ``grace`` seconds."""
+def flower_processes_on_ports(*ports: int) -> list[int]:
+    """PIDs of Flower processes whose command line names one of ``ports`` (a run's SuperLink,
+    its SuperExec and the simulation it spawned)."""
     marks = {str(p) for p in ports}
     mine = os.getpid()
     pids = []
@@ -103,6 +100,13 @@ def stop_processes_on_ports(*ports: int, grace: float = 5.0) -> list[int]:
         words = {w.decode(errors="ignore").rsplit(":", 1)[-1] for w in args}
         if words & marks and any(b"flwr" in a or b"flower" in a for a in args):
             pids.append(int(entry.name))
+    return pids
+
+
+def stop_processes_on_ports(*ports: int, grace: float = 5.0) -> list[int]:
+    """Stop :func:`flower_processes_on_ports`: SIGTERM, then SIGKILL after ``grace`` seconds.
+    Returns the PIDs that needed SIGKILL."""
+    pids = flower_processes_on_ports(*ports)
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -125,10 +129,3 @@ def _zombie(pid: int) -> bool:
     except OSError:
         return True
 
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
