@@ -89,33 +89,22 @@ def _export_peft(args: argparse.Namespace) -> int:
 
 
 def _export_edge(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from cola_fed.adapters.spec import AdapterSpec
     from cola_fed.config import RunConfig
     from cola_fed.edge.export import content_hash, export_train_step
-    from cola_fed.edge.graphs import GraphKey
-    from cola_fed.gl.layout import assign_specs
+    from cola_fed.edge.graphs import graph_keys
+    from cola_fed.federation.strategy import run_spec
     from cola_fed.gl.targets import find_targets
     from cola_fed.tasks.base import get_task
 
     config = RunConfig.from_toml(args.run_config) if args.run_config else RunConfig()
     task = get_task(config.task)
     layout, _ = find_targets(task.build_model(), list(task.targets))
-    optimizer = config.optimizer.spec()
-    adapter = config.adapter
-    keys = set()
-    for kind in {adapter.kind, *adapter.kind_list, *adapter.kind_map.values()}:
-        specs = {"*": dataclasses.replace(adapter.spec_for(0), kind=kind)}
-        if task.head:  # the fresh head's adapter, as every node gets it
-            specs[task.head] = AdapterSpec(kind="linear", bias=True)
-        for name, spec in assign_specs(layout, specs).items():
-            info = layout[name]
-            keys.add(GraphKey(spec, info.d_in, info.d_out, optimizer.name, optimizer.nesterov))
+    spec = run_spec(layout, task, config)
+    keys = graph_keys(layout, spec.all_specs(), spec.optimizer).values()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {}
-    for key in sorted(keys, key=lambda k: k.name):
+    for key in keys:
         model = export_train_step(key)
         (out / f"{key.name}.onnx").write_bytes(model)
         manifest[key.name] = content_hash(model)

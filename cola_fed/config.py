@@ -98,37 +98,20 @@ class AdapterConfig:
     activation: str = "relu"
 
     def __post_init__(self) -> None:
-        for kind in [self.kind, *self.kind_list, *self.kind_map.values()]:
+        for kind in [self.kind, *per_partition_values("adapter.kinds", self.kinds)]:
             AdapterSpec(kind=kind)  # validates the name
         self.spec_for(0)  # validates the sizes
 
     @property
-    def kind_list(self) -> list[str]:
-        """The cyclic list form of ``kinds`` (empty when ``kinds`` is a mapping)."""
-        entries = [k.strip() for k in self.kinds.split(",") if k.strip()]
-        return [] if any(":" in k for k in entries) else entries
-
-    @property
-    def kind_map(self) -> dict[int, str]:
-        """The by-partition-id mapping form of ``kinds`` (empty when ``kinds`` is a list)."""
-        entries = [k.strip() for k in self.kinds.split(",") if k.strip()]
-        if not any(":" in k for k in entries):
-            return {}
-        mapping = {}
-        for entry in entries:
-            pid, sep, kind = entry.partition(":")
-            if not sep or not pid.strip().isdigit():
-                raise ConfigError(f"adapter.kinds: expected 'partition-id:kind' entries, got "
-                                  f"{entry!r} in {self.kinds!r}")
-            mapping[int(pid)] = kind.strip()
-        return mapping
+    def all_specs(self) -> list[AdapterSpec]:
+        """Every distinct spec some node may get (e.g. to prepare ONNX graphs for all)."""
+        kinds = dict.fromkeys([self.kind, *per_partition_values("adapter.kinds", self.kinds)])
+        return [self._spec(kind) for kind in kinds]
 
     def spec_for(self, partition_id: int) -> AdapterSpec:
-        kinds = self.kind_list
-        if kinds:
-            kind = kinds[partition_id % len(kinds)]
-        else:
-            kind = self.kind_map.get(partition_id, self.kind)
+        return self._spec(per_partition("adapter.kinds", self.kinds, partition_id, self.kind))
+
+    def _spec(self, kind: str) -> AdapterSpec:
         return AdapterSpec(kind=kind, rank=self.rank, hidden=self.hidden, depth=self.depth,
                            activation=self.activation)
 
@@ -226,6 +209,33 @@ class WireConfig:
         _one_of("wire.dtype", self.dtype, ("float32", "float16", "bfloat16"))
 
 
+BACKENDS = ("torch", "onnx")
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Nodes that train on ONNX Runtime instead of PyTorch (see docs/edge.md).
+
+    Parameters
+    ----------
+    graphs : bool
+        Ship the run's train-step graphs (a few tens of kB each) at hello, so nodes without
+        PyTorch can join. Off: such nodes are refused with a clear error.
+    backends : str
+        The backend of nodes whose node config does not set ``backend``, as a cyclic list
+        (``"onnx,torch"``) or a mapping by partition id (``"0:onnx,2:onnx"``; others choose
+        themselves). Empty: each node chooses, torch when it is installed, else onnx. Meant
+        for simulations; deployed nodes set ``backend`` in their node config.
+    """
+
+    graphs: bool = True
+    backends: str = ""
+
+    def __post_init__(self) -> None:
+        for backend in per_partition_values("edge.backends", self.backends):
+            _one_of("edge.backends", backend, BACKENDS)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The whole run; the sections are the run config's dotted prefixes."""
@@ -238,6 +248,7 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     wire: WireConfig = field(default_factory=WireConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
 
     def __post_init__(self) -> None:
         _positive("num-server-rounds", self.num_server_rounds)
@@ -271,6 +282,41 @@ class RunConfig:
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise ConfigError(f"cannot read run config {path}: {err}") from None
         return cls.from_flat(flatten(raw))
+
+
+def per_partition(key: str, value: str, partition_id: int, default: str) -> str:
+    """The entry of a per-partition setting for one node.
+
+    ``value`` is a cyclic list (``"a,b,c"``: partition ``p`` gets entry ``p % 3``), a mapping by
+    partition id (``"0:a,3:b"``: unlisted partitions get ``default``) or empty (``default``).
+    """
+    entries = _entries(value)
+    if not any(":" in e for e in entries):
+        return entries[partition_id % len(entries)] if entries else default
+    return _mapping(key, entries).get(partition_id, default)
+
+
+def per_partition_values(key: str, value: str) -> list[str]:
+    """Every entry a per-partition setting names (checked for form)."""
+    entries = _entries(value)
+    if any(":" in e for e in entries):
+        return list(_mapping(key, entries).values())
+    return entries
+
+
+def _entries(value: str) -> list[str]:
+    return [e.strip() for e in value.split(",") if e.strip()]
+
+
+def _mapping(key: str, entries: list[str]) -> dict[int, str]:
+    mapping = {}
+    for entry in entries:
+        pid, sep, choice = entry.partition(":")
+        if not sep or not pid.strip().isdigit():
+            raise ConfigError(f"{key}: expected 'partition-id:value' entries or a plain list, "
+                              f"got {entry!r}")
+        mapping[int(pid)] = choice.strip()
+    return mapping
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:

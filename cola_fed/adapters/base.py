@@ -19,8 +19,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import numpy as np
 import torch
 
+from cola_fed.adapters.init import initial_params, param_shapes
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.errors import AdapterError
 
@@ -37,15 +39,17 @@ class Adapter(ABC):
             raise AdapterError(f"{type(self).__name__} needs kind={self.kind!r}, got {spec.kind!r}")
         self.spec = spec
 
-    @abstractmethod
     def param_shapes(self, d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
         """Shape of every parameter for a layer mapping ``d_in`` to ``d_out`` features."""
+        return param_shapes(self.spec, d_in, d_out)
 
-    @abstractmethod
     def init(
-        self, d_in: int, d_out: int, *, generator: torch.Generator, dtype: torch.dtype
+        self, d_in: int, d_out: int, *, rng: np.random.Generator, dtype: torch.dtype
     ) -> Params:
-        """Fresh parameters whose output is exactly zero."""
+        """Fresh parameters whose output is exactly zero (drawn by the torch-free
+        :func:`cola_fed.adapters.init.initial_params`, so both backends start alike)."""
+        return {name: torch.from_numpy(value).to(dtype)
+                for name, value in initial_params(self.spec, d_in, d_out, rng).items()}
 
     @abstractmethod
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -78,12 +82,3 @@ class Adapter(ABC):
                     f"{shape} for a {d_in} -> {d_out} layer, got {got}"
                 )
 
-
-def kaiming_uniform(
-    shape: tuple[int, int], *, generator: torch.Generator, dtype: torch.dtype
-) -> torch.Tensor:
-    """``nn.Linear``'s default weight init (kaiming_uniform with a = sqrt 5), as PEFT's LoRA A."""
-    bound = 1.0 / shape[1] ** 0.5
-    return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1).mul_(bound).to(
-        dtype
-    )

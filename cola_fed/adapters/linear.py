@@ -14,18 +14,6 @@ from cola_fed.adapters.base import Adapter, Params
 class LinearAdapter(Adapter):
     kind = "linear"
 
-    def param_shapes(self, d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
-        shapes: dict[str, tuple[int, ...]] = {"weight": (d_out, d_in)}
-        if self.spec.bias:
-            shapes["bias"] = (d_out,)
-        return shapes
-
-    def init(
-        self, d_in: int, d_out: int, *, generator: torch.Generator, dtype: torch.dtype
-    ) -> Params:
-        return {name: torch.zeros(shape, dtype=dtype) for name, shape in
-                self.param_shapes(d_in, d_out).items()}
-
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         out = x @ params["weight"].T
         return out + params["bias"] if "bias" in params else out

@@ -8,22 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from cola_fed.adapters.base import Adapter, Params, kaiming_uniform
+from cola_fed.adapters.base import Adapter, Params
 
 
 class LowRankAdapter(Adapter):
     kind = "lowrank"
-
-    def param_shapes(self, d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
-        return {"A": (self.spec.rank, d_in), "B": (d_out, self.spec.rank)}
-
-    def init(
-        self, d_in: int, d_out: int, *, generator: torch.Generator, dtype: torch.dtype
-    ) -> Params:
-        return {
-            "A": kaiming_uniform((self.spec.rank, d_in), generator=generator, dtype=dtype),
-            "B": torch.zeros(d_out, self.spec.rank, dtype=dtype),
-        }
 
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return (x @ params["A"].T) @ params["B"].T

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from itertools import pairwise
 
 import torch
 
-from cola_fed.adapters.base import Adapter, Params, kaiming_uniform
+from cola_fed.adapters.base import Adapter, Params
 
 Activation = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
@@ -39,36 +38,6 @@ ACTIVATIONS: dict[str, Activation] = {
 
 class MLPAdapter(Adapter):
     kind = "mlp"
-
-    def _widths(self, d_in: int, d_out: int) -> list[int]:
-        return [d_in, *self.spec.hidden_sizes, d_out]
-
-    def param_shapes(self, d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
-        widths = self._widths(d_in, d_out)
-        shapes: dict[str, tuple[int, ...]] = {}
-        for i, (fan_in, fan_out) in enumerate(pairwise(widths)):
-            shapes[f"fc{i}.weight"] = (fan_out, fan_in)
-            shapes[f"fc{i}.bias"] = (fan_out,)
-        return shapes
-
-    def init(
-        self, d_in: int, d_out: int, *, generator: torch.Generator, dtype: torch.dtype
-    ) -> Params:
-        widths = self._widths(d_in, d_out)
-        last = len(widths) - 2
-        params: Params = {}
-        for i, (fan_in, fan_out) in enumerate(pairwise(widths)):
-            if i == last:  # zero output: the adapted model starts as the base model
-                params[f"fc{i}.weight"] = torch.zeros(fan_out, fan_in, dtype=dtype)
-                params[f"fc{i}.bias"] = torch.zeros(fan_out, dtype=dtype)
-            else:  # nn.Linear's default initialisation
-                params[f"fc{i}.weight"] = kaiming_uniform(
-                    (fan_out, fan_in), generator=generator, dtype=dtype
-                )
-                bound = 1.0 / fan_in**0.5
-                draw = torch.rand(fan_out, generator=generator, dtype=torch.float64)
-                params[f"fc{i}.bias"] = ((draw * 2 - 1) * bound).to(dtype)
-        return params
 
     @property
     def _num_layers(self) -> int:

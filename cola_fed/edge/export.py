@@ -5,8 +5,8 @@ closed-form VJP (``cola_fed.adapters``) and the optimizer update (``cola_fed.gl.
 two cannot drift apart. Contract (every hyper-parameter a graph input, so nothing is folded):
 
     inputs : params..., slots..., x [N, d_in], d [N, d_out],
-             lr, step, beta1, beta2, eps, weight_decay, momentum      (float32 scalars)
-    outputs: params'..., slots'..., grad_norm                          (this layer's gradient norm)
+             lr, step, beta1, beta2, eps, weight_decay, momentum, grad_scale   (float32 scalars)
+    outputs: params'..., slots'..., grad_norm     (this layer's gradient norm, before grad_scale)
 
 Exported with ``torch.onnx.export(dynamo=True, optimize=False)``: the onnxscript optimizer's
 ``x + 0`` rule also removes ``+ 1e-8`` and so drops Adam's epsilon (see docs), hence no optimize.
@@ -14,14 +14,15 @@ Exported with ``torch.onnx.export(dynamo=True, optimize=False)``: the onnxscript
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import io
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from cola_fed.adapters.registry import build_adapter
-from cola_fed.edge.graphs import HYPER, GraphKey, slot_names
+from cola_fed.edge.graphs import HYPER, GraphKey, content_hash, slot_names
 from cola_fed.gl.optim import adamw_update, sgd_update
 
 
@@ -40,9 +41,11 @@ class TrainStep(nn.Module):
         params = dict(zip(self.param_names, inputs[:n_params]))
         slots = inputs[n_params:n_params + n_slots]
         x, d = inputs[n_params + n_slots:n_params + n_slots + 2]
-        lr, step, beta1, beta2, eps, weight_decay, momentum = inputs[n_params + n_slots + 2:]
+        lr, step, beta1, beta2, eps, weight_decay, momentum, grad_scale = inputs[
+            n_params + n_slots + 2:]
         grads = self.adapter.vjp(params, x, d)
         norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
+        grads = {name: g * grad_scale for name, g in grads.items()}
         new_params, new_slots = [], []
         for i, name in enumerate(self.param_names):
             if self.key.optimizer == "adamw":
@@ -73,12 +76,13 @@ class TrainStep(nn.Module):
         slots = [torch.zeros(shapes[n]) for n in self.param_names for _ in self.slots]
         x, d = torch.zeros(3, self.key.d_in), torch.zeros(3, self.key.d_out)
         hyper = [torch.tensor(v, dtype=torch.float32)
-                 for v in (1e-3, 1.0, 0.9, 0.999, 1e-8, 0.0, 0.0)]
+                 for v in (1e-3, 1.0, 0.9, 0.999, 1e-8, 0.0, 0.0, 1.0)]
         return (*params, *slots, x, d, *hyper)
 
 
+@functools.lru_cache(maxsize=64)
 def export_train_step(key: GraphKey) -> bytes:
-    """The ONNX bytes of one train step, rows dynamic."""
+    """The ONNX bytes of one train step, rows dynamic (deterministic; cached per process)."""
     import warnings
 
     step = TrainStep(key)
@@ -97,5 +101,9 @@ def export_train_step(key: GraphKey) -> bytes:
     return buffer.getvalue()
 
 
-def content_hash(model: bytes) -> str:
-    return hashlib.sha256(model).hexdigest()
+def export_graphs(keys: Iterable[GraphKey]) -> dict[str, bytes]:
+    """``name -> ONNX bytes`` for every key."""
+    return {key.name: export_train_step(key) for key in keys}
+
+
+__all__ = ["TrainStep", "content_hash", "export_graphs", "export_train_step"]

@@ -1,10 +1,14 @@
 """The client side of ColA on plain ONNX Runtime: numpy and onnxruntime only, no torch.
 
-Same behaviour and interface as :class:`cola_fed.gl.learner.GradientLearner` (interval I,
-learning-rate schedule, state save/load, strict checks of incoming chunks); the optimizer step
-itself is the exported train-step graph of each layer (``cola_fed.edge.export``). Global
-gradient-norm clipping is not offered here: it needs every layer's gradient before any update,
-which one graph per layer does not give.
+Same behaviour and interface as :class:`cola_fed.gl.learner.GradientLearner`: the same initial
+adapters for the same seed, interval I, learning-rate schedule, global-norm clipping, state
+save/load in the same safetensors format, strict checks of incoming chunks. The optimizer step
+itself is the exported train-step graph of each layer (``cola_fed.edge.export``).
+
+Clipping needs the global gradient norm before any layer steps, while each graph both computes a
+layer's gradient and steps. So a step runs every layer's graph at ``grad_scale = 1``, which also
+returns each layer's norm; only when the global norm exceeds ``max_grad_norm`` does it run them
+again at the clipping coefficient (a second pass, and only on the steps that clip).
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from cola_fed.adapters.init import initial_state as draw_initial_state
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.edge.graphs import HYPER, GraphKey, slot_names
 from cola_fed.errors import AdapterError, ConfigError, GradientError
 from cola_fed.gl.data import AdaptationData
 from cola_fed.gl.layout import Layout, SpecLike, assign_specs
+from cola_fed.gl.learner_state import state_from_bytes, state_to_bytes
 from cola_fed.gl.optim_spec import OptimizerSpec
 
 Arrays = dict[str, np.ndarray]
@@ -34,12 +40,13 @@ class OrtLearner:
     spec : AdapterSpec or mapping
         As for ``GradientLearner``.
     optimizer : OptimizerSpec
-        Optimizer and schedule (``max_grad_norm`` must be unset).
+        Optimizer, schedule and clipping.
     graphs : mapping
         ``GraphKey.name`` -> ONNX model bytes, for every (family, layer shape, optimizer) used.
-    initial_state : mapping
-        ``{layer: {param: array}}``: the adapters to start from (e.g. sent by the server, or
-        produced by a ``GradientLearner`` with the run's seed).
+    seed : int
+        Seeds the adapters' initialisation exactly as ``GradientLearner``'s seed does.
+    initial_state : mapping, optional
+        ``{layer: {param: array}}``: adapters to start from instead of the seeded ones.
     interval : int
         Adaptation interval I.
     threads : int
@@ -47,12 +54,11 @@ class OrtLearner:
     """
 
     def __init__(self, layout: Layout, spec: SpecLike, optimizer: OptimizerSpec,
-                 graphs: Mapping[str, bytes], initial_state: Mapping[str, Mapping[str, Any]],
-                 *, interval: int = 1, threads: int = 1) -> None:
+                 graphs: Mapping[str, bytes], *, seed: int = 0,
+                 initial_state: Mapping[str, Mapping[str, Any]] | None = None,
+                 interval: int = 1, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        if optimizer.max_grad_norm is not None:
-            raise ConfigError("optimizer.max-grad-norm: not available on the ONNX backend")
         if not isinstance(interval, int) or interval < 1:
             raise ConfigError(f"interval: expected a positive integer, got {interval!r}")
         self.layout, self.optimizer, self.interval = layout, optimizer, interval
@@ -68,6 +74,8 @@ class OrtLearner:
                 raise ConfigError(f"no train-step graph {key.name!r} for layer {name!r}")
             self._sessions[name] = ort.InferenceSession(graphs[key.name], options,
                                                         providers=["CPUExecutionProvider"])
+        if initial_state is None:
+            initial_state = draw_initial_state(layout, self.specs, seed)
         self._params = self._checked(initial_state)
         slots = slot_names(optimizer.name)
         self._slots = {n: {p: {s: np.zeros_like(v) for s in slots} for p, v in ps.items()}
@@ -104,27 +112,42 @@ class OrtLearner:
         lr = self.optimizer.lr_at(self.step)
         hyper = {"lr": lr, "step": float(self.step), "beta1": self.optimizer.betas[0],
                  "beta2": self.optimizer.betas[1], "eps": self.optimizer.eps,
-                 "weight_decay": self.optimizer.weight_decay, "momentum": self.optimizer.momentum}
-        squares = 0.0
-        for name, session in self._sessions.items():
-            parts = [c[name] for c in buffered if name in c]
-            if not parts:
-                continue
-            feeds = {k: np.asarray(v, dtype=np.float32) for k, v in hyper.items()}
-            feeds["x"] = np.concatenate([x for x, _ in parts])
-            feeds["d"] = np.concatenate([d for _, d in parts])
-            for p, value in self._params[name].items():
-                feeds[p] = value
-                for s, slot in self._slots[name][p].items():
-                    feeds[f"{p}.{s}"] = slot
-            names = [o.name for o in session.get_outputs()]
-            outputs = dict(zip(names, session.run(names, feeds)))
+                 "weight_decay": self.optimizer.weight_decay, "momentum": self.optimizer.momentum,
+                 "grad_scale": 1.0}
+        feeds = {name: self._feeds(name, buffered, hyper) for name in self._sessions}
+        outputs = {name: self._run(name, f) for name, f in feeds.items() if f is not None}
+        norm = sum(float(out["grad_norm"]) ** 2 for out in outputs.values()) ** 0.5
+        if self.optimizer.max_grad_norm is not None:  # clip_grad_norm_'s coefficient
+            coef = min(1.0, self.optimizer.max_grad_norm / (norm + 1e-6))
+            if coef < 1.0:
+                scale = np.asarray(coef, dtype=np.float32)
+                outputs = {name: self._run(name, {**f, "grad_scale": scale})
+                           for name, f in feeds.items() if f is not None}
+        for name, out in outputs.items():
             for p in self._params[name]:
-                self._params[name][p] = outputs[f"new.{p}"]
+                self._params[name][p] = out[f"new.{p}"]
                 for s in self._slots[name][p]:
-                    self._slots[name][p][s] = outputs[f"new.{p}.{s}"]
-            squares += float(outputs["grad_norm"]) ** 2
-        return {**metrics, "stepped": 1.0, "grad_norm": squares**0.5, "lr": lr}
+                    self._slots[name][p][s] = out[f"new.{p}.{s}"]
+        return {**metrics, "stepped": 1.0, "grad_norm": norm, "lr": lr}
+
+    def _feeds(self, name: str, buffered: list, hyper: dict[str, float]) -> dict | None:
+        """The inputs of layer ``name``'s graph for the buffered chunks (None: no rows)."""
+        parts = [c[name] for c in buffered if name in c]
+        if not parts:
+            return None
+        feeds = {k: np.asarray(v, dtype=np.float32) for k, v in hyper.items()}
+        feeds["x"] = np.concatenate([x for x, _ in parts])
+        feeds["d"] = np.concatenate([d for _, d in parts])
+        for p, value in self._params[name].items():
+            feeds[p] = value
+            for s, slot in self._slots[name][p].items():
+                feeds[f"{p}.{s}"] = slot
+        return feeds
+
+    def _run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._sessions[name]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "params": self.adapter_state(),
@@ -138,6 +161,14 @@ class OrtLearner:
                      for p, ss in state["slots"][n].items()} for n in params}
         self._params, self._slots = params, slots
         self.step, self._buffer = int(state["step"]), list(state.get("buffer", []))
+
+    def to_bytes(self) -> bytes:
+        """:meth:`state_dict` as a safetensors blob, in ``GradientLearner.to_bytes``'s format."""
+        return state_to_bytes(self.state_dict())
+
+    def load_bytes(self, blob: bytes) -> None:
+        """Restore a :meth:`to_bytes` blob (shapes checked)."""
+        self.load_state_dict(state_from_bytes(blob))
 
     def _checked(self, state: Mapping[str, Mapping[str, Any]]) -> dict[str, Arrays]:
         """``state`` as float32 arrays, refused unless it has exactly the graphs' parameters."""

@@ -40,8 +40,8 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> ColaStrategy:
 def write_results(strategy: ColaStrategy, out: Path, *, seconds: float) -> Path:
     """metrics.json, learning_curve.png and every node's final adapters (safetensors)."""
     out.mkdir(parents=True, exist_ok=True)
-    nodes = {s.partition_id: {"rounds-trained": s.rounds_trained, "history": s.history}
-             for s in strategy.sessions.values()}
+    nodes = {s.partition_id: {"backend": s.backend, "rounds-trained": s.rounds_trained,
+                              "history": s.history} for s in strategy.sessions.values()}
     (out / "metrics.json").write_text(json.dumps(
         {"rounds": strategy.rounds, "nodes": nodes, "seconds": seconds}, indent=2) + "\n")
     adapters = out / "adapters"

@@ -9,7 +9,9 @@ held-out batches with that node's adapters (personalised accuracy).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import logging
 import random
 import statistics
@@ -27,9 +29,11 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.config import RunConfig
+from cola_fed.edge.graphs import content_hash, graph_keys
 from cola_fed.errors import ColaError, PayloadError
 from cola_fed.federation.protocol import (
     CLEAR,
+    GRAPHS,
     KIND_HELLO,
     KIND_TRAIN,
     METRICS,
@@ -38,6 +42,7 @@ from cola_fed.federation.protocol import (
 )
 from cola_fed.federation.records import blob_to_record, record_to_blob
 from cola_fed.gl.engine import ServerEngine
+from cola_fed.gl.layout import Layout
 from cola_fed.tasks.base import ClientData, Task
 from cola_fed.wire import (
     SecureChannel,
@@ -54,6 +59,14 @@ from cola_fed.wire.crypto import PROTOCOL_VERSION
 log = logging.getLogger("cola_fed")
 
 
+def run_spec(layout: Layout, task: Task, config: RunConfig) -> RunSpec:
+    """What every node is told about the run at hello."""
+    return RunSpec(layout=layout, task=config.task, adapter=config.adapter,
+                   optimizer=config.optimizer.spec(), interval=config.data.interval,
+                   head=task.head, wire_dtype=config.wire.dtype, data_mode=config.data.mode,
+                   backends=config.edge.backends)
+
+
 @dataclass
 class NodeSession:
     """What the server holds for one node between rounds."""
@@ -68,6 +81,7 @@ class NodeSession:
     #: ``upload`` mode: the node's training split, as the seeded batch stream the node would draw
     stream: Iterator[dict[str, np.ndarray]] | None = None
     num_examples: int = 0
+    backend: str = "torch"
     rounds_trained: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -91,10 +105,7 @@ class ColaStrategy(Strategy):
                  server_key: X25519PrivateKey | None = None) -> None:
         self.engine, self.task, self.config = engine, task, config
         self.key = server_key or X25519PrivateKey.generate()
-        self.spec = RunSpec(layout=engine.layout, task=config.task, adapter=config.adapter,
-                            optimizer=config.optimizer.spec(), interval=config.data.interval,
-                            head=task.head, wire_dtype=config.wire.dtype,
-                            data_mode=config.data.mode)
+        self.spec = run_spec(engine.layout, task, config)
         self.sessions: dict[int, NodeSession] = {}
         self.server_test = task.server_test_batches() if config.task.server_test_size else []
         self.rounds: list[dict[str, Any]] = []
@@ -119,14 +130,18 @@ class ColaStrategy(Strategy):
             if time.monotonic() > deadline:
                 raise ColaError(f"fewer than {wanted} nodes connected within {timeout:.0f} s")
             time.sleep(1.0)
-        content = ConfigRecord({
-            "protocol-version": PROTOCOL_VERSION,
-            "server-public-key": public_bytes(self.key),
-            "run-spec": self.spec.to_json(),
+        graphs = self._edge_graphs()
+        content = RecordDict({
+            CLEAR: ConfigRecord({
+                "protocol-version": PROTOCOL_VERSION,
+                "server-public-key": public_bytes(self.key),
+                "run-spec": self.spec.to_json(),
+                "graph-hashes": json.dumps({n: content_hash(g) for n, g in graphs.items()}),
+            }),
+            GRAPHS: ConfigRecord(graphs),
         })
-        messages = [Message(RecordDict({CLEAR: content}), dst_node_id=node,
-                            message_type=MessageType.QUERY, group_id="0")
-                    for node in grid.get_node_ids()]
+        messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY,
+                            group_id="0") for node in grid.get_node_ids()]
         log.info("hello: %d nodes, server key %s", len(messages),
                  fingerprint(public_bytes(self.key)))
         for reply in grid.send_and_receive(messages, timeout=timeout):
@@ -140,8 +155,24 @@ class ColaStrategy(Strategy):
                 log.warning("hello: refused node %s: %r", node, err)
         if not self.sessions:
             raise ColaError("no node completed the hello round")
-        log.info("hello: %d nodes joined (partitions %s)", len(self.sessions),
-                 sorted(s.partition_id for s in self.sessions.values()))
+        log.info("hello: %d nodes joined (partitions %s; backends %s)", len(self.sessions),
+                 sorted(s.partition_id for s in self.sessions.values()),
+                 dict(sorted(collections.Counter(s.backend for s in self.sessions.values())
+                             .items())))
+
+    def _edge_graphs(self) -> dict[str, bytes]:
+        """The train-step graphs of every node kind in the run (``edge.graphs``), for nodes on
+        the ONNX backend; exported once per process."""
+        if not self.config.edge.graphs:
+            return {}
+        from cola_fed.edge.export import export_graphs
+
+        started = time.monotonic()
+        keys = graph_keys(self.spec.layout, self.spec.all_specs(), self.spec.optimizer)
+        graphs = export_graphs(keys.values())
+        log.info("hello: %d train-step graphs for ONNX nodes, %.0f kB, ready in %.1f s",
+                 len(graphs), sum(map(len, graphs.values())) / 1e3, time.monotonic() - started)
+        return graphs
 
     def _open_hello(self, node: int, reply: Message) -> NodeSession:
         clear = reply.content[CLEAR]
@@ -155,7 +186,8 @@ class ColaStrategy(Strategy):
         evals = [self._checked_batch(bundle[name]) for name in sorted(bundle)
                  if name.startswith("eval")]
         session = NodeSession(node, partition_id, channel, specs, adapters, [], evals,
-                              num_examples=int(clear["num-examples"]))
+                              num_examples=int(clear["num-examples"]),
+                              backend=str(clear["backend"]))
         if self.spec.data_mode == "upload":
             train = ClientData(train=self._checked_batch(bundle["train"]), eval_batches=[])
             session.stream = train.batches(self.config.task.batch_size,

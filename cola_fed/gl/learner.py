@@ -11,17 +11,18 @@ form (the adapter's VJP) and takes one optimizer step per adaptation interval.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from cola_fed.adapters.base import Adapter
+from cola_fed.adapters.init import initial_state
 from cola_fed.adapters.registry import build_adapter
 from cola_fed.errors import AdapterError, ConfigError, GradientError
 from cola_fed.gl.data import AdaptationData
 from cola_fed.gl.layout import Layout, SpecLike, assign_specs
+from cola_fed.gl.learner_state import state_from_bytes, state_to_bytes
 from cola_fed.gl.optim import apply_update, clip_coefficient, global_grad_norm, init_slots
 from cola_fed.gl.optim_spec import OptimizerSpec
 
@@ -44,7 +45,8 @@ class GradientLearner:
     lr, weight_decay : float
         Learning rate and weight decay (ignored when ``optimizer`` is an ``OptimizerSpec``).
     seed : int
-        Seeds the adapters' initialisation: the same seed gives the same adapters.
+        Seeds the adapters' initialisation (:func:`cola_fed.adapters.init.initial_state`, shared
+        with the ONNX Runtime learner): the same seed gives the same adapters.
     interval : int
         Adaptation interval ``I``: buffer ``I`` chunks of adaptation data, then take one step on
         their concatenation (the sum of the per-chunk gradients at the stale weights).
@@ -84,12 +86,10 @@ class GradientLearner:
         self.dtype = dtype
         self.step = 0
         self._adapters: dict[str, Adapter] = {n: build_adapter(s) for n, s in self.specs.items()}
-        generator = torch.Generator().manual_seed(seed)
-        self._params: NestedTensors = {}
-        for name, adapter in self._adapters.items():
-            info = layout[name]
-            self._params[name] = adapter.init(info.d_in, info.d_out, generator=generator,
-                                              dtype=dtype)
+        self._params: NestedTensors = {
+            name: {p: torch.from_numpy(v).to(dtype) for p, v in params.items()}
+            for name, params in initial_state(layout, self.specs, seed).items()
+        }
         self._slots: dict[str, dict[str, dict[str, Tensor]]] = {
             name: {p: init_slots(self.optimizer, t) for p, t in params.items()}
             for name, params in self._params.items()
@@ -166,42 +166,22 @@ class GradientLearner:
         self._params, self._slots, self.step, self._buffer = params, slots, step, buffer
 
     def to_bytes(self) -> bytes:
-        """:meth:`state_dict` as a safetensors blob (for a node's persistent state; no pickle)."""
-        from safetensors.torch import save
-
+        """:meth:`state_dict` as a safetensors blob (:mod:`cola_fed.gl.learner_state`; the ONNX
+        Runtime learner reads and writes the same format)."""
         state = self.state_dict()
-        flat = {f"p/{n}/{p}": t for n, ps in state["params"].items() for p, t in ps.items()}
-        flat.update({f"s/{n}/{p}/{k}": t for n, ps in state["slots"].items()
-                     for p, slots in ps.items() for k, t in slots.items()})
-        for i, chunk in enumerate(state["buffer"]):
-            for name, (x, d) in chunk.items():
-                flat[f"b/{i}/x/{name}"], flat[f"b/{i}/d/{name}"] = x, d
-        meta = {"step": str(state["step"]), "buffered": str(len(state["buffer"]))}
-        return save({k: v.contiguous() for k, v in flat.items()}, metadata=meta)
+        return state_to_bytes({
+            "step": state["step"],
+            "params": _to_numpy(state["params"]),
+            "slots": {n: _to_numpy(ps) for n, ps in state["slots"].items()},
+            "buffer": [{n: (x.numpy(), d.numpy()) for n, (x, d) in chunk.items()}
+                       for chunk in state["buffer"]],
+        })
 
     def load_bytes(self, blob: bytes) -> None:
         """Restore a :meth:`to_bytes` blob (shapes checked as in :meth:`load_state_dict`)."""
-        from safetensors.torch import load
-
-        tensors = load(blob)
-        meta = _safetensors_metadata(blob)
-        step, buffered = int(meta["step"]), int(meta["buffered"])
-        state: dict[str, Any] = {"step": step, "params": {}, "slots": {},
-                                 "buffer": [{} for _ in range(buffered)]}
-        for key, value in tensors.items():
-            head, _, rest = key.partition("/")
-            if head == "p":
-                layer, _, param = rest.rpartition("/")
-                state["params"].setdefault(layer, {})[param] = value
-            elif head == "s":
-                layer_param, _, slot = rest.rpartition("/")
-                layer, _, param = layer_param.rpartition("/")
-                state["slots"].setdefault(layer, {}).setdefault(param, {})[slot] = value
-        for i in range(buffered):
-            for name in self._params:
-                if f"b/{i}/x/{name}" in tensors:
-                    state["buffer"][i][name] = (tensors[f"b/{i}/x/{name}"],
-                                                tensors[f"b/{i}/d/{name}"])
+        state = state_from_bytes(blob)
+        state["buffer"] = [{n: (torch.from_numpy(x), torch.from_numpy(d))
+                            for n, (x, d) in chunk.items()} for chunk in state["buffer"]]
         self.load_state_dict(state)
 
     # ----------------------------------------------------------------------------------------
@@ -276,8 +256,5 @@ class GradientLearner:
         return new
 
 
-
-def _safetensors_metadata(blob: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of an in-memory safetensors blob."""
-    size = int.from_bytes(blob[:8], "little")
-    return json.loads(blob[8:8 + size]).get("__metadata__", {})
+def _to_numpy(nested: Mapping[str, Mapping[str, Tensor]]) -> dict[str, dict[str, Any]]:
+    return {k: {p: t.detach().cpu().numpy() for p, t in v.items()} for k, v in nested.items()}

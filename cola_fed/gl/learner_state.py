@@ -1,0 +1,66 @@
+"""A learner's resumable state as one safetensors blob; torch-free, shared by both backends.
+
+The PyTorch and the ONNX Runtime learners write the same format, so a node's saved state does not
+depend on its backend. Layout (no pickle; metadata ``step`` and ``buffered``)::
+
+    p/<layer>/<param>          adapter parameters
+    s/<layer>/<param>/<slot>   optimizer state (exp_avg, exp_avg_sq | momentum_buffer)
+    b/<i>/x/<layer>, b/<i>/d/<layer>   the i-th buffered chunk of adaptation data
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from cola_fed.errors import AdapterError
+
+
+def state_to_bytes(state: dict[str, Any]) -> bytes:
+    """A learner's ``state_dict`` (numpy arrays) as a safetensors blob."""
+    from safetensors.numpy import save
+
+    flat = {f"p/{n}/{p}": v for n, ps in state["params"].items() for p, v in ps.items()}
+    flat.update({f"s/{n}/{p}/{k}": v for n, ps in state["slots"].items()
+                 for p, slots in ps.items() for k, v in slots.items()})
+    for i, chunk in enumerate(state["buffer"]):
+        for name, (x, d) in chunk.items():
+            flat[f"b/{i}/x/{name}"], flat[f"b/{i}/d/{name}"] = x, d
+    meta = {"step": str(state["step"]), "buffered": str(len(state["buffer"]))}
+    return save({k: np.ascontiguousarray(v) for k, v in flat.items()}, metadata=meta)
+
+
+def state_from_bytes(blob: bytes) -> dict[str, Any]:
+    """The ``state_dict`` (numpy arrays) in a :func:`state_to_bytes` blob."""
+    from safetensors.numpy import load
+
+    try:
+        tensors = load(blob)
+        size = int.from_bytes(blob[:8], "little")
+        meta = json.loads(blob[8:8 + size]).get("__metadata__", {})
+        step, buffered = int(meta["step"]), int(meta["buffered"])
+    except Exception as err:  # safetensors raises its own error types
+        raise AdapterError(f"unreadable learner state: {err}") from None
+    state: dict[str, Any] = {"step": step, "params": {}, "slots": {},
+                             "buffer": [{} for _ in range(buffered)]}
+    chunks: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+    for key, value in tensors.items():
+        head, _, rest = key.partition("/")
+        if head == "p":
+            layer, _, param = rest.rpartition("/")
+            state["params"].setdefault(layer, {})[param] = value
+        elif head == "s":
+            layer_param, _, slot = rest.rpartition("/")
+            layer, _, param = layer_param.rpartition("/")
+            state["slots"].setdefault(layer, {}).setdefault(param, {})[slot] = value
+        elif head == "b":
+            index, _, rest = rest.partition("/")
+            which, _, layer = rest.partition("/")
+            chunks.setdefault((int(index), layer), {})[which] = value
+    for (index, layer), pair in chunks.items():
+        if index >= buffered or set(pair) != {"x", "d"}:
+            raise AdapterError(f"learner state: malformed buffered chunk {index} of {layer!r}")
+        state["buffer"][index][layer] = (pair["x"], pair["d"])
+    return state
