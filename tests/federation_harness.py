@@ -1,24 +1,61 @@
 """A fake Flower grid that delivers messages to the real client handlers in this process.
 
 Everything but the transport is real: the strategy, the client session, the sealing, the codec,
-Flower's Message/Context/record types. Nodes can be told to fail or to tamper with replies.
+Flower's Message/Context/record types. Nodes can be told to fail or to tamper with replies, and
+chosen nodes can run in a child process where ``import torch`` fails (``torch_free_node.py``),
+reached through Flower's own protobuf serialisation.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.common import serde
+from flwr.proto.message_pb2 import Context as ProtoContext
+from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from cola_fed.federation.client import handle_hello, handle_train
 
 
+class TorchFreeNode:
+    """A node's handlers in a child process that cannot import torch."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        script = Path(__file__).with_name("torch_free_node.py")
+        self.process = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env,
+                                        cwd=str(Path(__file__).parents[1]))
+
+    def handle(self, msg: Message, context: Context) -> tuple[Message, Context]:
+        for proto in (serde.message_to_proto(msg), serde.context_to_proto(context)):
+            data = proto.SerializeToString()
+            self.process.stdin.write(len(data).to_bytes(4, "big") + data)
+        self.process.stdin.flush()
+        reply = serde.message_from_proto(ProtoMessage.FromString(self._read()))
+        return reply, serde.context_from_proto(ProtoContext.FromString(self._read()))
+
+    def _read(self) -> bytes:
+        head = self.process.stdout.read(4)
+        if len(head) < 4:
+            raise RuntimeError(f"torch-free node exited with {self.process.wait()}")
+        return self.process.stdout.read(int.from_bytes(head, "big"))
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
 class LocalGrid(Grid):
     def __init__(self, num_nodes: int, *, run_id: int = 4242,
-                 reply_filter: Callable[[int, Message], Message | None] | None = None) -> None:
+                 reply_filter: Callable[[int, Message], Message | None] | None = None,
+                 torch_free: dict[int, TorchFreeNode] | None = None) -> None:
         self.run_id = run_id
         # what a real ServerApp process has set before it creates messages
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 1, 1
@@ -28,6 +65,7 @@ class LocalGrid(Grid):
             for i in range(num_nodes)
         }
         self.reply_filter = reply_filter
+        self.torch_free = torch_free or {}  # node id -> the child process that runs it
         self.delivered: list[Message] = []
 
     def get_node_ids(self) -> Iterable[int]:
@@ -42,10 +80,14 @@ class LocalGrid(Grid):
             context = self.contexts[msg.metadata.dst_node_id]
             handler = handle_hello if msg.metadata.message_type == MessageType.QUERY else (
                 handle_train)
-            try:
-                reply = handler(msg, context)
-            except Exception as err:
-                reply = Message(Error(code=1, reason=repr(err)), reply_to=msg)
+            node = self.torch_free.get(msg.metadata.dst_node_id)
+            if node is not None:
+                reply, self.contexts[msg.metadata.dst_node_id] = node.handle(msg, context)
+            else:
+                try:
+                    reply = handler(msg, context)
+                except Exception as err:
+                    reply = Message(Error(code=1, reason=repr(err)), reply_to=msg)
             if self.reply_filter is not None:
                 reply = self.reply_filter(msg.metadata.dst_node_id, reply)
             if reply is not None:

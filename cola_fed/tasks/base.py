@@ -106,12 +106,18 @@ class Task(ABC):
 
 def partition_indices(labels: np.ndarray, partition_id: int, num_partitions: int,
                       config: TaskConfig) -> np.ndarray:
-    """Row indices of one partition, by flwr-datasets' IID or Dirichlet (label skew) partitioner."""
+    """Row indices of one partition, by flwr-datasets' IID or Dirichlet (label skew) partitioner.
+
+    One partition (a node with its own ``data-path``) is every row in a seeded order, without
+    flwr-datasets: an edge node's base install does not carry it.
+    """
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
+    if num_partitions == 1:
+        return np.random.default_rng(config.seed).permutation(len(labels))
     import datasets
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
     table = datasets.Dataset.from_dict({"row": np.arange(len(labels)), "label": labels})
     if config.partitioner == "iid":
         partitioner = IidPartitioner(num_partitions=num_partitions)

@@ -1,0 +1,125 @@
+"""Nodes on ONNX Runtime in a federation: graphs shipped at hello, checked, cached; mixed
+ONNX/PyTorch federations train the same adapters as all-PyTorch ones; a node runs without torch."""
+
+import os
+
+import numpy as np
+import pytest
+from federation_harness import LocalGrid, TorchFreeNode
+
+from cola_fed.config import RunConfig
+from cola_fed.federation.protocol import GRAPHS
+from cola_fed.federation.server import build_strategy
+
+pytest.importorskip("sklearn")
+pytest.importorskip("onnxscript")
+
+DIGITS = {"task.name": "digits", "task.batch-size": 16, "task.eval-batches": 2,
+          "optimizer.lr": 0.01, "strategy.min-available-nodes": 1}
+
+
+@pytest.fixture(autouse=True)
+def graph_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLA_FED_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "graphs"
+
+
+def run(overrides: dict, nodes: int, rounds: int, **grid_options):
+    config = RunConfig.from_flat({**DIGITS, **overrides, "num-server-rounds": rounds})
+    strategy = build_strategy(config)
+    grid = LocalGrid(nodes, **grid_options)
+    strategy.start(grid, num_rounds=rounds, timeout=30)
+    return strategy, grid
+
+
+def by_partition(strategy):
+    return {s.partition_id: s for s in strategy.sessions.values()}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_half_onnx_half_torch_trains_the_adapters_of_an_all_torch_run(optimizer):
+    overrides = {"adapter.kinds": "lowrank,linear,mlp,lowrank", "optimizer.name": optimizer,
+                 "optimizer.momentum": 0.9, "adapter.hidden": 16, "adapter.depth": 1}
+    mixed, _ = run({**overrides, "edge.backends": "onnx,torch"}, nodes=4, rounds=5)
+    torch_only, _ = run({**overrides, "edge.backends": "torch"}, nodes=4, rounds=5)
+    mixed_nodes, reference = by_partition(mixed), by_partition(torch_only)
+    assert [mixed_nodes[p].backend for p in range(4)] == ["onnx", "torch", "onnx", "torch"]
+    assert {s.backend for s in reference.values()} == {"torch"}
+    for p, session in mixed_nodes.items():
+        assert session.rounds_trained == 5
+        for layer, params in session.adapters.items():
+            for name, value in params.items():
+                expected = reference[p].adapters[layer][name]
+                assert np.abs(value - expected).max() <= 1e-5, (p, layer, name)
+                if p in (1, 3):  # the torch nodes of both runs are the same computation
+                    np.testing.assert_array_equal(value, expected)
+
+
+def test_a_node_without_torch_runs_the_client_path():
+    """The node's process cannot import torch; it joins, trains and matches a torch node."""
+    env = {**os.environ}
+    node = TorchFreeNode(env=env)
+    try:
+        edge, grid = run({"adapter.kind": "mlp", "adapter.hidden": 16, "adapter.depth": 1},
+                         nodes=1, rounds=3, torch_free={1000: node})
+    finally:
+        node.close()
+    session = by_partition(edge)[0]
+    assert session.backend == "onnx" and session.rounds_trained == 3
+    assert grid.contexts[1000].state["cola-session"]["backend"] == "onnx"
+    reference = by_partition(run({"adapter.kind": "mlp", "adapter.hidden": 16,
+                                  "adapter.depth": 1}, nodes=1, rounds=3)[0])[0]
+    assert reference.backend == "torch"
+    for layer, params in session.adapters.items():
+        for name, value in params.items():
+            assert np.abs(value - reference.adapters[layer][name]).max() <= 1e-5
+
+
+def test_an_onnx_node_is_refused_clearly_when_the_server_ships_no_graphs(caplog):
+    grid = LocalGrid(2)
+    grid.contexts[1000].node_config["backend"] = "onnx"
+    config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 1, "edge.graphs": False})
+    strategy = build_strategy(config)
+    strategy.start(grid, num_rounds=1, timeout=30)
+    assert [s.partition_id for s in strategy.sessions.values()] == [1]
+    assert "edge.graphs = true" in caplog.text
+
+
+def test_a_tampered_graph_is_refused_and_nothing_is_cached(graph_cache, caplog):
+    def tamper(messages):
+        graphs = [m.content[GRAPHS] for m in messages if GRAPHS in m.content]
+        if graphs:  # every node's hello shares one record: flip one bit of one graph, once
+            name = sorted(graphs[0])[0]
+            model = bytearray(graphs[0][name])
+            model[-10] ^= 1
+            graphs[0][name] = bytes(model)
+        return messages
+
+    class TamperingGrid(LocalGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            return super().send_and_receive(tamper(list(messages)), timeout=timeout)
+
+    grid = TamperingGrid(2)
+    grid.contexts[1000].node_config["backend"] = "onnx"
+    strategy = build_strategy(RunConfig.from_flat({**DIGITS, "num-server-rounds": 1}))
+    strategy.start(grid, num_rounds=1, timeout=30)
+    assert [s.partition_id for s in strategy.sessions.values()] == [1]  # the torch node
+    assert "does not match the listed" in caplog.text
+    assert len(list(graph_cache.glob("*.onnx"))) == 0
+
+
+def test_a_graph_altered_in_the_cache_stops_the_node(graph_cache, caplog):
+    class AlteringGrid(LocalGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            if messages and messages[0].metadata.message_type == "train":
+                for path in graph_cache.glob("*.onnx"):
+                    path.write_bytes(path.read_bytes() + b"\0")
+            return super().send_and_receive(messages, timeout=timeout)
+
+    grid = AlteringGrid(1)
+    grid.contexts[1000].node_config["backend"] = "onnx"
+    strategy = build_strategy(RunConfig.from_flat({**DIGITS, "num-server-rounds": 1}))
+    strategy.start(grid, num_rounds=1, timeout=30)
+    assert "altered on disk" in caplog.text
+    assert by_partition(strategy)[0].rounds_trained == 0
