@@ -1,5 +1,6 @@
 """Deployment on loopback with real processes: flower-superlink (SQLite), two flower-supernodes,
-`flwr run`; first insecure, then with TLS and SuperNode authentication.
+`flwr run`; insecure, with TLS and SuperNode authentication, and with SuperNodes from a second
+virtual environment that has only the base install (``pip install .``: no torch).
 
 It checks that the run completes, that every node's adapters changed, and that the SuperLink's
 database holds none of the clients' text, neither as text nor as the token arrays a plaintext
@@ -39,10 +40,13 @@ class Processes:
                     "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "HF_HUB_OFFLINE": "1"}
 
-    def start(self, name: str, args: list[str], home: str) -> subprocess.Popen:
+    def start(self, name: str, args: list[str], home: str,
+              bin_dir: Path = BIN) -> subprocess.Popen:
         log = (self.root / f"{name}.log").open("w")
+        path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"  # its flwr-clientapp, too
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-                                env={**self.env, "FLWR_HOME": str(self.root / home)},
+                                env={**self.env, "FLWR_HOME": str(self.root / home),
+                                     "PATH": path},
                                 start_new_session=True)
         self.started.append(proc)
         return proc
@@ -144,8 +148,52 @@ def client_data_patterns() -> tuple[list[bytes], bytes]:
     return patterns, plaintext
 
 
+@pytest.fixture(scope="session")
+def base_install_venv(tmp_path_factory) -> Path:
+    """A virtual environment with ``pip install .`` and nothing else: what an edge device runs."""
+    venv = tmp_path_factory.mktemp("edge") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                             str(ROOT)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import importlib.util as u; print(u.find_spec('torch'))"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "None", "the base install pulled in torch"
+    return venv
+
+
 @pytest.mark.parametrize("secure", [False, True], ids=["insecure", "tls-and-node-auth"])
 def test_deployment_on_loopback(tmp_path, secure):
+    metrics = deploy(tmp_path, secure=secure)
+    assert {node["backend"] for node in metrics["nodes"].values()} == {"torch"}
+    database = b"".join(p.read_bytes() for p in tmp_path.glob("state.db*"))
+    assert len(database) > 100_000  # the run's messages went through it
+    patterns, plaintext = client_data_patterns()
+    assert len(patterns) >= 20 and any(p in plaintext for p in patterns)  # the detector works
+    assert [p for p in patterns if p in database] == []
+
+
+def test_supernodes_without_torch(tmp_path, base_install_venv):
+    """SuperLink and ServerApp from the full environment, both SuperNodes (and their ClientApp
+    processes) from the base install: they choose the ONNX backend themselves."""
+    texts = [line for doc in sorted((ROOT / "docs").glob("*.md"))
+             for line in doc.read_text().splitlines() if len(line) > 20]  # local text
+    node_config = []
+    for i in range(2):
+        (tmp_path / f"local{i}.txt").write_text("\n".join(texts[i::2]))
+        node_config.append(f'data-path="{tmp_path / f"local{i}.txt"}" '
+                           f'graph-cache="{tmp_path / f"cache{i}"}"')
+    metrics = deploy(tmp_path, secure=False, node_bin=base_install_venv / "bin",
+                     node_config=node_config)
+    assert {node["backend"] for node in metrics["nodes"].values()} == {"onnx"}
+    for i in range(2):  # each node checked and cached the graphs it trains with
+        assert len(list((tmp_path / f"cache{i}").glob("*.onnx"))) == 1
+
+
+def deploy(tmp_path: Path, *, secure: bool, node_bin: Path = BIN,
+           node_config: list[str] | None = None) -> dict:
+    """Run a 2-node, 2-round tiny causal-LM federation on loopback; return its metrics."""
     procs = Processes(tmp_path)
     port = free_port()
     link_args = [str(BIN / "flower-superlink"), "--disable-runtime-dependency-installation",
@@ -178,11 +226,12 @@ def test_deployment_on_loopback(tmp_path, secure):
                            str(tmp_path / f"auth{i}.pub"), "test"], home="cli")
                 node_security = ["--root-certificates", str(tmp_path / "ca.crt"),
                                  "--auth-supernode-private-key", str(tmp_path / f"auth{i}")]
-            procs.start(f"node{i}", [str(BIN / "flower-supernode"), *node_security,
+            extra = f" {node_config[i]}" if node_config else ""
+            procs.start(f"node{i}", [str(node_bin / "flower-supernode"), *node_security,
                                      "--superlink", f"127.0.0.1:{port}",
-                                     "--port", str(free_port()),
-                                     "--node-config", f"partition-id={i} num-partitions=2"],
-                        home=f"node{i}")
+                                     "--port", str(free_port()), "--node-config",
+                                     f"partition-id={i} num-partitions=2{extra}"],
+                        home=f"node{i}", bin_dir=node_bin)
         procs.run([str(BIN / "flwr"), "run", str(ROOT), "test", "--stream",
                    "--run-config", str(run_config)], home="cli")
     finally:
@@ -196,9 +245,4 @@ def test_deployment_on_loopback(tmp_path, secure):
     for path in (tmp_path / "out" / "adapters").glob("*.safetensors"):
         state = decode_adapter_state(path.read_bytes())
         assert any(np.abs(p["B"]).max() > 0 for p in state.values())  # B starts at zero
-
-    database = b"".join(p.read_bytes() for p in tmp_path.glob("state.db*"))
-    assert len(database) > 100_000  # the run's messages went through it
-    patterns, plaintext = client_data_patterns()
-    assert len(patterns) >= 20 and any(p in plaintext for p in patterns)  # the detector works
-    assert [p for p in patterns if p in database] == []
+    return metrics
