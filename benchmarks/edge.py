@@ -1,16 +1,23 @@
-"""Edge train step: ONNX Runtime vs PyTorch eager, per step, on MiniLM-L6 shapes.
+"""Edge clients: ONNX Runtime vs PyTorch eager per train step, and a client round's peak memory.
 
-d_in = d_out = 384, 2,048 rows (32 reviews x 64 tokens), Low Rank r = 8, Linear, MLP hidden 128;
-AdamW and SGD with momentum; both on one thread, interleaved and repeated, medians. PyTorch eager
-is the ``GradientLearner`` step (closed-form VJP + functional optimizer). (The whole-client-round
-RSS comparison of the issue needs the ONNX client backend, which is not built yet.)
+Steps: MiniLM-L6 shapes, d_in = d_out = 384, 2,048 rows (32 reviews x 64 tokens), Low Rank r = 8,
+Linear, MLP hidden 128; AdamW and SGD with momentum; both on one thread, interleaved and
+repeated, medians. PyTorch eager is the ``GradientLearner`` step (closed-form VJP + functional
+optimizer).
 
-    python -m benchmarks.edge [--repeats 30]
+Memory: peak RSS of a node process for whole rounds of the demo run (MiniLM-L6, Rotten
+Tomatoes, 32 reviews x 48 tokens, Low Rank r = 8 on query/value + the head's Linear adapter):
+the real ClientApp handlers on the ONNX backend in a process where torch cannot be imported
+(``cola_fed.federation.node_process``), fed by the real strategy; against a FedAvg-LoRA client,
+which holds the base model and takes one PEFT LoRA step on the same batch size.
+
+    python -m benchmarks.edge [--repeats 30] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import numpy as np
@@ -20,7 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--rows", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the memory run")
+    parser.add_argument("--fedavg-lora-client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.fedavg_lora_client:  # the child process of the memory comparison
+        fedavg_lora_client_step()
+        return
 
     import torch
 
@@ -48,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
             eager = GradientLearner(layout, spec, optimizer=optimizer, seed=0)
             state = {n: {p: v.numpy() for p, v in ps.items()}
                      for n, ps in eager.adapter_state().items()}
-            edge = OrtLearner(layout, spec, optimizer, {key.name: export_train_step(key)}, state)
+            edge = OrtLearner(layout, spec, optimizer, {key.name: export_train_step(key)},
+                              initial_state=state)
             times = interleaved_medians({"ort": lambda e=edge: e.fit(data),
                                          "torch-eager": lambda g=eager: g.fit(data)},
                                         args.repeats, warmup=3)
@@ -57,8 +70,87 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{kind:8s} {opt_name:5s} ort {times['ort']['median_s'] * 1e3:7.2f} ms  "
                   f"eager {times['torch-eager']['median_s'] * 1e3:7.2f} ms  "
                   f"speedup {speedup:.2f}x", file=sys.stderr, flush=True)
-    path = write_result("edge", {"config": vars(args) | {"threads": 1}, "steps": results})
+    memory = client_round_memory(args.rounds)
+    path = write_result("edge", {"config": vars(args) | {"threads": 1}, "steps": results,
+                                 "client_round_memory": memory})
     print(f"wrote {path}", file=sys.stderr)
+
+
+def client_round_memory(rounds: int) -> dict:
+    """Peak RSS (MB) of an ONNX-backend node process over hello + ``rounds`` rounds of the demo
+    run, of the same process's imports alone, and of a FedAvg-LoRA client step."""
+    import os
+    import subprocess
+    import tempfile
+
+    from cola_fed.config import RunConfig
+    from cola_fed.federation.local_grid import LocalGrid, NodeProcess
+    from cola_fed.federation.server import build_strategy
+
+    imports = subprocess.run(
+        [sys.executable, "-c", "import sys, resource\n"
+         "from cola_fed.federation.node_process import WithoutTorch\n"
+         "sys.meta_path[:] = [WithoutTorch(f) for f in sys.meta_path]\n"
+         "import cola_fed.federation.client, cola_fed.edge.ort_learner, onnxruntime\n"
+         "import cola_fed.tasks.text_classification\n"
+         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
+        capture_output=True, text=True, check=True)
+    config = RunConfig.from_flat({"num-server-rounds": rounds, "task.batch-size": 32,
+                                  "task.max-length": 48, "task.eval-batches": 4,
+                                  "optimizer.lr": 0.004, "strategy.min-available-nodes": 1,
+                                  "strategy.evaluate-every": rounds})
+    strategy = build_strategy(config)
+    with tempfile.TemporaryDirectory() as cache:
+        node = NodeProcess(without_torch=True, env={**os.environ, "COLA_FED_CACHE": cache})
+        try:
+            # 4 partitions, as in the demo; node 0 is the one measured
+            grid = LocalGrid(1, processes={1000: node})
+            grid.contexts[1000].node_config["num-partitions"] = 4
+            strategy.start(grid, num_rounds=rounds, timeout=600)
+        finally:
+            node.close()
+    assert strategy.sessions[1000].backend == "onnx"
+    assert strategy.sessions[1000].rounds_trained == rounds
+    lora = subprocess.run([sys.executable, "-m", "benchmarks.edge", "--fedavg-lora-client"],
+                          capture_output=True, text=True, check=True)
+    result = {
+        "onnx_node_imports_peak_rss_mb": float(imports.stdout.strip()),
+        "onnx_node_after_hello_peak_rss_mb": node.stats[0]["peak_rss_mb"],
+        "onnx_node_round_peak_rss_mb": max(s["peak_rss_mb"] for s in node.stats),
+        "onnx_node_round_seconds": [s["seconds"] for s in node.stats[1:]],
+        "fedavg_lora_client_peak_rss_mb": float(lora.stdout.strip().splitlines()[-1]),
+        "target_mb": 150,
+    }
+    result["ratio_onnx_to_fedavg_lora"] = (result["onnx_node_round_peak_rss_mb"]
+                                           / result["fedavg_lora_client_peak_rss_mb"])
+    print(json.dumps(result, indent=2), file=sys.stderr)
+    return result
+
+
+def fedavg_lora_client_step() -> None:
+    """One FedAvg-LoRA client step (base model held locally) on a 32 x 48 review batch; prints
+    this process's peak RSS in MB."""
+    import resource
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from cola_fed.config import TaskConfig
+    from cola_fed.tasks.base import get_task
+
+    task = get_task(TaskConfig(batch_size=32, max_length=48, eval_batches=4))
+    data = task.client_data(0, 4)
+    batch = {k: torch.as_tensor(v[:32]) for k, v in data.train.items()}
+    model = get_peft_model(task.build_model(), LoraConfig(r=8, lora_alpha=8,
+                                                          target_modules=["query", "value"],
+                                                          modules_to_save=["classifier"]))
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=4e-3)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 if __name__ == "__main__":

@@ -103,13 +103,23 @@ def _export_edge(args: argparse.Namespace) -> int:
     keys = graph_keys(layout, spec.all_specs(), spec.optimizer).values()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {}
+    manifests: dict[str, dict[str, str]] = {"onnx": {}, "ort": {}}
     for key in keys:
         model = export_train_step(key)
-        (out / f"{key.name}.onnx").write_bytes(model)
-        manifest[key.name] = content_hash(model)
-        print(f"{key.name}.onnx  {len(model):,} bytes  sha256 {manifest[key.name][:16]}...")
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        files = {"onnx": model}
+        if args.ort:
+            from cola_fed.edge.mobile import to_ort_format
+
+            files["ort"] = to_ort_format(model)
+        for suffix, data in files.items():
+            (out / f"{key.name}.{suffix}").write_bytes(data)
+            manifests[suffix][key.name] = content_hash(data)
+            print(f"{key.name}.{suffix}  {len(data):,} bytes  sha256 "
+                  f"{manifests[suffix][key.name][:16]}...")
+    # manifest.json lists exactly what the server ships at hello (its graph-hashes)
+    for suffix, name in (("onnx", "manifest.json"), ("ort", "manifest-ort.json")):
+        if manifests[suffix]:
+            (out / name).write_text(json.dumps(manifests[suffix], indent=2) + "\n")
     return 0
 
 
@@ -142,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "ONNX Runtime clients need, with a manifest of their hashes")
     edge.add_argument("--run-config", help="the run's TOML config (default: the default run)")
     edge.add_argument("--out", required=True, help="folder for the .onnx files")
+    edge.add_argument("--ort", action="store_true", help="also write ORT-format (.ort) files "
+                      "for ONNX Runtime Mobile, with manifest-ort.json")
     edge.set_defaults(run=_export_edge)
     keygen = sub.add_parser("keygen", help="write a server key pair and print its fingerprint")
     keygen.add_argument("--out", default="keys", help="folder for server.key and server.pub")

@@ -197,8 +197,28 @@ def test_cli_exports_the_graphs_a_run_needs(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     assert main(["export-edge", "--run-config", str(root / "simulations" / "digits.toml"),
-                 "--out", str(tmp_path)]) == 0
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert set(manifest) == {"lowrank-r8-64x64-adamw", "linear-bias-64x10-adamw"}
-    for name, digest in manifest.items():
-        assert content_hash((tmp_path / f"{name}.onnx").read_bytes()) == digest
+                 "--out", str(tmp_path), "--ort"]) == 0
+    for manifest_name, suffix in (("manifest.json", "onnx"), ("manifest-ort.json", "ort")):
+        manifest = json.loads((tmp_path / manifest_name).read_text())
+        assert set(manifest) == {"lowrank-r8-64x64-adamw", "linear-bias-64x10-adamw"}
+        for name, digest in manifest.items():
+            assert content_hash((tmp_path / f"{name}.{suffix}").read_bytes()) == digest
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "mlp"])
+def test_ort_format_graphs_train_like_the_onnx_graphs(kind):
+    from cola_fed.edge.mobile import to_ort_format
+
+    optimizer = OPTIMIZERS["adamw"]
+    graphs = graphs_for(kind, optimizer)
+    ort_graphs = {name: to_ort_format(model) for name, model in graphs.items()}
+    assert all(model[4:8] == b"ORTM" for model in ort_graphs.values())
+    onnx_learner = OrtLearner(LAYOUT, SPECS[kind], optimizer, graphs, seed=2)
+    mobile_learner = OrtLearner(LAYOUT, SPECS[kind], optimizer, ort_graphs, seed=2)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        data = chunk(rng, 11)
+        onnx_learner.fit(data)
+        mobile_learner.fit(data)
+    ours, theirs = flat(mobile_learner.adapter_state()), flat(onnx_learner.adapter_state())
+    assert np.abs(ours - theirs).max() <= 1e-6

@@ -1,13 +1,11 @@
 """Nodes on ONNX Runtime in a federation: graphs shipped at hello, checked, cached; mixed
 ONNX/PyTorch federations train the same adapters as all-PyTorch ones; a node runs without torch."""
 
-import os
-
 import numpy as np
 import pytest
-from federation_harness import LocalGrid, TorchFreeNode
 
 from cola_fed.config import RunConfig
+from cola_fed.federation.local_grid import LocalGrid, NodeProcess
 from cola_fed.federation.protocol import GRAPHS
 from cola_fed.federation.server import build_strategy
 
@@ -57,13 +55,13 @@ def test_half_onnx_half_torch_trains_the_adapters_of_an_all_torch_run(optimizer)
 
 def test_a_node_without_torch_runs_the_client_path():
     """The node's process cannot import torch; it joins, trains and matches a torch node."""
-    env = {**os.environ}
-    node = TorchFreeNode(env=env)
+    node = NodeProcess(without_torch=True)
     try:
         edge, grid = run({"adapter.kind": "mlp", "adapter.hidden": 16, "adapter.depth": 1},
-                         nodes=1, rounds=3, torch_free={1000: node})
+                         nodes=1, rounds=3, processes={1000: node})
     finally:
         node.close()
+    assert len(node.stats) == 4 and not any(s["torch_imported"] for s in node.stats)
     session = by_partition(edge)[0]
     assert session.backend == "onnx" and session.rounds_trained == 3
     assert grid.contexts[1000].state["cola-session"]["backend"] == "onnx"

@@ -48,10 +48,9 @@ def test_cli_exports_a_federated_nodes_adapters(tmp_path):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from federation_harness import LocalGrid
-
     from cola_fed.cli import main
     from cola_fed.config import RunConfig
+    from cola_fed.federation.local_grid import LocalGrid
     from cola_fed.federation.server import build_strategy, write_results
 
     root = Path(__file__).resolve().parents[1]

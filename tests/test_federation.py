@@ -6,9 +6,9 @@ import logging
 import numpy as np
 import pytest
 import torch
-from federation_harness import LocalGrid
 
 from cola_fed.config import RunConfig
+from cola_fed.federation.local_grid import LocalGrid
 from cola_fed.federation.protocol import SEALED
 from cola_fed.federation.records import blob_to_record, record_to_blob
 from cola_fed.federation.server import build_strategy, write_results

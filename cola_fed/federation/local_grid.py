@@ -1,18 +1,18 @@
-"""A fake Flower grid that delivers messages to the real client handlers in this process.
+"""A Flower grid without a SuperLink: it delivers messages to the real client handlers, in this
+process or in child processes (``NodeProcess``, optionally without torch).
 
 Everything but the transport is real: the strategy, the client session, the sealing, the codec,
-Flower's Message/Context/record types. Nodes can be told to fail or to tamper with replies, and
-chosen nodes can run in a child process where ``import torch`` fails (``torch_free_node.py``),
-reached through Flower's own protobuf serialisation.
+Flower's Message/Context/record types. For tests (nodes can be told to fail or to tamper with
+replies), benchmarks (a node's peak memory in a process of its own) and debugging a strategy.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.common import serde
@@ -24,14 +24,22 @@ from flwr.supercore.task_identity import TaskIdentity
 from cola_fed.federation.client import handle_hello, handle_train
 
 
-class TorchFreeNode:
-    """A node's handlers in a child process that cannot import torch."""
+class NodeProcess:
+    """One node's handlers in a child process (``cola_fed.federation.node_process``).
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        script = Path(__file__).with_name("torch_free_node.py")
-        self.process = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=env,
-                                        cwd=str(Path(__file__).parents[1]))
+    Parameters
+    ----------
+    without_torch : bool
+        Hide PyTorch from the child, as on a device where it is not installed.
+    env : dict, optional
+        The child's environment (default: this process's).
+    """
+
+    def __init__(self, *, without_torch: bool = True, env: dict[str, str] | None = None) -> None:
+        args = [sys.executable, "-m", "cola_fed.federation.node_process"]
+        self.process = subprocess.Popen(args + (["--without-torch"] if without_torch else []),
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.stats: list[dict] = []  # per message: seconds, peak_rss_mb, torch_imported
 
     def handle(self, msg: Message, context: Context) -> tuple[Message, Context]:
         for proto in (serde.message_to_proto(msg), serde.context_to_proto(context)):
@@ -39,23 +47,30 @@ class TorchFreeNode:
             self.process.stdin.write(len(data).to_bytes(4, "big") + data)
         self.process.stdin.flush()
         reply = serde.message_from_proto(ProtoMessage.FromString(self._read()))
-        return reply, serde.context_from_proto(ProtoContext.FromString(self._read()))
+        context = serde.context_from_proto(ProtoContext.FromString(self._read()))
+        self.stats.append(json.loads(self._read()))
+        return reply, context
 
     def _read(self) -> bytes:
         head = self.process.stdout.read(4)
         if len(head) < 4:
-            raise RuntimeError(f"torch-free node exited with {self.process.wait()}")
+            raise RuntimeError(f"node process exited with {self.process.wait()}")
         return self.process.stdout.read(int.from_bytes(head, "big"))
 
     def close(self) -> None:
+        """End the child (it exits when its input closes) and wait for it."""
         self.process.stdin.close()
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class LocalGrid(Grid):
     def __init__(self, num_nodes: int, *, run_id: int = 4242,
                  reply_filter: Callable[[int, Message], Message | None] | None = None,
-                 torch_free: dict[int, TorchFreeNode] | None = None) -> None:
+                 processes: dict[int, NodeProcess] | None = None) -> None:
         self.run_id = run_id
         # what a real ServerApp process has set before it creates messages
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 1, 1
@@ -65,7 +80,7 @@ class LocalGrid(Grid):
             for i in range(num_nodes)
         }
         self.reply_filter = reply_filter
-        self.torch_free = torch_free or {}  # node id -> the child process that runs it
+        self.processes = processes or {}  # node id -> the child process that runs it
         self.delivered: list[Message] = []
 
     def get_node_ids(self) -> Iterable[int]:
@@ -80,7 +95,7 @@ class LocalGrid(Grid):
             context = self.contexts[msg.metadata.dst_node_id]
             handler = handle_hello if msg.metadata.message_type == MessageType.QUERY else (
                 handle_train)
-            node = self.torch_free.get(msg.metadata.dst_node_id)
+            node = self.processes.get(msg.metadata.dst_node_id)
             if node is not None:
                 reply, self.contexts[msg.metadata.dst_node_id] = node.handle(msg, context)
             else:
