@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cola_fed import AdaptationData, AdapterSpec, GradientLearner, OptimizerSpec
-from cola_fed.errors import ConfigError, GradientError
+from cola_fed.errors import AdapterError, ConfigError, GradientError
 from cola_fed.gl.layout import LayerInfo, Layout
 
 ort = pytest.importorskip("onnxruntime")
@@ -181,6 +181,16 @@ def test_state_bytes_are_shared_by_both_backends():
     back = GradientLearner(LAYOUT, SPECS["mlp"], optimizer=optimizer, interval=2)
     back.load_bytes(edge.to_bytes())
     np.testing.assert_array_equal(flat(back.adapter_state()), flat(edge.adapter_state()))
+    before = flat(resumed.adapter_state())
+    state = resumed.state_dict()
+    with pytest.raises(AdapterError, match="missing 'slots'"):
+        resumed.load_state_dict({"params": state["params"], "step": 1})
+    state["slots"]["q"]["fc0.weight"].pop("exp_avg")
+    with pytest.raises(AdapterError, match="optimizer slots of 'q'/'fc0.weight'"):
+        resumed.load_state_dict(state)
+    with pytest.raises(AdapterError, match="unreadable learner state"):
+        resumed.load_bytes(b"not a safetensors blob")
+    np.testing.assert_array_equal(flat(resumed.adapter_state()), before)
 
 
 def test_export_is_deterministic():

@@ -156,11 +156,22 @@ class OrtLearner:
                 "buffer": [dict(c) for c in self._buffer]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        params = self._checked(state["params"])
-        slots = {n: {p: {s: np.asarray(v, np.float32) for s, v in ss.items()}
-                     for p, ss in state["slots"][n].items()} for n in params}
-        self._params, self._slots = params, slots
-        self.step, self._buffer = int(state["step"]), list(state.get("buffer", []))
+        """Restore a :meth:`state_dict` (either backend's); checked before anything changes."""
+        try:
+            params = self._checked(state["params"])
+            slots = {n: {p: {s: np.ascontiguousarray(v, np.float32) for s, v in ss.items()}
+                         for p, ss in state["slots"][n].items()} for n in params}
+            step, buffer = int(state["step"]), list(state.get("buffer", []))
+        except KeyError as err:
+            raise AdapterError(f"learner state is missing {err}") from None
+        names = set(slot_names(self.optimizer.name))
+        for n, layer in params.items():
+            for p, value in layer.items():
+                got = slots[n].get(p, {})
+                if set(got) != names or any(v.shape != value.shape for v in got.values()):
+                    raise AdapterError(f"learner state: optimizer slots of {n!r}/{p!r} do not "
+                                       f"match a {self.optimizer.name!r} optimizer")
+        self._params, self._slots, self.step, self._buffer = params, slots, step, buffer
 
     def to_bytes(self) -> bytes:
         """:meth:`state_dict` as a safetensors blob, in ``GradientLearner.to_bytes``'s format."""
