@@ -186,7 +186,7 @@ def test_state_bytes_are_shared_by_both_backends():
     with pytest.raises(AdapterError, match="missing 'slots'"):
         resumed.load_state_dict({"params": state["params"], "step": 1})
     state["slots"]["q"]["fc0.weight"].pop("exp_avg")
-    with pytest.raises(AdapterError, match="optimizer slots of 'q'/'fc0.weight'"):
+    with pytest.raises(AdapterError, match=r"optimizer slots of 'q'/'fc0\.weight'"):
         resumed.load_state_dict(state)
     with pytest.raises(AdapterError, match="unreadable learner state"):
         resumed.load_bytes(b"not a safetensors blob")

@@ -121,3 +121,20 @@ def test_a_graph_altered_in_the_cache_stops_the_node(graph_cache, caplog):
     strategy.start(grid, num_rounds=1, timeout=30)
     assert "altered on disk" in caplog.text
     assert by_partition(strategy)[0].rounds_trained == 0
+
+
+def test_the_graph_cache_refuses_bad_hashes_and_paths(tmp_path):
+    from cola_fed.edge import GraphCache, content_hash
+    from cola_fed.errors import PayloadError
+
+    cache = GraphCache(tmp_path / "graphs")
+    model = b"an onnx model"
+    with pytest.raises(PayloadError, match="not a SHA-256"):
+        cache.put("g", model, "../../outside")
+    with pytest.raises(PayloadError, match="does not match"):
+        cache.put("g", model, content_hash(b"another model"))
+    assert not (tmp_path / "graphs").exists() or not list((tmp_path / "graphs").iterdir())
+    cache.put("g", model, content_hash(model))
+    assert cache.get("g", content_hash(model)) == model
+    with pytest.raises(PayloadError, match="not in the graph cache"):
+        cache.get("h", content_hash(b"never stored"))

@@ -8,6 +8,7 @@ process per message) load exactly the bytes that were checked, and check them ag
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "cola-fed" / "graphs"
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 class GraphCache:
     """Verified graphs in ``directory``, one file ``<sha256>.onnx`` each."""
 
@@ -31,11 +35,11 @@ class GraphCache:
 
     def put(self, name: str, model: bytes, expected_hash: str) -> None:
         """Store ``model`` if its hash is ``expected_hash``; else raise and store nothing."""
+        path = self._path(name, expected_hash)
         got = content_hash(model)
         if got != expected_hash:
             raise PayloadError(f"train-step graph {name!r}: sha256 {got[:16]}... does not match "
                                f"the listed {expected_hash[:16]}...; refused")
-        path = self.directory / f"{expected_hash}.onnx"
         if path.exists():
             return
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -45,7 +49,7 @@ class GraphCache:
 
     def get(self, name: str, expected_hash: str) -> bytes:
         """The stored bytes of graph ``name``, checked again against ``expected_hash``."""
-        path = self.directory / f"{expected_hash}.onnx"
+        path = self._path(name, expected_hash)
         try:
             model = path.read_bytes()
         except OSError:
@@ -57,5 +61,12 @@ class GraphCache:
                                "delete it and rejoin the run")
         return model
 
-    def has(self, expected_hash: str) -> bool:
-        return (self.directory / f"{expected_hash}.onnx").exists()
+    def has(self, name: str, expected_hash: str) -> bool:
+        return self._path(name, expected_hash).exists()
+
+    def _path(self, name: str, expected_hash: object) -> Path:
+        """The file of a hash; anything but 64 lower-case hex digits (a path, say) is refused."""
+        if not isinstance(expected_hash, str) or not _SHA256.fullmatch(expected_hash):
+            raise PayloadError(f"train-step graph {name!r}: the listed hash {expected_hash!r} "
+                               "is not a SHA-256 hex digest; refused")
+        return self.directory / f"{expected_hash}.onnx"

@@ -216,7 +216,7 @@ def _receive_graphs(msg: Message, context: Context, spec: RunSpec,
     shipped = msg.content.config_records.get(GRAPHS, ConfigRecord())
     cache = _graph_cache(context)
     for name in needed:
-        if not cache.has(listed[name]):
+        if not cache.has(name, listed[name]):
             if name not in shipped:
                 raise ProtocolError(f"train-step graph {name!r} is listed but was not shipped")
             cache.put(name, bytes(shipped[name]), listed[name])
