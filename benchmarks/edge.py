@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the memory run")
+    parser.add_argument("--memory-only", action="store_true", help="skip the step timings")
     parser.add_argument("--fedavg-lora-client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.fedavg_lora_client:  # the child process of the memory comparison
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from benchmarks.common import interleaved_medians, write_result
+    from benchmarks.common import RESULTS, interleaved_medians, write_result
     from cola_fed import AdaptationData, AdapterSpec, GradientLearner, OptimizerSpec
     from cola_fed.edge.export import export_train_step
     from cola_fed.edge.graphs import GraphKey
@@ -54,7 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     optimizers = {"adamw": OptimizerSpec(name="adamw", lr=1e-4),
                   "sgd": OptimizerSpec(name="sgd", lr=1e-3, momentum=0.9)}
     results = {}
-    for kind, spec in specs.items():
+    if args.memory_only:  # keep the step timings of the last full run
+        previous = RESULTS / "edge.json"
+        results = json.loads(previous.read_text())["steps"] if previous.exists() else {}
+    for kind, spec in ({} if args.memory_only else specs).items():
         for opt_name, optimizer in optimizers.items():
             key = GraphKey(spec, 384, 384, optimizer.name, optimizer.nesterov)
             eager = GradientLearner(layout, spec, optimizer=optimizer, seed=0)
@@ -78,60 +82,80 @@ def main(argv: list[str] | None = None) -> None:
 
 def client_round_memory(rounds: int) -> dict:
     """Peak RSS (MB) of an ONNX-backend node process over hello + ``rounds`` rounds of the demo
-    run, of the same process's imports alone, and of a FedAvg-LoRA client step."""
-    import os
+    run, of the same process's imports alone, and of a FedAvg-LoRA client step.
+
+    Two node set-ups: ``own-data``, an edge device with its own reviews (``data-path``, 800 of
+    them), and ``partition``, a simulated node that cuts its share of the corpus with
+    flwr-datasets (which imports Hugging Face ``datasets`` and pyarrow)."""
+    import csv
     import subprocess
     import tempfile
+    from pathlib import Path
+
+    from cola_fed.tasks.text_classification import load_rotten_tomatoes
+
+    imports = subprocess.run(
+        [sys.executable, "-c", "import sys\n"
+         "from cola_fed.federation.node_process import WithoutTorch, peak_rss_mb\n"
+         "sys.meta_path[:] = [WithoutTorch(f) for f in sys.meta_path]\n"
+         "import cola_fed.federation.client, cola_fed.edge.ort_learner, onnxruntime\n"
+         "import cola_fed.tasks.text_classification, tokenizers\n"
+         "print(peak_rss_mb())"],
+        capture_output=True, text=True, check=True)
+    result: dict = {"onnx_node_imports_peak_rss_mb": float(imports.stdout.strip())}
+    with tempfile.TemporaryDirectory() as folder:
+        reviews = load_rotten_tomatoes()
+        path = Path(folder) / "my-reviews.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            writer.writerows(zip(reviews.texts[:800], reviews.labels[:800]))
+        for setup, node_config in (("own-data", {"data-path": str(path)}),
+                                   ("partition", {"num-partitions": 4})):
+            stats = _node_round_stats(rounds, node_config, Path(folder) / setup)
+            result[setup] = {"after_hello_peak_rss_mb": stats[0]["peak_rss_mb"],
+                             "round_peak_rss_mb": max(s["peak_rss_mb"] for s in stats),
+                             "round_seconds": [s["seconds"] for s in stats[1:]]}
+    lora = subprocess.run([sys.executable, "-m", "benchmarks.edge", "--fedavg-lora-client"],
+                          capture_output=True, text=True, check=True)
+    result["fedavg_lora_client_peak_rss_mb"] = float(lora.stdout.strip().splitlines()[-1])
+    result["target_mb"] = 150
+    for setup in ("own-data", "partition"):
+        result[setup]["ratio_to_fedavg_lora"] = (result[setup]["round_peak_rss_mb"]
+                                                 / result["fedavg_lora_client_peak_rss_mb"])
+    print(json.dumps(result, indent=2), file=sys.stderr)
+    return result
+
+
+def _node_round_stats(rounds: int, node_config: dict, cache: object) -> list[dict]:
+    """Per-message stats of one ONNX node (torch hidden) in the demo run, driven by the real
+    strategy through a LocalGrid."""
+    import os
 
     from cola_fed.config import RunConfig
     from cola_fed.federation.local_grid import LocalGrid, NodeProcess
     from cola_fed.federation.server import build_strategy
 
-    imports = subprocess.run(
-        [sys.executable, "-c", "import sys, resource\n"
-         "from cola_fed.federation.node_process import WithoutTorch\n"
-         "sys.meta_path[:] = [WithoutTorch(f) for f in sys.meta_path]\n"
-         "import cola_fed.federation.client, cola_fed.edge.ort_learner, onnxruntime\n"
-         "import cola_fed.tasks.text_classification\n"
-         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
-        capture_output=True, text=True, check=True)
     config = RunConfig.from_flat({"num-server-rounds": rounds, "task.batch-size": 32,
                                   "task.max-length": 48, "task.eval-batches": 4,
                                   "optimizer.lr": 0.004, "strategy.min-available-nodes": 1,
                                   "strategy.evaluate-every": rounds})
     strategy = build_strategy(config)
-    with tempfile.TemporaryDirectory() as cache:
-        node = NodeProcess(without_torch=True, env={**os.environ, "COLA_FED_CACHE": cache})
-        try:
-            # 4 partitions, as in the demo; node 0 is the one measured
-            grid = LocalGrid(1, processes={1000: node})
-            grid.contexts[1000].node_config["num-partitions"] = 4
-            strategy.start(grid, num_rounds=rounds, timeout=600)
-        finally:
-            node.close()
-    assert strategy.sessions[1000].backend == "onnx"
-    assert strategy.sessions[1000].rounds_trained == rounds
-    lora = subprocess.run([sys.executable, "-m", "benchmarks.edge", "--fedavg-lora-client"],
-                          capture_output=True, text=True, check=True)
-    result = {
-        "onnx_node_imports_peak_rss_mb": float(imports.stdout.strip()),
-        "onnx_node_after_hello_peak_rss_mb": node.stats[0]["peak_rss_mb"],
-        "onnx_node_round_peak_rss_mb": max(s["peak_rss_mb"] for s in node.stats),
-        "onnx_node_round_seconds": [s["seconds"] for s in node.stats[1:]],
-        "fedavg_lora_client_peak_rss_mb": float(lora.stdout.strip().splitlines()[-1]),
-        "target_mb": 150,
-    }
-    result["ratio_onnx_to_fedavg_lora"] = (result["onnx_node_round_peak_rss_mb"]
-                                           / result["fedavg_lora_client_peak_rss_mb"])
-    print(json.dumps(result, indent=2), file=sys.stderr)
-    return result
+    node = NodeProcess(without_torch=True, env={**os.environ, "COLA_FED_CACHE": str(cache)})
+    try:
+        grid = LocalGrid(1, processes={1000: node})
+        grid.contexts[1000].node_config.update(node_config)
+        strategy.start(grid, num_rounds=rounds, timeout=600)
+    finally:
+        node.close()
+    session = strategy.sessions[1000]
+    assert session.backend == "onnx" and session.rounds_trained == rounds
+    return node.stats
 
 
 def fedavg_lora_client_step() -> None:
     """One FedAvg-LoRA client step (base model held locally) on a 32 x 48 review batch; prints
     this process's peak RSS in MB."""
-    import resource
-
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -150,7 +174,9 @@ def fedavg_lora_client_step() -> None:
         optimizer.zero_grad()
         model(**batch).loss.backward()
         optimizer.step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    from cola_fed.federation.node_process import peak_rss_mb
+
+    print(peak_rss_mb())
 
 
 if __name__ == "__main__":

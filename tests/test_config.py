@@ -27,7 +27,7 @@ def test_pyproject_defaults_and_every_simulation_parse():
 
     keys = {f.name.replace("_", "-") for f in dataclasses.fields(RunConfig)
             if not dataclasses.is_dataclass(getattr(config, f.name))}
-    for section in ("task", "adapter", "optimizer", "strategy", "data", "wire"):
+    for section in ("task", "adapter", "optimizer", "strategy", "data", "wire", "edge"):
         keys |= {f"{section}.{f.name.replace('_', '-')}"
                  for f in dataclasses.fields(getattr(config, section))}
     assert keys == set(flat)
@@ -56,3 +56,18 @@ def test_heterogeneous_kinds_as_list_or_mapping():
 def test_errors_name_the_key(flat, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         RunConfig.from_flat(flat)
+
+
+def test_edge_backends_by_partition_and_their_errors():
+    from cola_fed.config import per_partition
+
+    cyclic = RunConfig.from_flat({"edge.backends": "onnx,torch"}).edge
+    assert [per_partition("edge.backends", cyclic.backends, p, "") for p in range(3)] == [
+        "onnx", "torch", "onnx"]
+    mapped = RunConfig.from_flat({"edge.backends": "2:onnx"}).edge
+    assert [per_partition("edge.backends", mapped.backends, p, "") for p in range(3)] == [
+        "", "", "onnx"]
+    with pytest.raises(ConfigError, match="edge.backends.*tensorflow"):
+        RunConfig.from_flat({"edge.backends": "onnx,tensorflow"})
+    with pytest.raises(ConfigError, match="edge.backends: expected 'partition-id:value'"):
+        RunConfig.from_flat({"edge.backends": "x:onnx"})

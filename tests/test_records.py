@@ -7,7 +7,7 @@ pytest.importorskip("flwr")
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from cola_fed.errors import MalformedPayloadError
-from cola_fed.federation.records import blob_to_record, record_to_blob
+from cola_fed.federation.records import PAYLOAD_KEY, blob_to_record, record_to_blob
 
 
 def test_blob_round_trip_through_an_array_record():
@@ -15,6 +15,19 @@ def test_blob_round_trip_through_an_array_record():
     record = blob_to_record(blob)
     assert record.count_bytes() >= len(blob)
     assert record_to_blob(record) == blob
+    # the same bytes as Flower's own Array(ndarray), and such an array reads back as well
+    flower = Array(np.frombuffer(blob, dtype=np.uint8))
+    assert record[PAYLOAD_KEY].data == flower.data
+    assert record_to_blob(ArrayRecord({PAYLOAD_KEY: flower})) == blob
+    assert np.array_equal(record[PAYLOAD_KEY].numpy(), np.frombuffer(blob, dtype=np.uint8))
+
+
+def test_a_payload_survives_flowers_serialisation():
+    from flwr.common import serde
+
+    blob = bytes(range(256)) * 1000
+    proto = serde.array_record_to_proto(blob_to_record(blob))
+    assert record_to_blob(serde.array_record_from_proto(proto)) == blob
 
 
 def test_anything_else_is_refused():
@@ -24,3 +37,6 @@ def test_anything_else_is_refused():
         record_to_blob(ArrayRecord({"payload": Array(np.zeros((2, 2), np.float32))}))
     with pytest.raises(MalformedPayloadError):
         record_to_blob(ConfigRecord({"payload": b"abc"}))
+    lying = Array(dtype="uint8", shape=(10,), stype="numpy.ndarray", data=b"\x93NUMPY junk")
+    with pytest.raises(MalformedPayloadError, match=r"unreadable|does not match"):
+        record_to_blob(ArrayRecord({"payload": lying}))

@@ -80,49 +80,40 @@ class OrtLearner:
         slots = slot_names(optimizer.name)
         self._slots = {n: {p: {s: np.zeros_like(v) for s in slots} for p, v in ps.items()}
                        for n, ps in self._params.items()}
-        self._buffer: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+        self._buffer: list[AdaptationData] = []
 
     def adapter_state(self) -> dict[str, Arrays]:
         return {n: {p: v.copy() for p, v in ps.items()} for n, ps in self._params.items()}
 
     def fit(self, data: AdaptationData) -> dict[str, float]:
-        """Buffer one chunk; every ``interval`` chunks, run one train step per layer."""
-        chunk = {}
-        for name in data.layer_names:
-            if name not in self._params:
-                raise AdapterError(f"adaptation data for {name!r}, which this learner does not "
-                                   "adapt")
-            x, d = (np.ascontiguousarray(a, dtype=np.float32) for a in data.layer(name))
-            info = self.layout[name]
-            if x.ndim != 2 or d.ndim != 2 or x.shape != (d.shape[0], info.d_in) or (
-                    d.shape[1] != info.d_out):
-                raise GradientError(f"layer {name!r}: expected x [n, {info.d_in}] and d "
-                                    f"[n, {info.d_out}], got {list(x.shape)} and {list(d.shape)}")
-            for label, value in (("x", x), ("d", d)):
-                if not np.isfinite(value).all():
-                    raise GradientError(f"layer {name!r}: non-finite values in {label}; the chunk "
-                                        "was rejected and the learner is unchanged")
-            chunk[name] = (x, d)
-        self._buffer.append(chunk)
-        metrics = {"stepped": 0.0, "loss": float(data.loss)}
+        """Buffer one chunk; every ``interval`` chunks, run one train step per layer.
+
+        The chunk is kept as it came (shared input rows, row indices), and each layer's rows
+        are gathered only while its graph runs: on a small device, the peak memory of a step is
+        the chunk plus one layer's rows.
+        """
+        self._check(data)
+        self._buffer.append(data)
+        rows = sum(int(np.shape(data.grads[n])[0]) for n in data.layer_names)
+        metrics = {"stepped": 0.0, "rows": float(rows), "loss": float(data.loss)}
         if len(self._buffer) < self.interval:
             return metrics
         buffered, self._buffer = self._buffer, []
         self.step += 1
         lr = self.optimizer.lr_at(self.step)
-        hyper = {"lr": lr, "step": float(self.step), "beta1": self.optimizer.betas[0],
-                 "beta2": self.optimizer.betas[1], "eps": self.optimizer.eps,
-                 "weight_decay": self.optimizer.weight_decay, "momentum": self.optimizer.momentum,
-                 "grad_scale": 1.0}
-        feeds = {name: self._feeds(name, buffered, hyper) for name in self._sessions}
-        outputs = {name: self._run(name, f) for name, f in feeds.items() if f is not None}
-        norm = sum(float(out["grad_norm"]) ** 2 for out in outputs.values()) ** 0.5
+        hyper = {k: np.asarray(v, dtype=np.float32) for k, v in {
+            "lr": lr, "step": float(self.step), "beta1": self.optimizer.betas[0],
+            "beta2": self.optimizer.betas[1], "eps": self.optimizer.eps,
+            "weight_decay": self.optimizer.weight_decay, "momentum": self.optimizer.momentum,
+            "grad_scale": 1.0}.items()}
+        layers = [n for n in self._sessions if any(n in c.grads for c in buffered)]
+        outputs = {n: self._run(n, self._feeds(n, buffered, hyper)) for n in layers}
+        norm = _global_norm(outputs)
         if self.optimizer.max_grad_norm is not None:  # clip_grad_norm_'s coefficient
             coef = min(1.0, self.optimizer.max_grad_norm / (norm + 1e-6))
-            if coef < 1.0:
-                scale = np.asarray(coef, dtype=np.float32)
-                outputs = {name: self._run(name, {**f, "grad_scale": scale})
-                           for name, f in feeds.items() if f is not None}
+            if coef < 1.0:  # run again from the same inputs, the gradients scaled
+                hyper["grad_scale"] = np.asarray(coef, dtype=np.float32)
+                outputs = {n: self._run(n, self._feeds(n, buffered, hyper)) for n in layers}
         for name, out in outputs.items():
             for p in self._params[name]:
                 self._params[name][p] = out[f"new.{p}"]
@@ -130,14 +121,36 @@ class OrtLearner:
                     self._slots[name][p][s] = out[f"new.{p}.{s}"]
         return {**metrics, "stepped": 1.0, "grad_norm": norm, "lr": lr}
 
-    def _feeds(self, name: str, buffered: list, hyper: dict[str, float]) -> dict | None:
-        """The inputs of layer ``name``'s graph for the buffered chunks (None: no rows)."""
-        parts = [c[name] for c in buffered if name in c]
-        if not parts:
-            return None
-        feeds = {k: np.asarray(v, dtype=np.float32) for k, v in hyper.items()}
-        feeds["x"] = np.concatenate([x for x, _ in parts])
-        feeds["d"] = np.concatenate([d for _, d in parts])
+    def _check(self, data: AdaptationData) -> None:
+        """Refuse a chunk with unknown layers, wrong shapes, bad row indices or non-finite
+        values, before anything is kept."""
+        for name in data.layer_names:
+            if name not in self._params:
+                raise AdapterError(f"adaptation data for {name!r}, which this learner does not "
+                                   "adapt")
+            x, d, rows = data.inputs[data.input_of[name]], data.grads[name], data.rows.get(name)
+            info = self.layout[name]
+            n = np.shape(d)[0] if np.ndim(d) == 2 else -1
+            if np.ndim(x) != 2 or np.shape(x)[1] != info.d_in or np.ndim(d) != 2 or (
+                    np.shape(d)[1] != info.d_out) or (rows is None and np.shape(x)[0] != n):
+                raise GradientError(f"layer {name!r}: expected x [n, {info.d_in}] and d "
+                                    f"[n, {info.d_out}], got {list(np.shape(x))} and "
+                                    f"{list(np.shape(d))}")
+            if rows is not None and (np.shape(rows) != (n,) or (n and (
+                    np.min(rows) < 0 or np.max(rows) >= np.shape(x)[0]))):
+                raise GradientError(f"layer {name!r}: row indices do not fit the shared rows")
+            for label, value in (("x", x), ("d", d)):
+                if not np.isfinite(value).all():
+                    raise GradientError(f"layer {name!r}: non-finite values in {label}; the chunk "
+                                        "was rejected and the learner is unchanged")
+
+    def _feeds(self, name: str, buffered: list[AdaptationData],
+               hyper: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The inputs of layer ``name``'s graph: its rows of the buffered chunks, gathered."""
+        parts = [_float32(c.layer(name)) for c in buffered if name in c.grads]
+        feeds = dict(hyper)
+        feeds["x"] = parts[0][0] if len(parts) == 1 else np.concatenate([x for x, _ in parts])
+        feeds["d"] = parts[0][1] if len(parts) == 1 else np.concatenate([d for _, d in parts])
         for p, value in self._params[name].items():
             feeds[p] = value
             for s, slot in self._slots[name][p].items():
@@ -150,10 +163,12 @@ class OrtLearner:
         return dict(zip(names, session.run(names, feeds)))
 
     def state_dict(self) -> dict[str, Any]:
+        """Weights, optimizer slots, step and buffered chunks (as ``GradientLearner``'s)."""
         return {"step": self.step, "params": self.adapter_state(),
                 "slots": {n: {p: {s: v.copy() for s, v in ss.items()} for p, ss in ps.items()}
                           for n, ps in self._slots.items()},
-                "buffer": [dict(c) for c in self._buffer]}
+                "buffer": [{n: _float32(c.layer(n)) for n in c.layer_names}
+                           for c in self._buffer]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` (either backend's); checked before anything changes."""
@@ -171,6 +186,11 @@ class OrtLearner:
                 if set(got) != names or any(v.shape != value.shape for v in got.values()):
                     raise AdapterError(f"learner state: optimizer slots of {n!r}/{p!r} do not "
                                        f"match a {self.optimizer.name!r} optimizer")
+        buffer = [AdaptationData({n: x for n, (x, _) in c.items()},
+                                 {n: d for n, (_, d) in c.items()}, {n: n for n in c})
+                  for c in buffer]
+        for chunk in buffer:
+            self._check(chunk)
         self._params, self._slots, self.step, self._buffer = params, slots, step, buffer
 
     def to_bytes(self) -> bytes:
@@ -198,3 +218,12 @@ class OrtLearner:
                                    f"{ {p: list(v.shape) for p, v in params.items()} }")
             checked[name] = params
         return checked
+
+
+def _float32(pair: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(np.ascontiguousarray(a, dtype=np.float32) for a in pair)  # type: ignore[return-value]
+
+
+def _global_norm(outputs: Mapping[str, Mapping[str, np.ndarray]]) -> float:
+    """The global gradient norm from each layer's ``grad_norm`` output."""
+    return sum(float(out["grad_norm"]) ** 2 for out in outputs.values()) ** 0.5

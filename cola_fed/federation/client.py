@@ -124,8 +124,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     # Open and decode everything before touching the learner: a bad payload changes nothing.
     bundle = decode_bundle(channel.open(record_to_blob(msg.content[SEALED]), round=server_round,
                                         kind=KIND_TRAIN))
-    chunks = [decode_adaptation(bundle[f"adaptation{i}"], layout=spec.layout)
+    chunks = [decode_adaptation(bundle.pop(f"adaptation{i}"), layout=spec.layout)
               for i in range(len(bundle))]
+    del bundle  # the encoded parts: on a small device, memory for one copy of the data only
     # The server's adaptation data was computed at the adapters it last received. If it did not
     # receive our latest reply (dropped, or refused), roll back to the state it did see, so the
     # step and the batch stream stay consistent with the server and no batch is skipped.

@@ -34,6 +34,19 @@ class WithoutTorch:
         return getattr(self.finder, attribute)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM starts afresh at exec, unlike
+    ``ru_maxrss``, which keeps the peak of the parent it was forked from."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def read_frame(stream: BinaryIO) -> bytes | None:
     head = stream.read(4)
     if len(head) < 4:
@@ -55,6 +68,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, *, without_torch: bool) -> None:
 
     while (raw := read_frame(stdin)) is not None:
         msg = serde.message_from_proto(ProtoMessage.FromString(raw))
+        del raw  # as a ClientApp process holds the message, not its wire form
         context = serde.context_from_proto(ProtoContext.FromString(read_frame(stdin) or b""))
         handler = handle_hello if msg.metadata.message_type == MessageType.QUERY else handle_train
         started = time.perf_counter()
@@ -62,8 +76,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, *, without_torch: bool) -> None:
             reply = handler(msg, context)
         except Exception as err:  # reported to the server as Flower reports a ClientApp error
             reply = Message(Error(code=1, reason=repr(err)), reply_to=msg)
-        stats = {"seconds": time.perf_counter() - started,
-                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        stats = {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb(),
                  "torch_imported": "torch" in sys.modules}
         if without_torch and stats["torch_imported"]:
             reply = Message(Error(code=1, reason="the node imported torch"), reply_to=msg)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from cola_fed.adapters.base import Adapter
@@ -222,7 +223,7 @@ class GradientLearner:
             )
         chunk = {}
         for name in data.layer_names:
-            x, d = (torch.as_tensor(a).to(self.dtype) for a in data.layer(name))
+            x, d = (_tensor(a).to(self.dtype) for a in data.layer(name))
             info = self.layout[name]
             if x.ndim != 2 or d.ndim != 2 or x.shape != (d.shape[0], info.d_in) or (
                 d.shape[1] != info.d_out
@@ -254,6 +255,14 @@ class GradientLearner:
             adapter.check(params, info.d_in, info.d_out, f"layer {name!r}")
             new[name] = params
         return new
+
+
+def _tensor(value: Any) -> Tensor:
+    """A tensor of ``value``; read-only numpy views (decoded in place from the wire) are copied,
+    as torch tensors must own writable memory."""
+    if isinstance(value, np.ndarray) and not value.flags.writeable:
+        return torch.from_numpy(value.copy())
+    return torch.as_tensor(value)
 
 
 def _to_numpy(nested: Mapping[str, Mapping[str, Tensor]]) -> dict[str, dict[str, Any]]:

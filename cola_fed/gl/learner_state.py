@@ -32,11 +32,12 @@ def state_to_bytes(state: dict[str, Any]) -> bytes:
     return save({k: np.ascontiguousarray(v) for k, v in flat.items()}, metadata=meta)
 
 
-def state_from_bytes(blob: bytes) -> dict[str, Any]:
+def state_from_bytes(blob: bytes | memoryview) -> dict[str, Any]:
     """The ``state_dict`` (numpy arrays) in a :func:`state_to_bytes` blob."""
     from safetensors.numpy import load
 
     try:
+        blob = bytes(blob)
         tensors = load(blob)
         size = int.from_bytes(blob[:8], "little")
         meta = json.loads(blob[8:8 + size]).get("__metadata__", {})

@@ -153,10 +153,13 @@ def inspect(blob: bytes, kind: str, limits: Limits = DEFAULT_LIMITS) -> tuple[di
 
 
 def unpack(
-    blob: bytes, kind: str, limits: Limits = DEFAULT_LIMITS
+    blob: bytes, kind: str, limits: Limits = DEFAULT_LIMITS, *, copy: bool = True
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """Structure check, then the tensors themselves."""
+    """Structure check, then the tensors themselves: fresh arrays, or with ``copy=False``
+    read-only views into ``blob`` (for the large payloads a small device decodes)."""
     specs, header = inspect(blob, kind, limits)
+    if not copy:
+        return _views(blob, specs), header
     try:
         tensors = st_load(bytes(blob))
     except Exception as err:  # safetensors raises its own SafetensorError
@@ -164,6 +167,19 @@ def unpack(
     if set(tensors) != set(specs):
         raise MalformedPayloadError("the payload's tensors do not match its header")
     return tensors, header
+
+
+def _views(blob: bytes | memoryview, specs: dict) -> dict[str, np.ndarray]:
+    """Read-only arrays over ``blob``'s data section; ``inspect`` has checked every name, dtype,
+    shape and byte range against the data section already."""
+    header_len = int.from_bytes(bytes(blob[:8]), "little")
+    offsets = {name: info["data_offsets"][0]
+               for name, info in json.loads(bytes(blob[8:8 + header_len])).items()
+               if name != "__metadata__"}
+    start = 8 + header_len
+    return {name: np.frombuffer(blob, dtype=dtype.newbyteorder("<"), count=math.prod(shape),
+                                offset=start + offsets[name]).reshape(shape)
+            for name, (dtype, shape) in specs.items()}
 
 
 def _require(header: dict, key: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -275,7 +291,7 @@ def decode_adaptation(
             raise MalformedPayloadError(
                 f"layer {name!r}: {d_shape[0]} gradient rows for {x_shape[0]} input rows"
             )
-    tensors, _ = unpack(blob, "adaptation", limits)
+    tensors, _ = unpack(blob, "adaptation", limits, copy=False)
     data = AdaptationData({}, {}, dict(input_of), {}, loss=float(loss), num_samples=num_samples)
     for group in groups:
         data.inputs[group] = _from_wire(tensors[f"x/{group}"], dtype)
@@ -393,12 +409,13 @@ def encode_bundle(parts: Mapping[str, bytes]) -> bytes:
     return pack("bundle", tensors, {"parts": list(parts)})
 
 
-def decode_bundle(blob: bytes, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, bytes]:
-    """The named payloads of a bundle, still encoded: decode each with its own strict decoder."""
+def decode_bundle(blob: bytes, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, memoryview]:
+    """The named payloads of a bundle, still encoded (views into ``blob``, not copies): decode
+    each with its own strict decoder."""
     specs, header = inspect(blob, "bundle", limits)
     parts = _require(header, "parts", list, "a list of part names")
     if set(specs) != {f"part/{p}" for p in parts} or any(
             dtype != np.uint8 or len(shape) != 1 for dtype, shape in specs.values()):
         raise MalformedPayloadError("the bundle's parts do not match its header")
-    tensors, _ = unpack(blob, "bundle", limits)
-    return {name: tensors[f"part/{name}"].tobytes() for name in parts}
+    tensors, _ = unpack(blob, "bundle", limits, copy=False)
+    return {name: memoryview(tensors[f"part/{name}"]) for name in parts}

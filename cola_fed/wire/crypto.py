@@ -228,9 +228,15 @@ class SecureChannel:
         self.state.sent = counter
         return _HEADER.pack(MAGIC, counter) + sealed
 
-    def open(self, envelope: bytes, *, round: int, kind: str) -> bytes:
-        """Authenticate and decrypt a payload from the peer; the state advances only on success."""
-        envelope = bytes(envelope)
+    def open(self, envelope: bytes | memoryview, *, round: int, kind: str) -> bytes:
+        """Authenticate and decrypt a payload from the peer; the state advances only on success.
+
+        ``envelope`` may be any bytes-like object; it is read in place, never copied."""
+        try:
+            envelope = memoryview(envelope).cast("B")
+        except TypeError:
+            raise MalformedPayloadError(f"a sealed payload must be bytes, got "
+                                        f"{type(envelope).__name__}") from None
         if len(envelope) < _HEADER.size + TAG_BYTES:
             raise MalformedPayloadError(f"a sealed payload of {len(envelope)} bytes is too short")
         magic, counter = _HEADER.unpack_from(envelope)
