@@ -84,9 +84,10 @@ def client_round_memory(rounds: int) -> dict:
     """Peak RSS (MB) of an ONNX-backend node process over hello + ``rounds`` rounds of the demo
     run, of the same process's imports alone, and of a FedAvg-LoRA client step.
 
-    Two node set-ups: ``own-data``, an edge device with its own reviews (``data-path``, 800 of
-    them), and ``partition``, a simulated node that cuts its share of the corpus with
-    flwr-datasets (which imports Hugging Face ``datasets`` and pyarrow)."""
+    Node set-ups: ``own-data``, an edge device with its own reviews (``data-path``, 800 of
+    them); the same with float16 adaptation data on the wire; and ``partition``, a simulated
+    node that cuts its share of the corpus with flwr-datasets (which imports Hugging Face
+    ``datasets`` and pyarrow)."""
     import csv
     import subprocess
     import tempfile
@@ -110,9 +111,11 @@ def client_round_memory(rounds: int) -> dict:
             writer = csv.writer(handle)
             writer.writerow(["text", "label"])
             writer.writerows(zip(reviews.texts[:800], reviews.labels[:800]))
-        for setup, node_config in (("own-data", {"data-path": str(path)}),
-                                   ("partition", {"num-partitions": 4})):
-            stats = _node_round_stats(rounds, node_config, Path(folder) / setup)
+        setups = {"own-data": ({"data-path": str(path)}, {}),
+                  "own-data-fp16-wire": ({"data-path": str(path)}, {"wire.dtype": "float16"}),
+                  "partition": ({"num-partitions": 4}, {})}
+        for setup, (node_config, overrides) in setups.items():
+            stats = _node_round_stats(rounds, node_config, overrides, Path(folder) / setup)
             result[setup] = {"after_hello_peak_rss_mb": stats[0]["peak_rss_mb"],
                              "round_peak_rss_mb": max(s["peak_rss_mb"] for s in stats),
                              "round_seconds": [s["seconds"] for s in stats[1:]]}
@@ -120,14 +123,15 @@ def client_round_memory(rounds: int) -> dict:
                           capture_output=True, text=True, check=True)
     result["fedavg_lora_client_peak_rss_mb"] = float(lora.stdout.strip().splitlines()[-1])
     result["target_mb"] = 150
-    for setup in ("own-data", "partition"):
+    for setup in setups:
         result[setup]["ratio_to_fedavg_lora"] = (result[setup]["round_peak_rss_mb"]
                                                  / result["fedavg_lora_client_peak_rss_mb"])
     print(json.dumps(result, indent=2), file=sys.stderr)
     return result
 
 
-def _node_round_stats(rounds: int, node_config: dict, cache: object) -> list[dict]:
+def _node_round_stats(rounds: int, node_config: dict, overrides: dict,
+                      cache: object) -> list[dict]:
     """Per-message stats of one ONNX node (torch hidden) in the demo run, driven by the real
     strategy through a LocalGrid."""
     import os
@@ -139,7 +143,7 @@ def _node_round_stats(rounds: int, node_config: dict, cache: object) -> list[dic
     config = RunConfig.from_flat({"num-server-rounds": rounds, "task.batch-size": 32,
                                   "task.max-length": 48, "task.eval-batches": 4,
                                   "optimizer.lr": 0.004, "strategy.min-available-nodes": 1,
-                                  "strategy.evaluate-every": rounds})
+                                  "strategy.evaluate-every": rounds, **overrides})
     strategy = build_strategy(config)
     node = NodeProcess(without_torch=True, env={**os.environ, "COLA_FED_CACHE": str(cache)})
     try:

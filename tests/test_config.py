@@ -67,7 +67,7 @@ def test_edge_backends_by_partition_and_their_errors():
     mapped = RunConfig.from_flat({"edge.backends": "2:onnx"}).edge
     assert [per_partition("edge.backends", mapped.backends, p, "") for p in range(3)] == [
         "", "", "onnx"]
-    with pytest.raises(ConfigError, match="edge.backends.*tensorflow"):
+    with pytest.raises(ConfigError, match=r"edge\.backends.*tensorflow"):
         RunConfig.from_flat({"edge.backends": "onnx,tensorflow"})
-    with pytest.raises(ConfigError, match="edge.backends: expected 'partition-id:value'"):
+    with pytest.raises(ConfigError, match=r"edge\.backends: expected 'partition-id:value'"):
         RunConfig.from_flat({"edge.backends": "x:onnx"})

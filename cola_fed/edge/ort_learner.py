@@ -66,14 +66,20 @@ class OrtLearner:
         self.step = 0
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # small devices: no pre-allocated arena, no memory-pattern planning across runs
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        by_graph: dict[str, Any] = {}  # layers of one shape and kind share one session
         self._sessions = {}
         for name, layer_spec in self.specs.items():
             info = layout[name]
             key = GraphKey(layer_spec, info.d_in, info.d_out, optimizer.name, optimizer.nesterov)
             if key.name not in graphs:
                 raise ConfigError(f"no train-step graph {key.name!r} for layer {name!r}")
-            self._sessions[name] = ort.InferenceSession(graphs[key.name], options,
-                                                        providers=["CPUExecutionProvider"])
+            if key.name not in by_graph:
+                by_graph[key.name] = ort.InferenceSession(graphs[key.name], options,
+                                                          providers=["CPUExecutionProvider"])
+            self._sessions[name] = by_graph[key.name]
         if initial_state is None:
             initial_state = draw_initial_state(layout, self.specs, seed)
         self._params = self._checked(initial_state)
