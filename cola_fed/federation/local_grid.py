@@ -68,6 +68,21 @@ class NodeProcess:
 
 
 class LocalGrid(Grid):
+    """A grid of ``num_nodes`` nodes (ids 1000, 1001, ...; partition ``i`` of ``num_nodes``).
+
+    Parameters
+    ----------
+    num_nodes : int
+        How many nodes; each has a Flower ``Context`` in ``contexts`` (edit its node config
+        before the run to give it a backend, a data path, a pinned key...).
+    run_id : int
+        The run id every context and message carries.
+    reply_filter : callable, optional
+        ``(node id, reply) -> reply or None``: tamper with or drop replies.
+    processes : dict, optional
+        Node id -> :class:`NodeProcess` for nodes that run in a child process.
+    """
+
     def __init__(self, num_nodes: int, *, run_id: int = 4242,
                  reply_filter: Callable[[int, Message], Message | None] | None = None,
                  processes: dict[int, NodeProcess] | None = None) -> None:

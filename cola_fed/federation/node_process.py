@@ -67,8 +67,12 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, *, without_torch: bool) -> None:
     from cola_fed.federation.client import handle_hello, handle_train
 
     while (raw := read_frame(stdin)) is not None:
-        msg = serde.message_from_proto(ProtoMessage.FromString(raw))
-        del raw  # as a ClientApp process holds the message, not its wire form
+        # hold one form of the message at a time (wire bytes, protobuf, Flower message), as a
+        # ClientApp process does
+        proto = ProtoMessage.FromString(raw)
+        del raw
+        msg = serde.message_from_proto(proto)
+        del proto
         context = serde.context_from_proto(ProtoContext.FromString(read_frame(stdin) or b""))
         handler = handle_hello if msg.metadata.message_type == MessageType.QUERY else handle_train
         started = time.perf_counter()
