@@ -89,7 +89,12 @@ class OrtLearner:
         self._buffer: list[AdaptationData] = []
 
     def adapter_state(self) -> dict[str, Arrays]:
+        """``{layer name: {param name: array}}``: the only thing a client ever returns."""
         return {n: {p: v.copy() for p, v in ps.items()} for n, ps in self._params.items()}
+
+    def load_adapter_state(self, state: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace the adapters' weights (shapes checked); optimizer state is kept."""
+        self._params = self._checked(state)
 
     def fit(self, data: AdaptationData) -> dict[str, float]:
         """Buffer one chunk; every ``interval`` chunks, run one train step per layer.
