@@ -28,9 +28,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from cola_fed.adapters.spec import AdapterSpec
-from cola_fed.config import RunConfig
+from cola_fed.config import BACKENDS, RunConfig
 from cola_fed.edge.graphs import content_hash, graph_keys
-from cola_fed.errors import ColaError, PayloadError
+from cola_fed.errors import ColaError, PayloadError, ProtocolError
 from cola_fed.federation.protocol import (
     CLEAR,
     GRAPHS,
@@ -181,13 +181,16 @@ class ColaStrategy(Strategy):
         bundle = decode_bundle(channel.open(record_to_blob(reply.content[SEALED]), round=0,
                                             kind=KIND_HELLO))
         partition_id = int(clear["partition-id"])
+        backend = str(clear["backend"])
+        if backend not in BACKENDS:
+            raise ProtocolError(f"node {node} reports an unknown backend {backend!r}")
         specs = self.spec.specs_for(partition_id)
         adapters = self._checked_adapters(bundle["adapters"], partition_id)
         evals = [self._checked_batch(bundle[name]) for name in sorted(bundle)
                  if name.startswith("eval")]
         session = NodeSession(node, partition_id, channel, specs, adapters, [], evals,
                               num_examples=int(clear["num-examples"]),
-                              backend=str(clear["backend"]))
+                              backend=backend)
         if self.spec.data_mode == "upload":
             train = ClientData(train=self._checked_batch(bundle["train"]), eval_batches=[])
             session.stream = train.batches(self.config.task.batch_size,
