@@ -3,6 +3,7 @@ ONNX/PyTorch federations train the same adapters as all-PyTorch ones; a node run
 
 import numpy as np
 import pytest
+from federation_runs import DIGITS, run
 
 from cola_fed.config import RunConfig
 from cola_fed.federation.local_grid import LocalGrid, NodeProcess
@@ -12,22 +13,11 @@ from cola_fed.federation.server import build_strategy
 pytest.importorskip("sklearn")
 pytest.importorskip("onnxscript")
 
-DIGITS = {"task.name": "digits", "task.batch-size": 16, "task.eval-batches": 2,
-          "optimizer.lr": 0.01, "strategy.min-available-nodes": 1}
-
 
 @pytest.fixture(autouse=True)
 def graph_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("COLA_FED_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache" / "graphs"
-
-
-def run(overrides: dict, nodes: int, rounds: int, **grid_options):
-    config = RunConfig.from_flat({**DIGITS, **overrides, "num-server-rounds": rounds})
-    strategy = build_strategy(config)
-    grid = LocalGrid(nodes, **grid_options)
-    strategy.start(grid, num_rounds=rounds, timeout=30)
-    return strategy, grid
 
 
 def by_partition(strategy):

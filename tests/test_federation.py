@@ -6,6 +6,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from federation_runs import DIGITS, run
 
 from cola_fed.config import RunConfig
 from cola_fed.federation.local_grid import LocalGrid
@@ -17,17 +18,6 @@ from cola_fed.gl.learner import GradientLearner
 from cola_fed.tasks.base import get_task
 
 pytest.importorskip("sklearn")
-
-DIGITS = {"task.name": "digits", "task.batch-size": 16, "task.eval-batches": 2,
-          "optimizer.lr": 0.01, "strategy.min-available-nodes": 1}
-
-
-def run(overrides: dict, nodes: int, rounds: int, **grid_options):
-    config = RunConfig.from_flat({**DIGITS, **overrides, "num-server-rounds": rounds})
-    strategy = build_strategy(config)
-    grid = LocalGrid(nodes, **grid_options)
-    strategy.start(grid, num_rounds=rounds, timeout=30)
-    return strategy, grid
 
 
 def test_heterogeneous_run_trains_every_node_and_reports(tmp_path):

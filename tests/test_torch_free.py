@@ -5,17 +5,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-# Makes `import torch` fail, as on an edge device without PyTorch.
+# Makes `import torch` fail, as on an edge device without PyTorch (the finder wrapper that
+# NodeProcess uses; importing it loads nothing but the bare cola_fed package).
 NO_TORCH = textwrap.dedent(
     """
     import sys
+    from cola_fed.federation.node_process import WithoutTorch
 
-    class NoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is not installed on this device")
-
-    sys.meta_path.insert(0, NoTorch())
+    sys.meta_path[:] = [WithoutTorch(finder) for finder in sys.meta_path]
     """
 )
 

@@ -232,3 +232,22 @@ def test_garbage_is_a_payload_error():
             decode_adaptation(blob)
     with pytest.raises(PayloadError):
         decode_metrics(pack("metrics", {}, {"metrics": {"a": "text"}}))
+
+
+def test_tensors_must_tile_the_data_section():
+    import json as _json
+
+    from cola_fed.errors import MalformedPayloadError
+    from cola_fed.wire import decode_batch, encode_batch
+
+    blob = encode_batch({"labels": np.arange(4, dtype=np.int64)})
+    assert decode_batch(blob + b"")["labels"].tolist() == [0, 1, 2, 3]
+    size = int.from_bytes(blob[:8], "little")
+    header = _json.loads(blob[8:8 + size])
+    for offsets in ([0, 24], [8, 40]):  # slack at the end; a gap at the start
+        header["b/labels"]["shape"] = [(offsets[1] - offsets[0]) // 8]
+        header["b/labels"]["data_offsets"] = offsets
+        raw = _json.dumps(header).encode()
+        forged = len(raw).to_bytes(8, "little") + raw + blob[8 + size:] + b"\0" * 8
+        with pytest.raises(MalformedPayloadError):
+            decode_batch(forged)

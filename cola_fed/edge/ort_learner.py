@@ -150,10 +150,14 @@ class OrtLearner:
             if rows is not None and (np.shape(rows) != (n,) or (n and (
                     np.min(rows) < 0 or np.max(rows) >= np.shape(x)[0]))):
                 raise GradientError(f"layer {name!r}: row indices do not fit the shared rows")
-            for label, value in (("x", x), ("d", d)):
-                if not np.isfinite(value).all():
-                    raise GradientError(f"layer {name!r}: non-finite values in {label}; the chunk "
-                                        "was rejected and the learner is unchanged")
+        # values last, each array once (layers that share their input rows share the check)
+        first_reader = {data.input_of[n]: n for n in reversed(data.layer_names)}
+        checks = [("x", first_reader[g], data.inputs[g]) for g in first_reader]
+        checks += [("d", n, data.grads[n]) for n in data.layer_names]
+        for label, name, value in checks:
+            if not np.isfinite(value).all():
+                raise GradientError(f"layer {name!r}: non-finite values in {label}; the chunk "
+                                    "was rejected and the learner is unchanged")
 
     def _feeds(self, name: str, buffered: list[AdaptationData],
                hyper: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from cola_fed.adapters.init import param_shapes
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.config import BACKENDS, RunConfig
 from cola_fed.edge.graphs import content_hash, graph_keys
@@ -42,7 +43,7 @@ from cola_fed.federation.protocol import (
 )
 from cola_fed.federation.records import blob_to_record, record_to_blob
 from cola_fed.gl.engine import ServerEngine
-from cola_fed.gl.layout import Layout
+from cola_fed.gl.layout import Layout, assign_specs
 from cola_fed.tasks.base import ClientData, Task
 from cola_fed.wire import (
     SecureChannel,
@@ -364,12 +365,9 @@ class ColaStrategy(Strategy):
 
     def _checked_adapters(self, blob: bytes, partition_id: int
                           ) -> dict[str, dict[str, np.ndarray]]:
-        from cola_fed.adapters.registry import build_adapter
-        from cola_fed.gl.layout import assign_specs
-
-        specs = assign_specs(self.engine.layout, self.spec.specs_for(partition_id))
-        expected = {name: build_adapter(spec).param_shapes(self.engine.layout[name].d_in,
-                                                           self.engine.layout[name].d_out)
+        layout = self.engine.layout
+        specs = assign_specs(layout, self.spec.specs_for(partition_id))
+        expected = {name: param_shapes(spec, layout[name].d_in, layout[name].d_out)
                     for name, spec in specs.items()}
         return decode_adapter_state(blob, layout=self.engine.layout, expected_shapes=expected)
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from cola_fed.errors import MalformedPayloadError
@@ -86,6 +85,12 @@ def inspect(blob: bytes, kind: str, limits: Limits = DEFAULT_LIMITS) -> tuple[di
 
     Returns ``(tensor_specs, header)`` where ``tensor_specs[name] = (numpy dtype, shape)``.
     """
+    specs, header, _ = _inspect(blob, kind, limits)
+    return specs, header
+
+
+def _inspect(blob: bytes, kind: str, limits: Limits) -> tuple[dict, dict, dict[str, int]]:
+    """:func:`inspect`, plus where each tensor's bytes start in ``blob``."""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise MalformedPayloadError(f"a payload must be bytes, got {type(blob).__name__}")
     size = len(blob)
@@ -125,6 +130,7 @@ def inspect(blob: bytes, kind: str, limits: Limits = DEFAULT_LIMITS) -> tuple[di
         raise MalformedPayloadError(f"{len(raw)} tensors exceed the cap {limits.max_tensors}")
     data_size = size - 8 - header_len
     specs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+    starts: dict[str, int] = {}
     for name, info in raw.items():
         if not _NAME.fullmatch(name):
             raise MalformedPayloadError(f"invalid tensor name {name[:80]!r}")
@@ -149,37 +155,25 @@ def inspect(blob: bytes, kind: str, limits: Limits = DEFAULT_LIMITS) -> tuple[di
                 f"{dtype} within {data_size} data bytes"
             )
         specs[name] = (dtype, tuple(shape))
-    return specs, header
+        starts[name] = 8 + header_len + offsets[0]
+    return specs, header, starts
 
 
-def unpack(
-    blob: bytes, kind: str, limits: Limits = DEFAULT_LIMITS, *, copy: bool = True
-) -> tuple[dict[str, np.ndarray], dict]:
-    """Structure check, then the tensors themselves: fresh arrays, or with ``copy=False``
-    read-only views into ``blob`` (for the large payloads a small device decodes)."""
-    specs, header = inspect(blob, kind, limits)
-    if not copy:
-        return _views(blob, specs), header
-    try:
-        tensors = st_load(bytes(blob))
-    except Exception as err:  # safetensors raises its own SafetensorError
-        raise MalformedPayloadError(f"the payload's tensors cannot be read: {err}") from None
-    if set(tensors) != set(specs):
-        raise MalformedPayloadError("the payload's tensors do not match its header")
-    return tensors, header
-
-
-def _views(blob: bytes | memoryview, specs: dict) -> dict[str, np.ndarray]:
-    """Read-only arrays over ``blob``'s data section; ``inspect`` has checked every name, dtype,
-    shape and byte range against the data section already."""
-    header_len = int.from_bytes(bytes(blob[:8]), "little")
-    offsets = {name: info["data_offsets"][0]
-               for name, info in json.loads(bytes(blob[8:8 + header_len])).items()
-               if name != "__metadata__"}
-    start = 8 + header_len
-    return {name: np.frombuffer(blob, dtype=dtype.newbyteorder("<"), count=math.prod(shape),
-                                offset=start + offsets[name]).reshape(shape)
-            for name, (dtype, shape) in specs.items()}
+def _read(blob: bytes | memoryview, specs: dict, starts: dict[str, int], *,
+          copy: bool = True) -> dict[str, np.ndarray]:
+    """The tensors of a payload :func:`_inspect` has checked (every name, dtype, shape and byte
+    range): fresh arrays, or with ``copy=False`` read-only views into ``blob`` (for the large
+    payloads a small device decodes)."""
+    # as safetensors requires: the tensors tile the data section, no overlap, no slack
+    ranges = sorted((starts[n], starts[n] + math.prod(shape) * dtype.itemsize)
+                    for n, (dtype, shape) in specs.items())
+    ends = [8 + int.from_bytes(bytes(blob[:8]), "little"), *(end for _, end in ranges)]
+    if any(begin != end for (begin, _), end in zip(ranges, ends)) or ends[-1] != len(blob):
+        raise MalformedPayloadError("the payload's tensors do not tile its data section")
+    views = {name: np.frombuffer(blob, dtype=dtype.newbyteorder("<"), count=math.prod(shape),
+                                 offset=starts[name]).reshape(shape)
+             for name, (dtype, shape) in specs.items()}
+    return {name: view.copy() for name, view in views.items()} if copy else views
 
 
 def _require(header: dict, key: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -247,7 +241,7 @@ def decode_adaptation(
     blob: bytes, *, layout: Layout | None = None, limits: Limits = DEFAULT_LIMITS
 ) -> AdaptationData:
     """Adaptation data (numpy float32) from a payload, checked against ``layout`` if given."""
-    specs, header = inspect(blob, "adaptation", limits)
+    specs, header, starts = _inspect(blob, "adaptation", limits)
     dtype = header.get("dtype")
     if dtype not in WIRE_DTYPES:
         raise MalformedPayloadError(f"unknown wire dtype {dtype!r}")
@@ -291,7 +285,7 @@ def decode_adaptation(
             raise MalformedPayloadError(
                 f"layer {name!r}: {d_shape[0]} gradient rows for {x_shape[0]} input rows"
             )
-    tensors, _ = unpack(blob, "adaptation", limits, copy=False)
+    tensors = _read(blob, specs, starts, copy=False)
     data = AdaptationData({}, {}, dict(input_of), {}, loss=float(loss), num_samples=num_samples)
     for group in groups:
         data.inputs[group] = _from_wire(tensors[f"x/{group}"], dtype)
@@ -328,7 +322,7 @@ def decode_adapter_state(
     limits: Limits = DEFAULT_LIMITS,
 ) -> dict[str, dict[str, np.ndarray]]:
     """An adapter state, checked against ``layout`` and exact ``expected_shapes`` if given."""
-    specs, header = inspect(blob, "adapter-state", limits)
+    specs, header, starts = _inspect(blob, "adapter-state", limits)
     layers = _require(header, "layers", list, "a list of layer names")
     found: dict[str, dict[str, tuple[int, ...]]] = {}
     for name, (dtype, shape) in specs.items():
@@ -348,7 +342,7 @@ def decode_adapter_state(
             raise MalformedPayloadError(
                 "the adapter state does not have the expected parameters and shapes"
             )
-    tensors, _ = unpack(blob, "adapter-state", limits)
+    tensors = _read(blob, specs, starts)
     state: dict[str, dict[str, np.ndarray]] = {layer: {} for layer in layers}
     for name, value in tensors.items():
         _check_finite(name, value)
@@ -367,7 +361,7 @@ def decode_batch(
     blob: bytes, *, expected_keys: set[str] | None = None, limits: Limits = DEFAULT_LIMITS
 ) -> dict[str, np.ndarray]:
     """A batch whose tensors all share one leading dimension (and carry ``expected_keys``)."""
-    specs, header = inspect(blob, "batch", limits)
+    specs, header, starts = _inspect(blob, "batch", limits)
     keys = _require(header, "keys", list, "a list of batch keys")
     if set(specs) != {f"b/{k}" for k in keys}:
         raise MalformedPayloadError("the batch's tensors do not match its header")
@@ -376,7 +370,7 @@ def decode_batch(
     leading = {shape[0] if shape else -1 for _, shape in specs.values()}
     if len(leading) > 1 or -1 in leading:
         raise MalformedPayloadError("batch tensors must share one leading (batch) dimension")
-    tensors, _ = unpack(blob, "batch", limits)
+    tensors = _read(blob, specs, starts)
     batch = {name[2:]: value for name, value in tensors.items()}
     for key, value in batch.items():
         _check_finite(key, value)
@@ -412,10 +406,10 @@ def encode_bundle(parts: Mapping[str, bytes]) -> bytes:
 def decode_bundle(blob: bytes, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, memoryview]:
     """The named payloads of a bundle, still encoded (views into ``blob``, not copies): decode
     each with its own strict decoder."""
-    specs, header = inspect(blob, "bundle", limits)
+    specs, header, starts = _inspect(blob, "bundle", limits)
     parts = _require(header, "parts", list, "a list of part names")
     if set(specs) != {f"part/{p}" for p in parts} or any(
             dtype != np.uint8 or len(shape) != 1 for dtype, shape in specs.values()):
         raise MalformedPayloadError("the bundle's parts do not match its header")
-    tensors, _ = unpack(blob, "bundle", limits, copy=False)
+    tensors = _read(blob, specs, starts, copy=False)
     return {name: memoryview(tensors[f"part/{name}"]) for name in parts}
