@@ -22,30 +22,56 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from cryptography.hazmat.primitives import serialization
-
-    from cola_fed.wire.crypto import (
-        fingerprint,
-        generate_private_key,
-        public_bytes,
-        save_private_key,
+    from cola_fed.wire.crypto import fingerprint
+    from cola_fed.wire.identity import (
+        IDENTITY_FILE,
+        default_identity_path,
+        generate_identity,
+        identity_public_bytes,
+        public_key_path,
+        save_identity,
     )
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    key_path, pub_path = out / "server.key", out / "server.pub"
-    if key_path.exists() and not args.force:
-        print(f"{key_path} exists; pass --force to replace it (deployed nodes that pinned the "
-              "old key will refuse the new one)", file=sys.stderr)
+    path = Path(args.out).expanduser() if args.out else default_identity_path()
+    if path.is_dir():
+        path = path / IDENTITY_FILE
+    key = generate_identity()
+    save_identity(key, path, overwrite=args.force)  # refuses an existing key without --force
+    seen = fingerprint(identity_public_bytes(key))
+    print(f"server identity: {path} (Ed25519, mode 0600)")
+    print(f"public key:      {public_key_path(path)}")
+    print(f"fingerprint:     {seen}")
+    print(f"pin it on nodes with: --node-config \"server-key-fingerprint='{seen}'\"")
+    if args.force:
+        print("nodes that pinned or remembered the old key will refuse this one: re-pin them, "
+              "or on each node run: cola-fed trust forget NAME")
+    return 0
+
+
+def _trust_list(args: argparse.Namespace) -> int:
+    from cola_fed.wire.identity import KnownServers
+
+    known = KnownServers(args.known_servers)
+    entries = known.entries()
+    if not entries:
+        print(f"no servers remembered in {known.path}")
+        return 0
+    width = max(len(name) for name in entries)
+    for name, seen in entries.items():
+        print(f"{name:<{width}}  {seen}")
+    return 0
+
+
+def _trust_forget(args: argparse.Namespace) -> int:
+    from cola_fed.wire.identity import KnownServers
+
+    known = KnownServers(args.known_servers)
+    if not known.forget(args.name):
+        print(f"{args.name!r} is not remembered in {known.path}; see: cola-fed trust list",
+              file=sys.stderr)
         return 1
-    key = generate_private_key()
-    save_private_key(key, key_path)
-    pub_path.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    print(f"private key: {key_path} (mode 0600)")
-    print(f"public key:  {pub_path}")
-    print(f"fingerprint: {fingerprint(public_bytes(key))}")
-    print("pin it on nodes with: --node-config \"server-key-fingerprint='<fingerprint>'\"")
+    print(f"forgot {args.name!r} in {known.path}; its next key will be trusted on first use "
+          "(or pin it: server-key-fingerprint in the node config)")
     return 0
 
 
@@ -92,15 +118,15 @@ def _export_edge(args: argparse.Namespace) -> int:
     from cola_fed.config import RunConfig
     from cola_fed.edge.export import content_hash, export_train_step
     from cola_fed.edge.graphs import graph_keys
-    from cola_fed.federation.strategy import run_spec
+    from cola_fed.federation.strategy import build_plan
     from cola_fed.gl.targets import find_targets
     from cola_fed.tasks.base import get_task
 
     config = RunConfig.from_toml(args.run_config) if args.run_config else RunConfig()
     task = get_task(config.task)
     layout, _ = find_targets(task.build_model(), list(task.targets))
-    spec = run_spec(layout, task, config)
-    keys = graph_keys(layout, spec.all_specs(), spec.optimizer).values()
+    plan = build_plan(layout, task, config)
+    keys = graph_keys(layout, plan.all_specs(), plan.optimizer).values()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifests: dict[str, dict[str, str]] = {"onnx": {}, "ort": {}}
@@ -155,10 +181,28 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--ort", action="store_true", help="also write ORT-format (.ort) files "
                       "for ONNX Runtime Mobile, with manifest-ort.json")
     edge.set_defaults(run=_export_edge)
-    keygen = sub.add_parser("keygen", help="write a server key pair and print its fingerprint")
-    keygen.add_argument("--out", default="keys", help="folder for server.key and server.pub")
-    keygen.add_argument("--force", action="store_true", help="replace an existing key")
+    keygen = sub.add_parser("keygen", help="write the server's Ed25519 identity key and print "
+                            "its fingerprint for nodes to pin")
+    keygen.add_argument("--out", help="key file, or an existing folder to write "
+                        "server-identity.pem in (default: $COLA_FED_HOME/server-identity.pem, "
+                        "else ~/.config/cola-fed/server-identity.pem)")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key (nodes "
+                        "that pinned or remembered the old one will refuse the new one)")
     keygen.set_defaults(run=_keygen)
+    known = argparse.ArgumentParser(add_help=False)
+    known.add_argument("--known-servers", help="the known-servers file (default: "
+                       "$COLA_FED_HOME/known-servers.json, else "
+                       "~/.config/cola-fed/known-servers.json)")
+    trust = sub.add_parser("trust", help="the servers this machine trusted on first use")
+    trust_sub = trust.add_subparsers(dest="trust_command", required=True)
+    listing = trust_sub.add_parser("list", parents=[known], help="print each remembered "
+                                   "server and its key fingerprint")
+    listing.set_defaults(run=_trust_list)
+    forget = trust_sub.add_parser("forget", parents=[known], help="forget a server, so that "
+                                  "its next key is trusted on first use (after a verified "
+                                  "rotation)")
+    forget.add_argument("name", help="the server's name, as cola-fed trust list prints it")
+    forget.set_defaults(run=_trust_forget)
     return parser
 
 

@@ -106,12 +106,14 @@ class AdapterConfig:
     def all_specs(self) -> list[AdapterSpec]:
         """Every distinct spec some node may get (e.g. to prepare ONNX graphs for all)."""
         kinds = dict.fromkeys([self.kind, *per_partition_values("adapter.kinds", self.kinds)])
-        return [self._spec(kind) for kind in kinds]
+        return [self.spec_of_kind(kind) for kind in kinds]
 
     def spec_for(self, partition_id: int) -> AdapterSpec:
-        return self._spec(per_partition("adapter.kinds", self.kinds, partition_id, self.kind))
+        return self.spec_of_kind(
+            per_partition("adapter.kinds", self.kinds, partition_id, self.kind))
 
-    def _spec(self, kind: str) -> AdapterSpec:
+    def spec_of_kind(self, kind: str) -> AdapterSpec:
+        """The spec of an adapter family at this section's sizes."""
         return AdapterSpec(kind=kind, rank=self.rank, hidden=self.hidden, depth=self.depth,
                            activation=self.activation)
 
@@ -158,6 +160,17 @@ class StrategyConfig:
         Seconds to wait for replies in each round; late nodes are skipped for that round.
     max_server_batch : int
         Most samples in one mixed forward/backward pass.
+    max_adapter_norm : float
+        Largest Frobenius norm of any one adapter tensor a node may send; a larger one is
+        refused for the round (finite but huge adapters would blow up the next pass).
+    max_failures : int
+        Consecutive refused replies or broken passes after which a node is quarantined for
+        the rest of the run.
+    min_train_nodes : int
+        The run stops early, with every result written, when fewer nodes than this remain
+        outside quarantine.
+    max_upload_samples : int
+        Most training samples a node may upload at hello in ``upload`` data mode.
     """
 
     mode: str = "unmerged"
@@ -166,13 +179,21 @@ class StrategyConfig:
     evaluate_every: int = 1
     timeout: float = 600.0
     max_server_batch: int = 64
+    max_adapter_norm: float = 1000.0
+    max_failures: int = 3
+    min_train_nodes: int = 1
+    max_upload_samples: int = 100_000
 
     def __post_init__(self) -> None:
         _one_of("strategy.mode", self.mode, ("unmerged", "merged", "col"))
+        if not self.max_adapter_norm > 0 or self.max_adapter_norm == float("inf"):
+            raise ConfigError(f"strategy.max-adapter-norm: must be a finite number > 0, got "
+                              f"{self.max_adapter_norm}")
         if not 0 < self.fraction_train <= 1:
             raise ConfigError(f"strategy.fraction-train: must be in (0, 1], got "
                               f"{self.fraction_train}")
-        for key in ("min_available_nodes", "evaluate_every", "max_server_batch"):
+        for key in ("min_available_nodes", "evaluate_every", "max_server_batch", "max_failures",
+                    "min_train_nodes", "max_upload_samples"):
             _positive(f"strategy.{key.replace('_', '-')}", getattr(self, key))
         if self.timeout <= 0:
             raise ConfigError(f"strategy.timeout: must be > 0 seconds, got {self.timeout}")
@@ -200,7 +221,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class WireConfig:
     """Payload encoding: ``dtype`` of adaptation data (float16/bfloat16 are lossy, opt-in) and
-    the server key file (empty: a fresh key per run)."""
+    the server identity key file (empty: ``$COLA_FED_HOME/server-identity.pem``, created on
+    first use; see docs/security.md)."""
 
     dtype: str = "float32"
     server_key: str = ""

@@ -49,3 +49,20 @@ class UntrustedKeyError(PayloadError):
 
 class ProtocolError(ColaError, RuntimeError):
     """A message does not fit the round protocol (wrong kind, missing keys, wrong version)."""
+
+
+class ContractError(PayloadError):
+    """A batch does not meet its task's input contract (keys, dtypes, shapes, value ranges)."""
+
+
+class GraphError(PayloadError):
+    """A shipped ONNX graph is malformed or uses what the exporter never emits (an operator
+    outside the allow-list, external data, a subgraph)."""
+
+
+class AdapterBoundsError(PayloadError):
+    """An adapter state from a node is finite but outside the configured bounds (its norm)."""
+
+
+class RunStopped(ColaError):
+    """The run cannot go on (fewer than the minimum nodes remain); results so far are kept."""

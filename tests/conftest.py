@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the server identity and the nodes' known servers of this test session, never the user's
+os.environ["COLA_FED_HOME"] = tempfile.mkdtemp(prefix="cola-fed-home-")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 torch = pytest.importorskip("torch")

@@ -114,11 +114,19 @@ def test_a_graph_altered_in_the_cache_stops_the_node(graph_cache, caplog):
 
 
 def test_the_graph_cache_refuses_bad_hashes_and_paths(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
     from cola_fed.edge import GraphCache, content_hash
     from cola_fed.errors import PayloadError
 
     cache = GraphCache(tmp_path / "graphs")
-    model = b"an onnx model"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                [x], [helper.make_tensor_value_info(
+                                                    "y", TensorProto.FLOAT, [1])]))
+    model = model.SerializeToString()
+    assert onnx.load_from_string(model)
     with pytest.raises(PayloadError, match="not a SHA-256"):
         cache.put("g", model, "../../outside")
     with pytest.raises(PayloadError, match="does not match"):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterable
+from types import SimpleNamespace
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.common import serde
@@ -78,13 +79,22 @@ class LocalGrid(Grid):
     run_id : int
         The run id every context and message carries.
     reply_filter : callable, optional
-        ``(node id, reply) -> reply or None``: tamper with or drop replies.
+        ``(node id, reply) -> reply or None``: tamper with or drop replies (a hostile node or
+        relay on the way back).
+    message_filter : callable, optional
+        ``(node id, message) -> message or None``: tamper with or drop what the server sends
+        (a hostile relay on the way out).
+    handlers : dict, optional
+        Node id -> ``(message, context) -> reply`` replacing the real handlers of that node
+        (a node that runs modified code).
     processes : dict, optional
         Node id -> :class:`NodeProcess` for nodes that run in a child process.
     """
 
     def __init__(self, num_nodes: int, *, run_id: int = 4242,
                  reply_filter: Callable[[int, Message], Message | None] | None = None,
+                 message_filter: Callable[[int, Message], Message | None] | None = None,
+                 handlers: dict[int, Callable[[Message, Context], Message]] | None = None,
                  processes: dict[int, NodeProcess] | None = None) -> None:
         self.run_id = run_id
         # what a real ServerApp process has set before it creates messages
@@ -94,7 +104,8 @@ class LocalGrid(Grid):
                               RecordDict(), {})
             for i in range(num_nodes)
         }
-        self.reply_filter = reply_filter
+        self.reply_filter, self.message_filter = reply_filter, message_filter
+        self.handlers = handlers or {}
         self.processes = processes or {}  # node id -> the child process that runs it
         self.delivered: list[Message] = []
 
@@ -107,19 +118,24 @@ class LocalGrid(Grid):
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as the SuperLink does
             self.delivered.append(msg)
-            context = self.contexts[msg.metadata.dst_node_id]
-            handler = handle_hello if msg.metadata.message_type == MessageType.QUERY else (
-                handle_train)
-            node = self.processes.get(msg.metadata.dst_node_id)
+            node_id = msg.metadata.dst_node_id
+            if self.message_filter is not None:
+                msg = self.message_filter(node_id, msg)
+                if msg is None:
+                    continue
+            context = self.contexts[node_id]
+            handler = self.handlers.get(node_id) or (
+                handle_hello if msg.metadata.message_type == MessageType.QUERY else handle_train)
+            node = self.processes.get(node_id)
             if node is not None:
-                reply, self.contexts[msg.metadata.dst_node_id] = node.handle(msg, context)
+                reply, self.contexts[node_id] = node.handle(msg, context)
             else:
                 try:
                     reply = handler(msg, context)
                 except Exception as err:
                     reply = Message(Error(code=1, reason=repr(err)), reply_to=msg)
             if self.reply_filter is not None:
-                reply = self.reply_filter(msg.metadata.dst_node_id, reply)
+                reply = self.reply_filter(node_id, reply)
             if reply is not None:
                 replies.append(reply)
         return replies
@@ -129,8 +145,8 @@ class LocalGrid(Grid):
         raise NotImplementedError
 
     @property
-    def run(self):  # pragma: no cover
-        raise NotImplementedError
+    def run(self) -> SimpleNamespace:
+        return SimpleNamespace(run_id=self.run_id)
 
     def create_message(self, *args, **kwargs):  # pragma: no cover
         raise NotImplementedError

@@ -1,117 +1,756 @@
-"""The round protocol: message kinds, record keys and the run spec. Torch-free.
+"""The round protocol: every message, part name and field, typed. Torch-free.
 
 ```
-round 0  QUERY  server -> node  cola{protocol-version, server-public-key, run-spec,
-                                     graph-hashes}  graphs{<graph name>: ONNX bytes}
-                node -> server  cola{node-public-key, partition-id, backend, num-examples}
-                                sealed{adapters, batch0..batch(I-1) | train, eval0..}
-round t  TRAIN  server -> node  cola{server-round, acknowledged}  sealed{adaptation0..(I-1)}
-                node -> server  sealed{adapters[, batch0..batch(I-1)]}  metrics{...}
-
-``acknowledged`` is the counter of the last node message the server accepted: a node whose latest
-reply was lost or refused resumes from the learner state the server holds (no step is applied
-twice, no batch skipped). ``graphs`` (when ``edge.graphs`` is on) holds the train-step graphs
-of every node kind in the run, ``graph-hashes`` their SHA-256 as JSON; nodes on the ONNX backend
-check and cache them (``cola_fed.edge``). In ``upload`` data mode the hello carries the whole
-training split (``train``) instead of the first batches, and TRAIN replies carry adapters only.
+round 0  QUERY  server -> node  cola{identity, transcript, signature}  graphs{<name>: ONNX bytes}
+                                transcript = canonical JSON {protocol, run-id, node-id, hello-id,
+                                identity, exchange-key, plan}, signed by the server identity
+                node -> server  cola{node-public-key}
+                                sealed{control: HelloClaim, adapters, batch0..(I-1) | train,
+                                       eval0..}
+round t  TRAIN  server -> node  sealed{control: TrainOrder, adaptation0..(I-1)}
+                node -> server  sealed{control: TrainReport, adapters[, batch0..(I-1)]}
 ```
 
-Every sealed payload is bound to (run, node, round, direction, kind); ``kind`` is ``hello`` for
-round 0 and ``train`` afterwards.
+A node acts on nothing before it has checked the hello: the identity key against the
+fingerprint it pins or remembers, the signature over the transcript, then the transcript itself
+(its run and node id, a hello id above any it accepted before, a plan within its own caps) and
+every shipped graph against the plan's hashes. The SHA-256 of the transcript goes into the
+session keys, so a node's replies open only for the server whose hello it accepted. Everything
+else (rounds, acknowledgements, metrics, partition claims) travels sealed; ``docs/security.md``
+lists what stays in the clear and why it is harmless.
+
+``acknowledged`` is the counter of the last node message the server accepted: a node whose
+latest reply was lost or refused resumes from the learner state the server holds (no step is
+applied twice, no batch skipped).
+
+Every ``from_record``/``decode`` here raises only :class:`ProtocolError` (the message does not
+fit the protocol) or :class:`PayloadError` (a payload inside it is refused).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from cola_fed.adapters.spec import AdapterSpec
-from cola_fed.config import AdapterConfig, TaskConfig, per_partition
-from cola_fed.errors import ProtocolError
-from cola_fed.gl.layout import Layout
-from cola_fed.gl.optim_spec import OptimizerSpec
-from cola_fed.wire.crypto import PROTOCOL_VERSION
+from flwr.app import ConfigRecord, RecordDict
 
-CLEAR = "cola"  # ConfigRecord: clear metadata
+from cola_fed.adapters.spec import ACTIVATIONS, ADAPTER_KINDS, AdapterSpec
+from cola_fed.config import (
+    BACKENDS,
+    DATA_MODES,
+    PARTITIONERS,
+    TASKS,
+    TaskConfig,
+    per_partition_values,
+)
+from cola_fed.errors import ConfigError, PayloadError, ProtocolError
+from cola_fed.federation.records import blob_to_record, record_to_blob
+from cola_fed.gl.layout import MODULE_TYPES, LayerInfo, Layout
+from cola_fed.gl.optim_spec import OPTIMIZERS, OptimizerSpec
+from cola_fed.wire import SecureChannel, decode_bundle, encode_bundle
+from cola_fed.wire.codec import WIRE_DTYPES, Limits
+from cola_fed.wire.crypto import PROTOCOL_VERSION, SIGNATURE_BYTES, sign_transcript
+from cola_fed.wire.strict_json import dumps_canonical, loads_strict
+
+# record names in a Flower RecordDict
+CLEAR = "cola"  # ConfigRecord: what travels in the clear
 GRAPHS = "graphs"  # ConfigRecord: train-step graphs by name (hello only)
 SEALED = "sealed"  # ArrayRecord: one sealed blob
-METRICS = "metrics"  # MetricRecord
 
+# message kinds, bound into every seal
 KIND_HELLO = "hello"
 KIND_TRAIN = "train"
 
+# parts of a sealed bundle
+PART_CONTROL = "control"
+PART_ADAPTERS = "adapters"
+PART_TRAIN = "train"  # upload mode: the node's whole training split
+
+
+def batch_part(i: int) -> str:
+    return f"batch{i}"
+
+
+def eval_part(i: int) -> str:
+    return f"eval{i}"
+
+
+def adaptation_part(i: int) -> str:
+    return f"adaptation{i}"
+
+
+MAX_TRANSCRIPT_BYTES = 2**20
+MAX_CONTROL_BYTES = 2**14
+MAX_GRAPHS = 64
+MAX_PARTITION_ID = 2**31 - 1
+_MAX_INT = 2**53  # every integer field of a control message is below this
+
+
+# --------------------------------------------------------------------------------------------
+# typed reading of decoded JSON
+
+
+def _take(raw: Any, fields: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``raw`` must be an object with exactly ``fields``; each value of its type."""
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"{what}: expected a JSON object, got {type(raw).__name__}")
+    if set(raw) != set(fields):
+        raise ProtocolError(f"{what}: expected fields {sorted(fields)}, got {sorted(raw)}")
+    for key, kind in fields.items():
+        _check_type(raw[key], kind, f"{what}.{key}")
+    return raw
+
+
+def _check_type(value: Any, kind: Any, where: str) -> None:
+    if kind is int or kind is float:
+        ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) < _MAX_INT
+        if kind is float:
+            ok = ok or (isinstance(value, float) and math.isfinite(value))
+    elif kind == "int?":
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool)
+                               and abs(value) < _MAX_INT)
+    elif kind == "float?":
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and math.isfinite(value))
+    elif kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is str:
+        ok = isinstance(value, str) and len(value) <= 4096
+    elif kind is list or kind is dict:
+        ok = isinstance(value, kind)
+    else:  # pragma: no cover - a programming error in a field table
+        raise TypeError(kind)
+    if not ok:
+        name = kind if isinstance(kind, str) else kind.__name__
+        raise ProtocolError(f"{where}: expected {name}, got {value!r:.80}")
+
+
+def _in_range(value: int, low: int, high: int, where: str) -> int:
+    if not low <= value <= high:
+        raise ProtocolError(f"{where}: expected an integer in [{low}, {high}], got {value}")
+    return value
+
+
+def _validated(build, where: str):
+    """Run a config constructor; its validation error becomes a protocol error."""
+    try:
+        return build()
+    except ConfigError as err:
+        raise ProtocolError(f"{where}: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# the plan: what the server resolves for every node of the run
+
 
 @dataclass(frozen=True)
-class RunSpec:
-    """What a node needs to know to take part: sent in the clear at hello."""
+class Assignment:
+    """Which of several options a partition gets: ``cycle`` (partition ``p`` gets
+    ``cycle[p % len(cycle)]``) or, when the cycle is empty, ``mapping`` with ``default``."""
+
+    cycle: tuple[int, ...] = ()
+    mapping: tuple[tuple[int, int], ...] = ()
+    default: int = 0
+
+    def index_for(self, partition_id: int) -> int:
+        if self.cycle:
+            return self.cycle[partition_id % len(self.cycle)]
+        return dict(self.mapping).get(partition_id, self.default)
+
+    @classmethod
+    def from_rule(cls, key: str, rule: str, default: str) -> tuple[Assignment, list[str]]:
+        """A per-partition setting (see :func:`cola_fed.config.per_partition`) as an assignment
+        over its distinct options; returns ``(assignment, options)``."""
+        values = per_partition_values(key, rule)
+        options = list(dict.fromkeys([default, *values]))
+        entries = [e.strip() for e in rule.split(",") if e.strip()]
+        if entries and not any(":" in e for e in entries):
+            return cls(cycle=tuple(options.index(v) for v in values)), options
+        mapping = []
+        for entry in entries:
+            pid, _, value = entry.partition(":")
+            mapping.append((int(pid), options.index(value.strip())))
+        return cls(mapping=tuple(sorted(mapping))), options
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cycle": list(self.cycle), "mapping": [list(m) for m in self.mapping],
+                "default": self.default}
+
+    @classmethod
+    def from_dict(cls, raw: Any, options: int, where: str) -> Assignment:
+        raw = _take(raw, {"cycle": list, "mapping": list, "default": int}, where)
+        cycle = [_index(v, options, f"{where}.cycle") for v in raw["cycle"][:1024]]
+        if len(raw["cycle"]) > 1024 or len(raw["mapping"]) > 4096:
+            raise ProtocolError(f"{where}: too many entries")
+        mapping = []
+        for entry in raw["mapping"]:
+            if not (isinstance(entry, list) and len(entry) == 2):
+                raise ProtocolError(f"{where}.mapping: expected [partition, option] pairs")
+            _check_type(entry[0], int, f"{where}.mapping")
+            mapping.append((_in_range(entry[0], 0, MAX_PARTITION_ID, f"{where}.mapping"),
+                            _index(entry[1], options, f"{where}.mapping")))
+        return cls(tuple(cycle), tuple(mapping), _index(raw["default"], options,
+                                                        f"{where}.default"))
+
+
+def _index(value: Any, options: int, where: str) -> int:
+    _check_type(value, int, where)
+    return _in_range(value, 0, options - 1, where)
+
+
+_TASK_FIELDS = {"name": str, "batch_size": int, "max_length": int, "eval_batches": int,
+                "partitioner": str, "dirichlet_alpha": float, "server_test_size": int,
+                "seed": int}
+_SPEC_FIELDS = {"kind": str, "rank": int, "bias": bool, "hidden": int, "depth": int,
+                "growth": int, "activation": str}
+_OPTIMIZER_FIELDS = {"name": str, "lr": float, "weight_decay": float, "betas": list,
+                     "eps": float, "momentum": float, "nesterov": bool, "warmup_steps": int,
+                     "total_steps": "int?", "max_grad_norm": "float?"}
+_LAYER_FIELDS = {"name": str, "d_in": int, "d_out": int, "module_type": str, "has_bias": bool}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the server tells every node about the run, resolved from its config: the adapted
+    layers, the adapter family of each kind of node and which partitions get which, the
+    optimizer, the data the node sends (batch size, length, interval, mode), the backend chosen
+    for each partition and the SHA-256 of every train-step graph shipped.
+
+    Node-local settings (data paths, caches, threads, caps) are never part of it.
+    """
 
     layout: Layout
     task: TaskConfig
-    adapter: AdapterConfig
+    node_specs: tuple[dict[str, AdapterSpec], ...]
+    spec_assignment: Assignment
     optimizer: OptimizerSpec
     interval: int
-    head: str | None
     wire_dtype: str = "float32"
     data_mode: str = "stream"
-    backends: str = ""
+    backends: tuple[str, ...] = ("",)
+    backend_assignment: Assignment = field(default_factory=Assignment)
+    graphs: Mapping[str, str] = field(default_factory=dict)
 
     def specs_for(self, partition_id: int) -> dict[str, AdapterSpec]:
         """Layer selector -> adapter spec of the node with this partition id."""
-        return self._with_head(self.adapter.spec_for(partition_id))
+        return self.node_specs[self.spec_assignment.index_for(partition_id)]
 
     def all_specs(self) -> list[dict[str, AdapterSpec]]:
         """``specs_for`` of every kind of node the run may have."""
-        return [self._with_head(spec) for spec in self.adapter.all_specs]
+        return list(self.node_specs)
 
     def backend_for(self, partition_id: int) -> str:
-        """The run's choice of backend for this partition (``edge.backends``); empty: the node
-        chooses."""
-        return per_partition("edge.backends", self.backends, partition_id, "")
-
-    def _with_head(self, spec: AdapterSpec) -> dict[str, AdapterSpec]:
-        specs = {"*": spec}
-        if self.head:
-            specs[self.head] = AdapterSpec(kind="linear", bias=True)
-        return specs
+        """The run's backend for this partition (``edge.backends``); empty: the node chooses."""
+        return self.backends[self.backend_assignment.index_for(partition_id)]
 
     def batch_seed(self, partition_id: int) -> int:
         """Seed of a node's batch stream; the server reproduces it in ``upload`` mode."""
         return self.task.seed * 7919 + partition_id
 
-    def to_json(self) -> str:
-        return json.dumps({
-            "protocol-version": PROTOCOL_VERSION,
-            "layout": self.layout.to_dict(),
-            "task": vars(self.task),
-            "adapter": vars(self.adapter),
+    def adapter_seed(self, partition_id: int) -> int:
+        """Seed of a node's initial adapters."""
+        return self.task.seed + partition_id
+
+    @property
+    def max_rows(self) -> int:
+        """Most rows of adaptation data one chunk can hold (a sample per token at most)."""
+        return self.task.batch_size * self.task.max_length
+
+    def with_graphs(self, graphs: Mapping[str, str]) -> Plan:
+        return dataclasses.replace(self, graphs=dict(graphs))
+
+    # ---- encoding
+
+    def to_dict(self) -> dict[str, Any]:
+        task = {k: getattr(self.task, k) for k in _TASK_FIELDS}
+        return {
+            "layout": [dataclasses.asdict(layer) for layer in self.layout],
+            "task": task,
+            "node-specs": [{sel: spec.to_dict() for sel, spec in specs.items()}
+                           for specs in self.node_specs],
+            "spec-assignment": self.spec_assignment.to_dict(),
             "optimizer": self.optimizer.to_dict(),
             "interval": self.interval,
-            "head": self.head,
             "wire-dtype": self.wire_dtype,
             "data-mode": self.data_mode,
-            "backends": self.backends,
+            "backends": list(self.backends),
+            "backend-assignment": self.backend_assignment.to_dict(),
+            "graphs": dict(sorted(self.graphs.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Plan:
+        raw = _take(raw, {"layout": list, "task": dict, "node-specs": list,
+                          "spec-assignment": dict, "optimizer": dict, "interval": int,
+                          "wire-dtype": str, "data-mode": str, "backends": list,
+                          "backend-assignment": dict, "graphs": dict}, "plan")
+        node_specs = tuple(_node_specs(s, f"plan.node-specs[{i}]")
+                           for i, s in enumerate(raw["node-specs"][:64]))
+        if not node_specs or len(raw["node-specs"]) > 64:
+            raise ProtocolError("plan.node-specs: expected 1 to 64 kinds of node")
+        backends = raw["backends"]
+        if not backends or len(backends) > 8 or any(b not in ("", *BACKENDS) for b in backends):
+            raise ProtocolError(f"plan.backends: expected entries of {BACKENDS} or '', got "
+                                f"{backends!r:.80}")
+        if raw["wire-dtype"] not in WIRE_DTYPES or raw["data-mode"] not in DATA_MODES:
+            raise ProtocolError("plan: unknown wire-dtype or data-mode")
+        return cls(
+            layout=_layout(raw["layout"]),
+            task=_task(raw["task"]),
+            node_specs=node_specs,
+            spec_assignment=Assignment.from_dict(raw["spec-assignment"], len(node_specs),
+                                                 "plan.spec-assignment"),
+            optimizer=_optimizer(raw["optimizer"]),
+            interval=_in_range(raw["interval"], 1, 2**16, "plan.interval"),
+            wire_dtype=raw["wire-dtype"],
+            data_mode=raw["data-mode"],
+            backends=tuple(backends),
+            backend_assignment=Assignment.from_dict(raw["backend-assignment"], len(backends),
+                                                    "plan.backend-assignment"),
+            graphs=_graph_hashes(raw["graphs"]),
+        )
+
+
+def _layout(raw: list) -> Layout:
+    if not 1 <= len(raw) <= 4096:
+        raise ProtocolError(f"plan.layout: expected 1 to 4096 layers, got {len(raw)}")
+    layers = []
+    for i, layer in enumerate(raw):
+        layer = _take(layer, _LAYER_FIELDS, f"plan.layout[{i}]")
+        if layer["module_type"] not in MODULE_TYPES:
+            raise ProtocolError(f"plan.layout[{i}].module_type: expected one of {MODULE_TYPES}")
+        for dim in ("d_in", "d_out"):
+            _in_range(layer[dim], 1, 2**20, f"plan.layout[{i}].{dim}")
+        layers.append(LayerInfo(**layer))
+    if len({layer.name for layer in layers}) != len(layers):
+        raise ProtocolError("plan.layout: duplicate layer names")
+    return Layout(tuple(layers))
+
+
+def _task(raw: dict) -> TaskConfig:
+    raw = _take(raw, _TASK_FIELDS, "plan.task")
+    if raw["name"] not in TASKS or raw["partitioner"] not in PARTITIONERS:
+        raise ProtocolError(f"plan.task: unknown task {raw['name']!r:.40} or partitioner")
+    return _validated(lambda: TaskConfig(**{**raw, "dirichlet_alpha":
+                                            float(raw["dirichlet_alpha"])}), "plan.task")
+
+
+def _node_specs(raw: Any, where: str) -> dict[str, AdapterSpec]:
+    if not isinstance(raw, dict) or not 1 <= len(raw) <= 64:
+        raise ProtocolError(f"{where}: expected 1 to 64 layer selectors")
+    specs = {}
+    for selector, spec in raw.items():
+        spec = _take(spec, _SPEC_FIELDS, f"{where}.{selector:.40}")
+        if spec["kind"] not in ADAPTER_KINDS or spec["activation"] not in ACTIVATIONS:
+            raise ProtocolError(f"{where}: unknown adapter kind or activation")
+        for size in ("rank", "hidden", "growth"):
+            _in_range(spec[size], 1, 2**20, f"{where}.{size}")
+        _in_range(spec["depth"], 1, 16, f"{where}.depth")
+        specs[selector] = _validated(lambda s=spec: AdapterSpec(**s), where)
+    return specs
+
+
+def _optimizer(raw: dict) -> OptimizerSpec:
+    raw = _take(raw, _OPTIMIZER_FIELDS, "plan.optimizer")
+    if raw["name"] not in OPTIMIZERS:
+        raise ProtocolError(f"plan.optimizer.name: expected one of {OPTIMIZERS}")
+    betas = raw["betas"]
+    if len(betas) != 2:
+        raise ProtocolError("plan.optimizer.betas: expected two numbers")
+    for beta in betas:
+        _check_type(beta, float, "plan.optimizer.betas")
+    values = {**raw, "betas": tuple(float(b) for b in betas)}
+    for key in ("lr", "weight_decay", "eps", "momentum"):
+        values[key] = float(values[key])
+    return _validated(lambda: OptimizerSpec(**values), "plan.optimizer")
+
+
+def _graph_hashes(raw: dict) -> dict[str, str]:
+    if len(raw) > MAX_GRAPHS:
+        raise ProtocolError(f"plan.graphs: more than {MAX_GRAPHS} graphs")
+    for name, digest in raw.items():
+        if not (isinstance(digest, str) and len(digest) == 64
+                and all(c in "0123456789abcdef" for c in digest)):
+            raise ProtocolError(f"plan.graphs[{name:.60}]: expected a SHA-256 hex digest")
+    return dict(raw)
+
+
+# --------------------------------------------------------------------------------------------
+# node-side caps on what a server may ask
+
+
+@dataclass(frozen=True)
+class NodeCaps:
+    """Bounds a node puts on what the server asks of it (node config keys in brackets).
+
+    Parameters
+    ----------
+    max_interval : int
+        Most batches per step (``max-interval``).
+    max_batch_size : int
+        Most samples per batch (``max-batch-size``).
+    max_length : int
+        Most tokens per sample (``max-length``).
+    max_eval_batches : int
+        Most held-out batches sent at hello (``max-eval-batches``).
+    max_layers : int
+        Most adapted layers (``max-layers``).
+    max_width : int
+        Widest layer input or output, and largest adapter rank or hidden size
+        (``max-width``).
+    max_payload_mb : float
+        Largest sealed payload the node opens or builds, in MB (``max-payload-mb``).
+    """
+
+    max_interval: int = 16
+    max_batch_size: int = 1024
+    max_length: int = 4096
+    max_eval_batches: int = 64
+    max_layers: int = 1024
+    max_width: int = 16384
+    max_payload_mb: float = 1024.0
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "max-interval": "max_interval", "max-batch-size": "max_batch_size",
+        "max-length": "max_length", "max-eval-batches": "max_eval_batches",
+        "max-layers": "max_layers", "max-width": "max_width",
+        "max-payload-mb": "max_payload_mb",
+    }
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeCaps:
+        values = {}
+        for key, name in cls.KEYS.items():
+            if key not in node_config:
+                continue
+            value = node_config[key]
+            wanted = float if name == "max_payload_mb" else int
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
+                    wanted is int and not isinstance(value, int)):
+                raise ConfigError(f"node config {key}: expected a positive {wanted.__name__}, "
+                                  f"got {value!r}")
+            values[name] = value
+        return cls(**values)
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1e6)
+
+    def check(self, plan: Plan) -> None:
+        """Refuse a plan that asks for more than this node allows, naming the cap."""
+        task = plan.task
+        asks = [("max-interval", plan.interval, self.max_interval),
+                ("max-batch-size", task.batch_size, self.max_batch_size),
+                ("max-length", task.max_length, self.max_length),
+                ("max-eval-batches", task.eval_batches, self.max_eval_batches),
+                ("max-layers", len(plan.layout), self.max_layers)]
+        asks += [("max-width", max(max(layer.d_in, layer.d_out) for layer in plan.layout),
+                  self.max_width)]
+        for specs in plan.node_specs:
+            for spec in specs.values():
+                asks.append(("max-width", max(spec.rank, *spec.hidden_sizes), self.max_width))
+        for key, asked, cap in asks:
+            if asked > cap:
+                raise ProtocolError(f"the server asks for {asked}, above this node's {key} = "
+                                    f"{cap}; refused (raise the cap in the node config if the "
+                                    "run is legitimate)")
+
+    def limits(self, plan: Plan) -> Limits:
+        """Decoding limits of a payload from the server under this plan."""
+        return Limits(max_bytes=self.max_payload_bytes, max_rows=plan.max_rows)
+
+
+# --------------------------------------------------------------------------------------------
+# the hello
+
+
+@dataclass(frozen=True)
+class HelloTranscript:
+    """What the server signs for one node: the run, the node, the keys and the plan."""
+
+    run_id: int
+    node_id: int
+    hello_id: int
+    identity: bytes
+    exchange_key: bytes
+    plan: Plan
+
+    def encode(self) -> bytes:
+        return dumps_canonical({
+            "protocol": PROTOCOL_VERSION,
+            "run-id": str(self.run_id),
+            "node-id": str(self.node_id),
+            "hello-id": str(self.hello_id),
+            "identity": self.identity.hex(),
+            "exchange-key": self.exchange_key.hex(),
+            "plan": self.plan.to_dict(),
         })
 
     @classmethod
-    def from_json(cls, text: str) -> RunSpec:
+    def decode(cls, data: bytes) -> HelloTranscript:
         try:
-            raw: dict[str, Any] = json.loads(text)
-            if raw["protocol-version"] != PROTOCOL_VERSION:
-                raise ProtocolError(
-                    f"the server speaks protocol {raw['protocol-version']}, this node "
-                    f"{PROTOCOL_VERSION}; upgrade the older side"
-                )
-            return cls(
-                layout=Layout.from_dict(raw["layout"]),
-                task=TaskConfig(**raw["task"]),
-                adapter=AdapterConfig(**raw["adapter"]),
-                optimizer=OptimizerSpec.from_dict(raw["optimizer"]),
-                interval=int(raw["interval"]),
-                head=raw["head"],
-                wire_dtype=raw["wire-dtype"],
-                data_mode=raw["data-mode"],
-                backends=raw.get("backends", ""),
-            )
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
-            raise ProtocolError(f"malformed run spec from the server: {err!r}") from None
+            raw = loads_strict(data, what="hello transcript", max_bytes=MAX_TRANSCRIPT_BYTES,
+                               max_depth=8)
+        except PayloadError as err:
+            raise ProtocolError(str(err)) from None
+        raw = _take(raw, {"protocol": int, "run-id": str, "node-id": str, "hello-id": str,
+                          "identity": str, "exchange-key": str, "plan": dict}, "hello")
+        if raw["protocol"] != PROTOCOL_VERSION:
+            raise ProtocolError(f"the server speaks protocol {raw['protocol']}, this node "
+                                f"{PROTOCOL_VERSION}; upgrade the older side")
+        return cls(run_id=_u64(raw["run-id"], "hello.run-id"),
+                   node_id=_u64(raw["node-id"], "hello.node-id"),
+                   hello_id=_u64(raw["hello-id"], "hello.hello-id"),
+                   identity=_key32(raw["identity"], "hello.identity"),
+                   exchange_key=_key32(raw["exchange-key"], "hello.exchange-key"),
+                   plan=Plan.from_dict(raw["plan"]))
+
+
+def _u64(text: str, where: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 20) or int(text) >= 2**64:
+        raise ProtocolError(f"{where}: expected an unsigned 64-bit integer, got {text!r:.40}")
+    return int(text)
+
+
+def _key32(text: str, where: str) -> bytes:
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise ProtocolError(f"{where}: expected 32 bytes as 64 lower-case hex digits")
+    return bytes.fromhex(text)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Round 0, server -> node: the signed transcript and the train-step graphs it lists."""
+
+    identity: bytes
+    transcript: bytes
+    signature: bytes
+    graphs: Mapping[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def signed(cls, identity_key, transcript: HelloTranscript,
+               graphs: Mapping[str, bytes]) -> Hello:
+        data = transcript.encode()
+        return cls(transcript.identity, data, sign_transcript(identity_key, data), dict(graphs))
+
+    def to_record(self) -> RecordDict:
+        return RecordDict({
+            CLEAR: ConfigRecord({"identity": self.identity, "transcript": self.transcript,
+                                 "signature": self.signature}),
+            GRAPHS: ConfigRecord(dict(self.graphs)),
+        })
+
+    @classmethod
+    def from_record(cls, content: RecordDict, *, max_graph_bytes: int = 16 * 2**20) -> Hello:
+        _expect_records(content, configs={CLEAR, GRAPHS}, arrays=set(), what="hello")
+        clear = _config_fields(content[CLEAR], {"identity", "transcript", "signature"}, "hello")
+        identity, transcript, signature = (clear["identity"], clear["transcript"],
+                                           clear["signature"])
+        if len(identity) != 32 or len(signature) != SIGNATURE_BYTES or (
+                len(transcript) > MAX_TRANSCRIPT_BYTES):
+            raise ProtocolError("hello: identity, signature or transcript of the wrong size")
+        graphs = dict(content[GRAPHS])
+        if len(graphs) > MAX_GRAPHS:
+            raise ProtocolError(f"hello: more than {MAX_GRAPHS} graphs")
+        for name, model in graphs.items():
+            if not isinstance(model, bytes) or len(model) > max_graph_bytes:
+                raise ProtocolError(f"hello: graph {name:.60} is not bytes of at most "
+                                    f"{max_graph_bytes} bytes")
+        return cls(identity, transcript, signature, graphs)
+
+
+@dataclass(frozen=True)
+class HelloReply:
+    """Round 0, node -> server: the node's public key and its sealed claim and data."""
+
+    node_public: bytes
+    sealed: bytes | memoryview
+
+    def to_record(self) -> RecordDict:
+        return RecordDict({CLEAR: ConfigRecord({"node-public-key": self.node_public}),
+                           SEALED: blob_to_record(self.sealed)})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> HelloReply:
+        _expect_records(content, configs={CLEAR}, arrays={SEALED}, what="hello reply")
+        clear = _config_fields(content[CLEAR], {"node-public-key"}, "hello reply")
+        if len(clear["node-public-key"]) != 32:
+            raise ProtocolError("hello reply: node-public-key must be 32 bytes")
+        return cls(clear["node-public-key"], record_to_blob(content[SEALED]))
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A TRAIN message either way: one sealed bundle and nothing in the clear."""
+
+    sealed: bytes | memoryview
+
+    def to_record(self) -> RecordDict:
+        return RecordDict({SEALED: blob_to_record(self.sealed)})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> Sealed:
+        _expect_records(content, configs=set(), arrays={SEALED}, what="train message")
+        return cls(record_to_blob(content[SEALED]))
+
+
+def _expect_records(content: RecordDict, *, configs: set[str], arrays: set[str],
+                    what: str) -> None:
+    if not isinstance(content, RecordDict):
+        raise ProtocolError(f"{what}: expected a RecordDict")
+    got_configs, got_arrays = set(content.config_records), set(content.array_records)
+    if got_configs != configs or got_arrays != arrays or content.metric_records:
+        raise ProtocolError(
+            f"{what}: expected config records {sorted(configs)} and array records "
+            f"{sorted(arrays)}, got {sorted(got_configs)}, {sorted(got_arrays)} and "
+            f"{sorted(content.metric_records)}")
+
+
+def _config_fields(record: ConfigRecord, names: set[str], what: str) -> dict[str, bytes]:
+    if set(record) != names:
+        raise ProtocolError(f"{what}: expected clear fields {sorted(names)}, got "
+                            f"{sorted(record)[:8]}")
+    if not all(isinstance(record[n], bytes) for n in names):
+        raise ProtocolError(f"{what}: every clear field must be bytes")
+    return {n: record[n] for n in names}
+
+
+# --------------------------------------------------------------------------------------------
+# sealed control messages
+
+
+@dataclass(frozen=True)
+class Control:
+    """A small, typed JSON message inside a sealed bundle. Subclasses list their fields as
+    ``FIELDS = {wire name: (type, low, high)}``."""
+
+    FIELDS: ClassVar[dict[str, tuple[Any, float, float]]] = {}
+
+    def encode(self) -> bytes:
+        return dumps_canonical({wire: getattr(self, wire.replace("-", "_"))
+                                for wire in self.FIELDS})
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> Control:
+        raw = loads_strict(data, what=cls.__name__, max_bytes=MAX_CONTROL_BYTES, max_depth=2)
+        raw = _take(raw, {k: t for k, (t, _, _) in cls.FIELDS.items()}, cls.__name__)
+        for key, (_, low, high) in cls.FIELDS.items():
+            value = raw[key]
+            if isinstance(value, (int, float)) and not low <= value <= high:
+                raise ProtocolError(f"{cls.__name__}.{key}: expected a value in [{low}, {high}]"
+                                    f", got {value}")
+        return cls(**{k.replace("-", "_"): v for k, v in raw.items()})
+
+
+@dataclass(frozen=True)
+class HelloClaim(Control):
+    """Sealed in the hello reply: which partition the node holds, on which backend."""
+
+    partition_id: int
+    num_examples: int
+    backend: str
+
+    FIELDS: ClassVar = {"partition-id": (int, 0, MAX_PARTITION_ID),
+                        "num-examples": (int, 0, _MAX_INT), "backend": (str, 0, 0)}
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ProtocolError(f"HelloClaim.backend: expected one of {BACKENDS}, got "
+                                f"{self.backend!r:.40}")
+
+
+@dataclass(frozen=True)
+class TrainOrder(Control):
+    """Sealed in a TRAIN request: the round, and the last node message the server accepted."""
+
+    round: int
+    acknowledged: int
+
+    FIELDS: ClassVar = {"round": (int, 1, _MAX_INT), "acknowledged": (int, 0, _MAX_INT)}
+
+
+@dataclass(frozen=True)
+class TrainReport(Control):
+    """Sealed in a TRAIN reply: the round it answers and the node's training metrics."""
+
+    round: int
+    loss: float
+    num_examples: int
+    grad_norm: float
+    step: int
+
+    FIELDS: ClassVar = {"round": (int, 1, _MAX_INT), "loss": (float, 0.0, 1e30),
+                        "num-examples": (int, 0, _MAX_INT), "grad-norm": (float, 0.0, 1e30),
+                        "step": (int, 0, _MAX_INT)}
+
+
+def seal_bundle(channel: SecureChannel, kind: str, control: Control,
+                parts: Mapping[str, bytes]) -> bytes:
+    """Seal a control message and named payloads as one bundle."""
+    return channel.seal(encode_bundle({PART_CONTROL: control.encode(), **parts}), kind=kind)
+
+
+def open_bundle(channel: SecureChannel, sealed: bytes | memoryview, kind: str,
+                control: type[Control], *, limits: Limits | None = None,
+                ) -> tuple[Control, dict[str, memoryview]]:
+    """Open a sealed bundle and decode its control message; the other parts stay encoded
+    (each is decoded by its own strict decoder)."""
+    plaintext = channel.open(sealed, kind=kind)
+    size = (limits or Limits()).max_bytes  # a part is a byte string: its "rows" are bytes
+    parts = decode_bundle(plaintext, limits=Limits(max_bytes=size, max_rows=size))
+    if PART_CONTROL not in parts:
+        raise ProtocolError(f"a sealed {kind} bundle has no control part")
+    return control.decode(parts.pop(PART_CONTROL)), parts
+
+
+def expect_parts(parts: Mapping[str, Any], names: list[str], what: str) -> None:
+    """The parts of a bundle must be exactly ``names``."""
+    if set(parts) != set(names):
+        raise ProtocolError(f"{what}: expected parts {sorted(names)[:8]}, got "
+                            f"{sorted(parts)[:8]}")
+
+
+# --------------------------------------------------------------------------------------------
+# the node's session, kept in Flower's context.state between messages
+
+
+@dataclass
+class NodeSession:
+    """What a node keeps between messages: its key, the hello it accepted (plan, server keys),
+    its partition and backend, the channel counters and its place in its batch stream.
+
+    The plan and the server's keys are read again from the stored transcript, which the node
+    checked at hello; nothing here came over the wire unchecked.
+    """
+
+    node_key: bytes
+    transcript: bytes
+    partition_id: int
+    backend: str
+    sent: int = 0
+    received: int = 0
+    last_round: int = 0
+    drawn: int = 0
+    drawn_acked: int = 0
+
+    _INTS: ClassVar = ("partition_id", "sent", "received", "last_round", "drawn", "drawn_acked")
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()})
+
+    @classmethod
+    def from_record(cls, record: Any) -> NodeSession:
+        names = {f.name.replace("_", "-") for f in dataclasses.fields(cls)}
+        if not isinstance(record, ConfigRecord) or set(record) != names:
+            raise ProtocolError("this node's stored session is not one this cola-fed wrote; "
+                                "the node must rejoin the run")
+        values = {k.replace("-", "_"): record[k] for k in names}
+        for name in cls._INTS:
+            _check_type(values[name], int, f"node session {name}")
+        if not (isinstance(values["node_key"], bytes) and len(values["node_key"]) == 32
+                and isinstance(values["transcript"], bytes) and values["backend"] in BACKENDS):
+            raise ProtocolError("this node's stored session is damaged; rejoin the run")
+        return cls(**values)

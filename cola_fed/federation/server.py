@@ -14,7 +14,8 @@ from cola_fed.config import RunConfig
 from cola_fed.federation.strategy import ColaStrategy
 from cola_fed.gl.engine import ServerEngine
 from cola_fed.tasks.base import get_task
-from cola_fed.wire import encode_adapter_state, load_private_key
+from cola_fed.wire import encode_adapter_state
+from cola_fed.wire.identity import load_or_create_identity
 
 log = logging.getLogger("cola_fed")
 
@@ -24,16 +25,18 @@ def build_strategy(config: RunConfig) -> ColaStrategy:
     engine = ServerEngine(task.build_model(), targets=list(task.targets),
                           mode=config.strategy.mode,
                           max_batch_size=config.strategy.max_server_batch)
-    key = load_private_key(config.wire.server_key) if config.wire.server_key else None
-    return ColaStrategy(engine, task, config, server_key=key)
+    identity = load_or_create_identity(config.wire.server_key or None)
+    return ColaStrategy(engine, task, config, identity=identity)
 
 
 def run_server(grid: Grid, run_config: dict[str, Any]) -> ColaStrategy:
     config = RunConfig.from_flat(run_config)
     strategy = build_strategy(config)
     start = time.perf_counter()
-    strategy.start(grid, num_rounds=config.num_server_rounds, timeout=config.strategy.timeout)
-    write_results(strategy, Path(config.output_dir), seconds=time.perf_counter() - start)
+    try:
+        strategy.start(grid, num_rounds=config.num_server_rounds, timeout=config.strategy.timeout)
+    finally:  # whatever ends the run, every node's adapters and the round records are kept
+        write_results(strategy, Path(config.output_dir), seconds=time.perf_counter() - start)
     return strategy
 
 
@@ -41,9 +44,11 @@ def write_results(strategy: ColaStrategy, out: Path, *, seconds: float) -> Path:
     """metrics.json, learning_curve.png and every node's final adapters (safetensors)."""
     out.mkdir(parents=True, exist_ok=True)
     nodes = {s.partition_id: {"backend": s.backend, "rounds-trained": s.rounds_trained,
-                              "history": s.history} for s in strategy.sessions.values()}
+                              "quarantined": s.quarantined, "history": s.history}
+             for s in strategy.sessions.values()}
     (out / "metrics.json").write_text(json.dumps(
-        {"rounds": strategy.rounds, "nodes": nodes, "seconds": seconds}, indent=2) + "\n")
+        {"rounds": strategy.rounds, "nodes": nodes, "seconds": seconds,
+         "stopped-early": strategy.stopped}, indent=2) + "\n")
     adapters = out / "adapters"
     adapters.mkdir(exist_ok=True)
     for session in strategy.sessions.values():

@@ -12,6 +12,7 @@ import numpy as np
 
 from cola_fed.config import TaskConfig
 from cola_fed.errors import ConfigError
+from cola_fed.tasks.contract import InputContract
 
 Batch = dict[str, np.ndarray]
 
@@ -63,6 +64,19 @@ class Task(ABC):
     @abstractmethod
     def encode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Model inputs and ``labels`` of the given samples, as numpy arrays, node side."""
+
+    def input_contract(self) -> InputContract:
+        """The keys, dtypes, shapes and value ranges every batch of this task must meet.
+
+        The server checks each batch a node sends against it before the frozen model sees the
+        batch, so a hostile node cannot feed it out-of-range ids, NaN or mistyped arrays.
+        Every task must define it; the base has no safe default, so it refuses.
+        """
+        raise NotImplementedError(
+            f"task {getattr(self, 'name', type(self).__name__)!r} defines no input contract: "
+            "third-party tasks must implement input_contract() so that the server can check "
+            "the batches nodes send"
+        )
 
     def correct(self, logits: Any, labels: Any) -> tuple[int, int]:
         """``(correct, counted)`` predictions of a batch, for accuracy."""

@@ -14,9 +14,12 @@ import numpy as np
 
 from cola_fed.errors import ConfigError
 from cola_fed.tasks.base import Task
+from cola_fed.tasks.contract import BATCH, InputContract, TensorContract
 
 PAD = 256
 VOCAB = 257
+#: the label of positions the loss ignores (padding), as Hugging Face models expect
+IGNORE = -100
 
 
 def encode_bytes(texts: list[str], max_length: int) -> dict[str, np.ndarray]:
@@ -26,7 +29,7 @@ def encode_bytes(texts: list[str], max_length: int) -> dict[str, np.ndarray]:
     for row, text in enumerate(texts):
         data = np.frombuffer(text.encode("utf-8")[:max_length], dtype=np.uint8)
         ids[row, :len(data)], mask[row, :len(data)] = data, 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": np.where(mask == 1, ids, -100)}
+    return {"input_ids": ids, "attention_mask": mask, "labels": np.where(mask == 1, ids, IGNORE)}
 
 
 class CausalLMTask(Task):
@@ -63,8 +66,18 @@ class CausalLMTask(Task):
         texts = self.texts()
         return encode_bytes([texts[i] for i in rows], self.config.max_length)
 
+    def input_contract(self) -> InputContract:
+        """Byte ids in [0, 257), a 0/1 mask, and labels in [0, 257) or -100, all int64
+        ``(batch, max_length)``."""
+        tokens = (BATCH, self.config.max_length)
+        return InputContract({
+            "input_ids": TensorContract("int64", tokens, 0, VOCAB),
+            "attention_mask": TensorContract("int64", tokens, 0, 2),
+            "labels": TensorContract("int64", tokens, 0, VOCAB, extra_values=(IGNORE,)),
+        })
+
     def correct(self, logits, labels) -> tuple[int, int]:
         """Next-byte accuracy over the non-padding positions."""
         predicted, target = logits[:, :-1].argmax(-1), labels[:, 1:]
-        valid = target != -100
+        valid = target != IGNORE
         return int(((predicted == target) & valid).sum()), int(valid.sum())

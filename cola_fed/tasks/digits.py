@@ -9,6 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from cola_fed.tasks.base import Task
+from cola_fed.tasks.contract import BATCH, InputContract, TensorContract
+
+FEATURES = 64
+CLASSES = 10
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -31,8 +35,8 @@ class DigitsTask(Task):
         class FrozenMLP(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.fc1, self.fc2 = nn.Linear(64, 64), nn.Linear(64, 64)
-                self.head = nn.Linear(64, 10)
+                self.fc1, self.fc2 = nn.Linear(FEATURES, 64), nn.Linear(64, 64)
+                self.head = nn.Linear(64, CLASSES)
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
                 return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
@@ -46,3 +50,10 @@ class DigitsTask(Task):
     def encode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         features, labels = load_digits()
         return {"x": features[rows], "labels": labels[rows]}
+
+    def input_contract(self) -> InputContract:
+        """``x`` float32 ``(batch, 64)`` pixels in [0, 1]; ``labels`` int64 digits 0-9."""
+        return InputContract({
+            "x": TensorContract("float32", (BATCH, FEATURES), 0.0, 1.0),
+            "labels": TensorContract("int64", (BATCH,), 0, CLASSES),
+        })

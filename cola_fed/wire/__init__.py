@@ -23,12 +23,12 @@ from cola_fed.wire.crypto import (
     PROTOCOL_VERSION,
     ChannelState,
     SecureChannel,
-    check_pinned,
+    exchange_key_for_run,
     fingerprint,
-    generate_private_key,
-    load_private_key,
     public_bytes,
-    save_private_key,
+    sign_transcript,
+    transcript_hash,
+    verify_transcript,
 )
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "ChannelState",
     "Limits",
     "SecureChannel",
-    "check_pinned",
     "decode_adaptation",
     "decode_adapter_state",
     "decode_batch",
@@ -50,9 +49,10 @@ __all__ = [
     "encode_batch",
     "encode_bundle",
     "encode_metrics",
+    "exchange_key_for_run",
     "fingerprint",
-    "generate_private_key",
-    "load_private_key",
     "public_bytes",
-    "save_private_key",
+    "sign_transcript",
+    "transcript_hash",
+    "verify_transcript",
 ]

@@ -8,8 +8,10 @@ named by role (``x/<group>``, ``d/<layer>``, ``rows/<layer>``, ``a/<layer>/<para
 Decoding is strict and happens in two stages. First the safetensors header is parsed and checked
 on its own (size caps, dtypes, shapes, byte ranges, names, expected layout) before any tensor is
 materialised; then the tensors are read and checked for values (finite floats, row indices in
-range). Every failure raises :class:`MalformedPayloadError` with a message that says what was
-wrong.
+range). Both JSON layers are read by :func:`~cola_fed.wire.strict_json.loads_strict` (strict
+UTF-8, bounded depth, no duplicate keys, no NaN, bounded integers), and every header field of
+every kind is type-checked before use; unknown fields are refused. Every failure, for any input
+whatever, raises :class:`MalformedPayloadError` with a message that says what was wrong.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ from safetensors.numpy import save as st_save
 from cola_fed.errors import MalformedPayloadError
 from cola_fed.gl.data import AdaptationData
 from cola_fed.gl.layout import Layout
+from cola_fed.wire.strict_json import loads_strict
 
 FORMAT_VERSION = 1
 KINDS = ("adaptation", "adapter-state", "batch", "metrics", "bundle")
@@ -37,6 +40,7 @@ WIRE_DTYPES = ("float32", "float16", "bfloat16")
 _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "U16": np.uint16,
               "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
 _NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,512}")
+_TENSOR_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 
 
 @dataclass(frozen=True)
@@ -75,24 +79,77 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def pack(kind: str, tensors: Mapping[str, np.ndarray], header: Mapping[str, Any]) -> bytes:
-    """One payload: ``tensors`` plus the JSON ``header`` of a payload ``kind``."""
+    """One payload: ``tensors`` plus the JSON ``header`` of a payload ``kind``.
+
+    Parameters
+    ----------
+    kind : str
+        The payload kind, one of :data:`KINDS`.
+    tensors : mapping
+        ``{name: array}``; names match ``[A-Za-z0-9_.-/]{1,512}``.
+    header : mapping
+        The kind's header fields; numbers must be finite (decoders read strict JSON only).
+
+    Returns
+    -------
+    bytes
+        The safetensors payload.
+
+    Raises
+    ------
+    MalformedPayloadError
+        If ``header`` holds NaN or an infinity.
+    """
     meta = {"format": FORMAT_VERSION, "kind": kind, **header}
-    return st_save(dict(tensors), metadata={"cola": json.dumps(meta, separators=(",", ":"))})
+    try:
+        text = json.dumps(meta, separators=(",", ":"), allow_nan=False)
+    except ValueError as err:
+        raise MalformedPayloadError(f"a {kind!r} header must hold finite numbers: {err}") from None
+    return st_save(dict(tensors), metadata={"cola": text})
 
 
 def inspect(blob: bytes, kind: str, limits: Limits = DEFAULT_LIMITS) -> tuple[dict, dict]:
     """Check a payload's structure without materialising a tensor.
 
-    Returns ``(tensor_specs, header)`` where ``tensor_specs[name] = (numpy dtype, shape)``.
+    Parameters
+    ----------
+    blob : bytes, bytearray or memoryview
+        The payload.
+    kind : str
+        The payload kind expected, one of :data:`KINDS`.
+    limits : Limits, optional
+        Size caps checked before anything is allocated.
+
+    Returns
+    -------
+    tuple
+        ``(tensor_specs, header)`` where ``tensor_specs[name] = (numpy dtype, shape)`` and every
+        field of ``header`` has been type-checked for its ``kind``.
+
+    Raises
+    ------
+    MalformedPayloadError
+        For any input that is not such a payload (whatever its bytes, or not bytes at all);
+        no other exception type escapes.
     """
-    specs, header, _ = _inspect(blob, kind, limits)
-    return specs, header
+    checked = _inspect(blob, kind, limits)
+    return checked.specs, checked.header
 
 
-def _inspect(blob: bytes, kind: str, limits: Limits) -> tuple[dict, dict, dict[str, int]]:
+@dataclass(frozen=True)
+class _Checked:
+    """A payload whose structure :func:`_inspect` has checked: its bytes (``B``-format),
+    tensor specs, type-checked header and where each tensor's bytes start."""
+
+    blob: bytes | bytearray | memoryview
+    specs: dict[str, tuple[np.dtype, tuple[int, ...]]]
+    header: dict[str, Any]
+    starts: dict[str, int]
+
+
+def _inspect(blob: Any, kind: str, limits: Limits) -> _Checked:
     """:func:`inspect`, plus where each tensor's bytes start in ``blob``."""
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise MalformedPayloadError(f"a payload must be bytes, got {type(blob).__name__}")
+    blob = _as_bytes(blob)
     size = len(blob)
     if size > limits.max_bytes:
         raise MalformedPayloadError(f"payload of {size} bytes exceeds the cap {limits.max_bytes}")
@@ -104,62 +161,196 @@ def _inspect(blob: bytes, kind: str, limits: Limits) -> tuple[dict, dict, dict[s
             f"header length {header_len} does not fit the payload ({size} bytes, "
             f"header cap {limits.max_header_bytes})"
         )
-    try:
-        raw = json.loads(bytes(blob[8:8 + header_len]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MalformedPayloadError(f"the payload header is not valid JSON: {err}") from None
+    raw = loads_strict(blob[8:8 + header_len], what="the payload header",
+                       max_bytes=limits.max_header_bytes)
     if not isinstance(raw, dict):
         raise MalformedPayloadError("the payload header is not a JSON object")
-    meta = raw.pop("__metadata__", None)
-    if not isinstance(meta, dict) or not isinstance(meta.get("cola"), str):
-        raise MalformedPayloadError("the payload has no cola-fed header; is it a cola-fed payload?")
-    try:
-        header = json.loads(meta["cola"])
-    except json.JSONDecodeError as err:
-        raise MalformedPayloadError(f"the cola-fed header is not valid JSON: {err}") from None
-    if not isinstance(header, dict):
-        raise MalformedPayloadError("the cola-fed header is not a JSON object")
-    if header.get("format") != FORMAT_VERSION:
-        raise MalformedPayloadError(
-            f"payload format {header.get('format')!r}, this cola-fed reads {FORMAT_VERSION}; "
-            "upgrade the older side"
-        )
-    if header.get("kind") != kind:
-        raise MalformedPayloadError(f"expected a {kind!r} payload, got {header.get('kind')!r}")
+    header = _cola_header(raw.pop("__metadata__", None), kind, limits)
     if len(raw) > limits.max_tensors:
         raise MalformedPayloadError(f"{len(raw)} tensors exceed the cap {limits.max_tensors}")
-    data_size = size - 8 - header_len
     specs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
     starts: dict[str, int] = {}
     for name, info in raw.items():
-        if not _NAME.fullmatch(name):
-            raise MalformedPayloadError(f"invalid tensor name {name[:80]!r}")
-        if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
-            raise MalformedPayloadError(
-                f"tensor {name!r}: dtype {info.get('dtype') if isinstance(info, dict) else None!r}"
-                f" is not one of {sorted(_ST_DTYPES)}"
-            )
-        shape, offsets = info.get("shape"), info.get("data_offsets")
-        if not (isinstance(shape, list) and len(shape) <= 4 and all(
-                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= limits.max_rows
-                for s in shape)):
-            raise MalformedPayloadError(f"tensor {name!r}: invalid shape {shape!r}")
-        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-        nbytes = math.prod(shape) * dtype.itemsize
-        if not (isinstance(offsets, list) and len(offsets) == 2
-                and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-                and 0 <= offsets[0] <= offsets[1] <= data_size
-                and offsets[1] - offsets[0] == nbytes):
-            raise MalformedPayloadError(
-                f"tensor {name!r}: byte range {offsets!r} does not hold shape {shape} of "
-                f"{dtype} within {data_size} data bytes"
-            )
-        specs[name] = (dtype, tuple(shape))
-        starts[name] = 8 + header_len + offsets[0]
-    return specs, header, starts
+        dtype, shape, offset = _tensor_spec(name, info, size - 8 - header_len, limits)
+        specs[name] = (dtype, shape)
+        starts[name] = 8 + header_len + offset
+    return _Checked(blob, specs, header, starts)
 
 
-def _read(blob: bytes | memoryview, specs: dict, starts: dict[str, int], *,
+def _as_bytes(blob: Any) -> bytes | bytearray | memoryview:
+    """``blob`` as a buffer whose length is its size in bytes: a memoryview of wider items (or
+    of several dimensions) is cast to bytes; anything else but bytes and bytearray is refused."""
+    if isinstance(blob, (bytes, bytearray)):
+        return blob
+    if not isinstance(blob, memoryview):
+        raise MalformedPayloadError(f"a payload must be bytes, got {type(blob).__name__}")
+    try:
+        if blob.c_contiguous:
+            return blob if blob.format == "B" and blob.ndim == 1 else blob.cast("B")
+    except (TypeError, ValueError) as err:  # released, or an odd format
+        raise MalformedPayloadError(f"the payload buffer cannot be read as bytes: {err}") from None
+    raise MalformedPayloadError("the payload buffer is not contiguous; pass bytes")
+
+
+def _short(value: Any) -> str:
+    """A value's repr cut short for error messages (a hostile header can be a megabyte)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _tensor_spec(name: str, info: Any, data_size: int,
+                 limits: Limits) -> tuple[np.dtype, tuple[int, ...], int]:
+    """One tensor's entry of the safetensors header, checked: ``(dtype, shape, data offset)``.
+
+    The entry must have exactly ``dtype``, ``shape`` and ``data_offsets``, a known dtype, at
+    most four non-negative dimensions within ``limits.max_rows``, and a byte range that lies in
+    the data section and holds exactly that many bytes."""
+    if not _NAME.fullmatch(name):
+        raise MalformedPayloadError(f"invalid tensor name {_short(name)}")
+    if not isinstance(info, dict) or set(info) != _TENSOR_FIELDS:
+        fields = sorted(info)[:8] if isinstance(info, dict) else type(info).__name__
+        raise MalformedPayloadError(
+            f"tensor {name!r}: entry {_short(fields)} must hold exactly {sorted(_TENSOR_FIELDS)}"
+        )
+    st_dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(st_dtype, str) or st_dtype not in _ST_DTYPES:
+        raise MalformedPayloadError(
+            f"tensor {name!r}: dtype {_short(st_dtype)} is not one of {sorted(_ST_DTYPES)}"
+        )
+    if not (isinstance(shape, list) and len(shape) <= 4
+            and all(_is_int(s) and 0 <= s <= limits.max_rows for s in shape)):
+        raise MalformedPayloadError(f"tensor {name!r}: invalid shape {_short(shape)}")
+    dtype = np.dtype(_ST_DTYPES[st_dtype])
+    nbytes = math.prod(shape) * dtype.itemsize
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))
+            and 0 <= offsets[0] <= offsets[1] <= data_size
+            and offsets[1] - offsets[0] == nbytes):
+        raise MalformedPayloadError(
+            f"tensor {name!r}: byte range {_short(offsets)} does not hold shape {shape} of "
+            f"{dtype} within {data_size} data bytes"
+        )
+    return dtype, tuple(shape), offsets[0]
+
+
+def _cola_header(meta: Any, kind: str, limits: Limits) -> dict[str, Any]:
+    """The cola-fed header from the safetensors ``__metadata__``, every field type-checked.
+
+    ``__metadata__`` must hold one string entry, ``cola``: the strict JSON of an object with
+    this reader's ``format``, the expected ``kind`` and exactly the fields of that kind."""
+    if meta is None:
+        raise MalformedPayloadError("the payload has no cola-fed header; is it a cola-fed payload?")
+    if not isinstance(meta, dict) or set(meta) != {"cola"} or not isinstance(meta["cola"], str):
+        found = sorted(meta)[:8] if isinstance(meta, dict) else type(meta).__name__
+        raise MalformedPayloadError(
+            f"the payload's __metadata__ {_short(found)} must hold one string entry, 'cola'; "
+            "is it a cola-fed payload?"
+        )
+    header = loads_strict(meta["cola"], what="the cola-fed header",
+                          max_bytes=limits.max_header_bytes)
+    if not isinstance(header, dict):
+        raise MalformedPayloadError("the cola-fed header is not a JSON object")
+    version = header.get("format")
+    if not _is_int(version) or version != FORMAT_VERSION:
+        raise MalformedPayloadError(
+            f"payload format {_short(version)}, this cola-fed reads {FORMAT_VERSION}; "
+            "upgrade the older side"
+        )
+    if header.get("kind") != kind:
+        raise MalformedPayloadError(
+            f"expected a {kind!r} payload, got {_short(header.get('kind'))}"
+        )
+    _check_fields(header, kind)
+    return header
+
+
+def _check_fields(header: dict[str, Any], kind: str) -> None:
+    """Refuse missing, unknown or mistyped header fields of a payload ``kind``."""
+    checks = _FIELD_CHECKS.get(kind)
+    if checks is None:
+        raise MalformedPayloadError(f"unknown payload kind {kind!r}; known: {KINDS}")
+    fields = set(header) - {"format", "kind"}
+    if fields != set(checks):
+        extra, missing = sorted(fields - set(checks)), sorted(set(checks) - fields)
+        raise MalformedPayloadError(
+            f"a {kind!r} header: unknown fields {_short(extra[:8])}, missing {missing}"
+        )
+    for key, check in checks.items():
+        check(key, header[key])
+
+
+# --------------------------------------------------------------------------------------------
+# header field types
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (bools are ints to Python, not numbers on the wire)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+        value)
+
+
+def _refuse(key: str, expected: str, value: Any) -> MalformedPayloadError:
+    return MalformedPayloadError(f"header field {key!r} must be {expected}, got {_short(value)}")
+
+
+def _unique_strings(key: str, value: Any) -> None:
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise _refuse(key, "a list of strings", value)
+    if len(set(value)) != len(value):
+        raise _refuse(key, "a list of distinct strings", value)
+
+
+def _layer_names(key: str, value: Any) -> None:
+    _unique_strings(key, value)
+    if not all(_NAME.fullmatch(v) for v in value):
+        raise _refuse(key, f"a list of names matching {_NAME.pattern}", value)
+
+
+def _string_map(key: str, value: Any) -> None:
+    if not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
+        raise _refuse(key, "a mapping of strings to strings", value)
+
+
+def _bool_map(key: str, value: Any) -> None:
+    if not (isinstance(value, dict) and all(isinstance(v, bool) for v in value.values())):
+        raise _refuse(key, "a mapping of strings to booleans", value)
+
+
+def _number_map(key: str, value: Any) -> None:
+    if not (isinstance(value, dict) and all(map(_is_number, value.values()))):
+        raise _refuse(key, "a mapping of names to finite numbers", value)
+
+
+def _loss(key: str, value: Any) -> None:
+    if value is not None and not _is_number(value):
+        raise _refuse(key, "a finite number, or null when unknown", value)
+
+
+def _count(key: str, value: Any) -> None:
+    if not (_is_int(value) and value >= 0):
+        raise _refuse(key, "a non-negative integer", value)
+
+
+def _wire_dtype(key: str, value: Any) -> None:
+    if not (isinstance(value, str) and value in WIRE_DTYPES):
+        raise MalformedPayloadError(f"unknown wire dtype {_short(value)}; known: {WIRE_DTYPES}")
+
+
+#: Per payload kind, the header fields besides ``format`` and ``kind`` and their type checks.
+_FIELD_CHECKS: dict[str, dict[str, Callable[[str, Any], None]]] = {
+    "adaptation": {"dtype": _wire_dtype, "layers": _layer_names, "input_of": _string_map,
+                   "rows": _bool_map, "loss": _loss, "num_samples": _count},
+    "adapter-state": {"layers": _layer_names},
+    "batch": {"keys": _unique_strings},
+    "metrics": {"metrics": _number_map},
+    "bundle": {"parts": _unique_strings},
+}
+
+
+def _read(blob: bytes | bytearray | memoryview, specs: dict, starts: dict[str, int], *,
           copy: bool = True) -> dict[str, np.ndarray]:
     """The tensors of a payload :func:`_inspect` has checked (every name, dtype, shape and byte
     range): fresh arrays, or with ``copy=False`` read-only views into ``blob`` (for the large
@@ -176,16 +367,13 @@ def _read(blob: bytes | memoryview, specs: dict, starts: dict[str, int], *,
     return {name: view.copy() for name, view in views.items()} if copy else views
 
 
-def _require(header: dict, key: str, kind: type | tuple[type, ...], what: str) -> Any:
-    value = header.get(key)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise MalformedPayloadError(f"header field {key!r} must be {what}, got {value!r}")
-    return value
-
-
 def _check_finite(name: str, array: np.ndarray) -> None:
+    """Refuse NaN and Inf in a float tensor, and bytes other than 0 and 1 in a bool tensor
+    (numpy would carry them as a "true" that is not ``True``)."""
     if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
         raise MalformedPayloadError(f"tensor {name!r} holds NaN or Inf")
+    if array.dtype == np.bool_ and array.size and array.view(np.uint8).max() > 1:
+        raise MalformedPayloadError(f"tensor {name!r} holds booleans other than 0 and 1")
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,28 +420,45 @@ def encode_adaptation(data: AdaptationData, *, dtype: str = "float32") -> bytes:
             index = _to_numpy(index)
             small = index.size == 0 or int(index.max()) < 2**31
             tensors[f"rows/{name}"] = index.astype(np.int32 if small else np.int64)
+    loss = float(data.loss)
     header = {"dtype": dtype, "layers": data.layer_names, "input_of": data.input_of,
-              "rows": rows, "loss": float(data.loss), "num_samples": int(data.num_samples)}
+              "rows": rows, "loss": None if math.isnan(loss) else loss,  # NaN: not computed
+              "num_samples": int(data.num_samples)}
     return pack("adaptation", tensors, header)
 
 
 def decode_adaptation(
     blob: bytes, *, layout: Layout | None = None, limits: Limits = DEFAULT_LIMITS
 ) -> AdaptationData:
-    """Adaptation data (numpy float32) from a payload, checked against ``layout`` if given."""
-    specs, header, starts = _inspect(blob, "adaptation", limits)
-    dtype = header.get("dtype")
-    if dtype not in WIRE_DTYPES:
-        raise MalformedPayloadError(f"unknown wire dtype {dtype!r}")
-    layers = _require(header, "layers", list, "a list of layer names")
-    input_of = _require(header, "input_of", dict, "a mapping of layer to input group")
-    has_rows = _require(header, "rows", dict, "a mapping of layer to bool")
-    loss = header.get("loss")
-    if not isinstance(loss, (int, float)) or isinstance(loss, bool):
-        raise MalformedPayloadError(f"header field 'loss' must be a number, got {loss!r}")
-    num_samples = _require(header, "num_samples", int, "an integer")
-    if len(set(layers)) != len(layers) or set(input_of) != set(layers) or set(has_rows) != set(
-            layers):
+    """Adaptation data (numpy float32) from a payload, checked against ``layout`` if given.
+
+    Parameters
+    ----------
+    blob : bytes, bytearray or memoryview
+        The payload.
+    layout : Layout, optional
+        The adapted layers; each layer's ``x`` and ``d`` widths must match it.
+    limits : Limits, optional
+        Size caps checked before anything is allocated.
+
+    Returns
+    -------
+    AdaptationData
+        Float32 arrays (read-only views into ``blob`` where no cast was needed); a loss sent as
+        ``null`` (not computed) comes back as NaN.
+
+    Raises
+    ------
+    MalformedPayloadError
+        For any input that is not such a payload (whatever its bytes, or not bytes at all);
+        no other exception type escapes.
+    """
+    checked = _inspect(blob, "adaptation", limits)
+    specs, header = checked.specs, checked.header
+    dtype, layers, input_of = header["dtype"], header["layers"], header["input_of"]
+    has_rows, num_samples = header["rows"], header["num_samples"]
+    loss = float("nan") if header["loss"] is None else float(header["loss"])
+    if set(input_of) != set(layers) or set(has_rows) != set(layers):
         raise MalformedPayloadError("header layers, input_of and rows disagree")
     groups = set(input_of.values())
     expected_names = {f"x/{g}" for g in groups} | {f"d/{n}" for n in layers} | {
@@ -285,8 +490,8 @@ def decode_adaptation(
             raise MalformedPayloadError(
                 f"layer {name!r}: {d_shape[0]} gradient rows for {x_shape[0]} input rows"
             )
-    tensors = _read(blob, specs, starts, copy=False)
-    data = AdaptationData({}, {}, dict(input_of), {}, loss=float(loss), num_samples=num_samples)
+    tensors = _read(checked.blob, specs, checked.starts, copy=False)
+    data = AdaptationData({}, {}, dict(input_of), {}, loss=loss, num_samples=num_samples)
     for group in groups:
         data.inputs[group] = _from_wire(tensors[f"x/{group}"], dtype)
         _check_finite(f"x/{group}", data.inputs[group])
@@ -321,19 +526,43 @@ def decode_adapter_state(
     expected_shapes: Mapping[str, Mapping[str, tuple[int, ...]]] | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """An adapter state, checked against ``layout`` and exact ``expected_shapes`` if given."""
-    specs, header, starts = _inspect(blob, "adapter-state", limits)
-    layers = _require(header, "layers", list, "a list of layer names")
+    """An adapter state, checked against ``layout`` and exact ``expected_shapes`` if given.
+
+    Parameters
+    ----------
+    blob : bytes, bytearray or memoryview
+        The payload.
+    layout : Layout, optional
+        The adapted layers; every adapter must belong to one.
+    expected_shapes : mapping, optional
+        ``{layer: {param: shape}}`` the state must match exactly.
+    limits : Limits, optional
+        Size caps checked before anything is allocated.
+
+    Returns
+    -------
+    dict
+        ``{layer: {param: float32 array}}``, fresh copies.
+
+    Raises
+    ------
+    MalformedPayloadError
+        For any input that is not such a payload (whatever its bytes, or not bytes at all);
+        no other exception type escapes.
+    """
+    checked = _inspect(blob, "adapter-state", limits)
+    specs, layers = checked.specs, checked.header["layers"]
+    known = set(layers)
     found: dict[str, dict[str, tuple[int, ...]]] = {}
     for name, (dtype, shape) in specs.items():
         prefix, _, rest = name.partition("/")
         layer, _, param = rest.rpartition("/")
-        if prefix != "a" or not layer or layer not in layers or dtype != np.float32:
+        if prefix != "a" or not layer or layer not in known or dtype != np.float32:
             raise MalformedPayloadError(f"unexpected tensor {name!r} in an adapter state")
         if layout is not None and layer not in layout:
             raise MalformedPayloadError(f"adapter for {layer!r}, which is not an adapted layer")
         found.setdefault(layer, {})[param] = shape
-    if len(set(layers)) != len(layers) or not set(found) <= set(layers):
+    if not set(found) <= known:
         raise MalformedPayloadError("the adapter state's layers do not match its header")
     if expected_shapes is not None:
         expected = {layer: {p: tuple(s) for p, s in params.items()}
@@ -342,7 +571,7 @@ def decode_adapter_state(
             raise MalformedPayloadError(
                 "the adapter state does not have the expected parameters and shapes"
             )
-    tensors = _read(blob, specs, starts)
+    tensors = _read(checked.blob, specs, checked.starts)
     state: dict[str, dict[str, np.ndarray]] = {layer: {} for layer in layers}
     for name, value in tensors.items():
         _check_finite(name, value)
@@ -360,9 +589,30 @@ def encode_batch(batch: Mapping[str, Any]) -> bytes:
 def decode_batch(
     blob: bytes, *, expected_keys: set[str] | None = None, limits: Limits = DEFAULT_LIMITS
 ) -> dict[str, np.ndarray]:
-    """A batch whose tensors all share one leading dimension (and carry ``expected_keys``)."""
-    specs, header, starts = _inspect(blob, "batch", limits)
-    keys = _require(header, "keys", list, "a list of batch keys")
+    """A batch whose tensors all share one leading dimension (and carry ``expected_keys``).
+
+    Parameters
+    ----------
+    blob : bytes, bytearray or memoryview
+        The payload.
+    expected_keys : set of str, optional
+        The keys the batch must carry, no more and no fewer.
+    limits : Limits, optional
+        Size caps checked before anything is allocated.
+
+    Returns
+    -------
+    dict
+        ``{key: array}``, fresh copies.
+
+    Raises
+    ------
+    MalformedPayloadError
+        For any input that is not such a payload (whatever its bytes, or not bytes at all);
+        no other exception type escapes.
+    """
+    checked = _inspect(blob, "batch", limits)
+    specs, keys = checked.specs, checked.header["keys"]
     if set(specs) != {f"b/{k}" for k in keys}:
         raise MalformedPayloadError("the batch's tensors do not match its header")
     if expected_keys is not None and set(keys) != set(expected_keys):
@@ -370,7 +620,7 @@ def decode_batch(
     leading = {shape[0] if shape else -1 for _, shape in specs.values()}
     if len(leading) > 1 or -1 in leading:
         raise MalformedPayloadError("batch tensors must share one leading (batch) dimension")
-    tensors = _read(blob, specs, starts)
+    tensors = _read(checked.blob, specs, checked.starts)
     batch = {name[2:]: value for name, value in tensors.items()}
     for key, value in batch.items():
         _check_finite(key, value)
@@ -381,19 +631,38 @@ def encode_metrics(metrics: Mapping[str, float | int]) -> bytes:
     """Scalar metrics, carried in the JSON header alone."""
     values = {}
     for key, value in metrics.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise MalformedPayloadError(f"metric {key!r} must be a number, got {value!r}")
+        if not _is_number(value):
+            raise MalformedPayloadError(f"metric {key!r} must be a finite number, got {value!r}")
         values[str(key)] = value
     return pack("metrics", {}, {"metrics": values})
 
 
 def decode_metrics(blob: bytes, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, float | int]:
-    specs, header = inspect(blob, "metrics", limits)
-    metrics = _require(header, "metrics", dict, "a mapping of names to numbers")
-    if specs or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                        for v in metrics.values()):
-        raise MalformedPayloadError("metrics must be a flat mapping of names to numbers")
-    return metrics
+    """Scalar metrics from a payload that carries no tensors.
+
+    Parameters
+    ----------
+    blob : bytes, bytearray or memoryview
+        The payload.
+    limits : Limits, optional
+        Size caps checked before anything is allocated.
+
+    Returns
+    -------
+    dict
+        ``{name: finite int or float}``.
+
+    Raises
+    ------
+    MalformedPayloadError
+        For any input that is not such a payload (whatever its bytes, or not bytes at all);
+        no other exception type escapes.
+    """
+    checked = _inspect(blob, "metrics", limits)
+    if checked.specs:
+        raise MalformedPayloadError("a metrics payload must carry no tensors")
+    _read(checked.blob, {}, {})  # nor any data bytes
+    return checked.header["metrics"]
 
 
 def encode_bundle(parts: Mapping[str, bytes]) -> bytes:
@@ -404,12 +673,30 @@ def encode_bundle(parts: Mapping[str, bytes]) -> bytes:
 
 
 def decode_bundle(blob: bytes, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, memoryview]:
-    """The named payloads of a bundle, still encoded (views into ``blob``, not copies): decode
-    each with its own strict decoder."""
-    specs, header, starts = _inspect(blob, "bundle", limits)
-    parts = _require(header, "parts", list, "a list of part names")
+    """The named payloads of a bundle, still encoded: decode each with its own strict decoder.
+
+    Parameters
+    ----------
+    blob : bytes, bytearray or memoryview
+        The payload.
+    limits : Limits, optional
+        Size caps checked before anything is allocated.
+
+    Returns
+    -------
+    dict
+        ``{part name: memoryview}``, views into ``blob``, not copies.
+
+    Raises
+    ------
+    MalformedPayloadError
+        For any input that is not such a payload (whatever its bytes, or not bytes at all);
+        no other exception type escapes.
+    """
+    checked = _inspect(blob, "bundle", limits)
+    specs, parts = checked.specs, checked.header["parts"]
     if set(specs) != {f"part/{p}" for p in parts} or any(
             dtype != np.uint8 or len(shape) != 1 for dtype, shape in specs.values()):
         raise MalformedPayloadError("the bundle's parts do not match its header")
-    tensors = _read(blob, specs, starts, copy=False)
+    tensors = _read(checked.blob, specs, checked.starts, copy=False)
     return {name: memoryview(tensors[f"part/{name}"]) for name in parts}

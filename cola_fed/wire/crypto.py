@@ -1,16 +1,21 @@
-"""End-to-end sealing of payloads between the server and one node. Torch-free.
+"""End-to-end sealing of payloads between the server and one node, and the signed hello.
+Torch-free.
 
-- **Key agreement**: X25519 between the server's key pair (from a file, or generated per run) and
-  a per-run node key pair.
+- **Server identity**: a long-term Ed25519 key (``cola_fed.wire.identity``). It signs each
+  node's hello transcript (protocol version, run, node, plan, graph hashes, the run's exchange
+  key), so a node checks everything that steers it before it acts, against a fingerprint it
+  pinned or remembered.
+- **Key agreement**: X25519 between the server's per-run exchange key (derived from the identity
+  key and the run id, so a restarted server re-derives it) and a per-run node key.
 - **Key derivation**: HKDF-SHA256 over the shared secret, with the run id as salt and the
-  protocol version, the direction and the node id in the info: one 256-bit key per direction.
+  protocol version, the direction, the node id and the SHA-256 of the signed hello transcript in
+  the info: one 256-bit key per direction, bound to the exact hello the node accepted.
 - **Sealing**: AES-256-GCM. The nonce is the sender's message counter, which never repeats under
   a key (one key per direction and session, the counter persists in the session state). The
-  associated data binds protocol version, run id, node id, round, direction, message kind and
-  counter, so a payload replayed, reordered, or delivered to another node, round, direction or
-  kind fails.
-- **Replay and reordering**: the receiver accepts only counters above the last one it accepted,
-  and rounds that do not go back.
+  associated data binds protocol version, run id, node id, direction, message kind and counter,
+  so a payload replayed, reordered, or delivered to another node, direction or kind fails. The
+  round travels inside the seal (``cola_fed.federation.protocol``).
+- **Replay and reordering**: the receiver accepts only counters above the last one it accepted.
 
 Everything cryptographic comes from ``cryptography``; nothing here is a primitive of its own.
 The exact byte layouts are specified in ``docs/security.md`` for native client implementers, and
@@ -20,14 +25,15 @@ pinned by known-answer tests.
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -37,19 +43,20 @@ from cola_fed.errors import (
     ConfigError,
     MalformedPayloadError,
     ReplayError,
-    UntrustedKeyError,
 )
 
-log = logging.getLogger("cola_fed")
-
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 SERVER_TO_NODE = "server->node"
 NODE_TO_SERVER = "node->server"
 DIRECTIONS = {SERVER_TO_NODE: 1, NODE_TO_SERVER: 2}
-MAGIC = b"CFS1"  # cola-fed sealed, envelope version 1
+MAGIC = b"CFS2"  # cola-fed sealed, envelope version 2
 _HEADER = struct.Struct(">4sQ")  # magic, counter
-_AAD = struct.Struct(">8sHQQQQB")  # label, version, run id, node id, round, counter, direction
+_AAD = struct.Struct(">8sHQQQB")  # label, version, run id, node id, counter, direction
 TAG_BYTES = 16
+SIGNATURE_BYTES = 64
+#: prefixed to a hello transcript before it is signed: a signature made for anything else
+#: (another protocol, another message type) never verifies as a hello
+HELLO_CONTEXT = b"cola-fed hello v2\x00"
 _U64 = 2**64
 
 
@@ -57,9 +64,10 @@ _U64 = 2**64
 # keys
 
 
-def public_bytes(key: X25519PrivateKey | X25519PublicKey) -> bytes:
-    """The raw 32-byte public key."""
-    public = key.public_key() if isinstance(key, X25519PrivateKey) else key
+def public_bytes(key: X25519PrivateKey | X25519PublicKey | Ed25519PrivateKey | Ed25519PublicKey
+                 ) -> bytes:
+    """The raw 32-byte public key of an X25519 or Ed25519 key (private or public)."""
+    public = key.public_key() if hasattr(key, "public_key") else key
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -70,6 +78,8 @@ def fingerprint(public: bytes) -> str:
 
 
 def normalise_fingerprint(value: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"server-key-fingerprint: expected a string, got {value!r}")
     digest = value.replace(":", "").replace(" ", "").lower()
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ConfigError(
@@ -78,56 +88,38 @@ def normalise_fingerprint(value: str) -> str:
     return ":".join(digest[i:i + 4] for i in range(0, 64, 4))
 
 
-def generate_private_key() -> X25519PrivateKey:
-    return X25519PrivateKey.generate()
+def exchange_key_for_run(identity: Ed25519PrivateKey, run_id: int) -> X25519PrivateKey:
+    """The server's X25519 key for one run, derived from its identity key and the run id: a
+    fresh key per run that a restarted server derives again without storing it."""
+    seed = identity.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                  serialization.NoEncryption())
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=_u64(run_id, "run id"),
+                info=b"cola-fed v2 exchange key")
+    return X25519PrivateKey.from_private_bytes(hkdf.derive(seed))
 
 
-def save_private_key(key: X25519PrivateKey, path: str | Path) -> Path:
-    """Write a private key as unencrypted PKCS#8 PEM, readable by its owner only (mode 0600)."""
-    path = Path(path)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-    os.chmod(path, 0o600)
-    return path
+def sign_transcript(identity: Ed25519PrivateKey, transcript: bytes) -> bytes:
+    """The server's Ed25519 signature of a hello transcript."""
+    return identity.sign(HELLO_CONTEXT + bytes(transcript))
 
 
-def load_private_key(path: str | Path) -> X25519PrivateKey:
-    """Read a PKCS#8 PEM X25519 private key; refuses files others can read."""
-    path = Path(path)
+def verify_transcript(identity_public: bytes, transcript: bytes, signature: bytes) -> None:
+    """Check a hello transcript's signature; :class:`AuthenticationError` if it does not hold."""
+    if len(identity_public) != 32 or len(signature) != SIGNATURE_BYTES:
+        raise MalformedPayloadError("a server identity key is 32 bytes and a signature 64")
     try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
-    except OSError as err:
-        raise ConfigError(f"cannot read the server key {path}: {err}") from None
-    if mode & 0o077:
-        raise ConfigError(f"server key {path} is readable by others; run: chmod 600 {path}")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except ValueError as err:
-        raise ConfigError(f"{path} is not a PEM private key: {err}") from None
-    if not isinstance(key, X25519PrivateKey):
-        raise ConfigError(f"{path} holds a {type(key).__name__}, expected an X25519 key")
-    return key
+        Ed25519PublicKey.from_public_bytes(bytes(identity_public)).verify(
+            bytes(signature), HELLO_CONTEXT + bytes(transcript))
+    except (InvalidSignature, ValueError):
+        raise AuthenticationError(
+            "the hello's signature does not verify under the server's identity key: the hello "
+            "was rewritten on its way, or signed by another key; refused before acting on it"
+        ) from None
 
 
-def check_pinned(server_public: bytes, pinned: str | None) -> str:
-    """Verify the server key against a pinned fingerprint, or trust it on first use.
-
-    Returns the fingerprint. Raises :class:`UntrustedKeyError` on a mismatch.
-    """
-    seen = fingerprint(server_public)
-    if pinned is None:
-        log.warning("trusting the server key on first use; to pin it, set node config "
-                    "server-key-fingerprint=%s", seen)
-    elif normalise_fingerprint(pinned) != seen:
-        raise UntrustedKeyError(
-            f"the server's key has fingerprint {seen}, but this node pins "
-            f"{normalise_fingerprint(pinned)}; refusing to talk to it"
-        )
-    return seen
+def transcript_hash(transcript: bytes) -> bytes:
+    """SHA-256 of the signed hello transcript: bound into every key of the session."""
+    return hashlib.sha256(bytes(transcript)).digest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,23 +127,25 @@ def check_pinned(server_public: bytes, pinned: str | None) -> str:
 
 
 def derive_keys(
-    shared_secret: bytes, *, run_id: int, node_id: int, version: int = PROTOCOL_VERSION
+    shared_secret: bytes, *, run_id: int, node_id: int, transcript: bytes,
+    version: int = PROTOCOL_VERSION,
 ) -> dict[str, bytes]:
-    """One AES-256 key per direction from the X25519 shared secret."""
+    """One AES-256 key per direction from the X25519 shared secret and the transcript hash."""
+    if len(transcript) != 32:
+        raise ConfigError("the transcript hash must be 32 bytes (SHA-256)")
     keys = {}
     for direction in DIRECTIONS:
-        info = f"cola-fed v{version} {direction} node {node_id}".encode()
+        info = f"cola-fed v{version} {direction} node {node_id} ".encode() + bytes(transcript)
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=_u64(run_id, "run id"), info=info)
         keys[direction] = hkdf.derive(shared_secret)
     return keys
 
 
 def associated_data(
-    *, version: int, run_id: int, node_id: int, round: int, counter: int, direction: str,
-    kind: str,
+    *, version: int, run_id: int, node_id: int, counter: int, direction: str, kind: str,
 ) -> bytes:
     """What the tag binds besides the ciphertext (layout in docs/security.md)."""
-    fixed = _AAD.pack(b"cola-fed", version, run_id % _U64, node_id % _U64, round, counter,
+    fixed = _AAD.pack(b"cola-fed", version, run_id % _U64, node_id % _U64, counter,
                       DIRECTIONS[direction])
     return fixed + kind.encode("utf-8")
 
@@ -172,7 +166,6 @@ class ChannelState:
 
     sent: int = 0
     received: int = 0
-    last_round: int = 0
 
 
 class SecureChannel:
@@ -181,13 +174,15 @@ class SecureChannel:
     Parameters
     ----------
     own_key : X25519PrivateKey
-        This side's private key (the server's, or the node's per-run key).
+        This side's private key (the server's exchange key for the run, or the node's key).
     peer_public : bytes
-        The other side's raw 32-byte public key.
+        The other side's raw 32-byte X25519 public key.
     role : str
         ``"server"`` or ``"node"``: decides which direction this side sends in.
     run_id, node_id : int
         Flower's run id and the node's id; both are bound into keys and associated data.
+    transcript : bytes
+        SHA-256 of the signed hello transcript the session was opened with.
     state : ChannelState or None
         Counters from an earlier message of the same session.
     """
@@ -200,6 +195,7 @@ class SecureChannel:
         role: str,
         run_id: int,
         node_id: int,
+        transcript: bytes,
         state: ChannelState | None = None,
         version: int = PROTOCOL_VERSION,
     ) -> None:
@@ -211,7 +207,8 @@ class SecureChannel:
             shared = own_key.exchange(X25519PublicKey.from_public_bytes(bytes(peer_public)))
         except ValueError as err:  # e.g. a low-order point
             raise MalformedPayloadError(f"unusable peer public key: {err}") from None
-        keys = derive_keys(shared, run_id=run_id, node_id=node_id, version=version)
+        keys = derive_keys(shared, run_id=run_id, node_id=node_id, transcript=transcript,
+                           version=version)
         self.sends = SERVER_TO_NODE if role == "server" else NODE_TO_SERVER
         self.receives = NODE_TO_SERVER if role == "server" else SERVER_TO_NODE
         self._send = AESGCM(keys[self.sends])
@@ -219,16 +216,16 @@ class SecureChannel:
         self.run_id, self.node_id, self.version = run_id, node_id, version
         self.state = state or ChannelState()
 
-    def seal(self, plaintext: bytes, *, round: int, kind: str) -> bytes:
-        """Encrypt and authenticate ``plaintext`` for the peer, bound to ``round`` and ``kind``."""
+    def seal(self, plaintext: bytes, *, kind: str) -> bytes:
+        """Encrypt and authenticate ``plaintext`` for the peer, bound to message ``kind``."""
         counter = self.state.sent + 1
         aad = associated_data(version=self.version, run_id=self.run_id, node_id=self.node_id,
-                              round=round, counter=counter, direction=self.sends, kind=kind)
+                              counter=counter, direction=self.sends, kind=kind)
         sealed = self._send.encrypt(_nonce(counter), bytes(plaintext), aad)
         self.state.sent = counter
         return _HEADER.pack(MAGIC, counter) + sealed
 
-    def open(self, envelope: bytes | memoryview, *, round: int, kind: str) -> bytes:
+    def open(self, envelope: bytes | memoryview, *, kind: str) -> bytes:
         """Authenticate and decrypt a payload from the peer; the state advances only on success.
 
         ``envelope`` may be any bytes-like object; it is read in place, never copied."""
@@ -241,23 +238,22 @@ class SecureChannel:
             raise MalformedPayloadError(f"a sealed payload of {len(envelope)} bytes is too short")
         magic, counter = _HEADER.unpack_from(envelope)
         if magic != MAGIC:
-            raise MalformedPayloadError("not a cola-fed sealed payload (bad magic bytes)")
+            raise MalformedPayloadError("not a cola-fed v2 sealed payload (bad magic bytes)")
         aad = associated_data(version=self.version, run_id=self.run_id, node_id=self.node_id,
-                              round=round, counter=counter, direction=self.receives, kind=kind)
+                              counter=counter, direction=self.receives, kind=kind)
         try:
             plaintext = self._receive.decrypt(_nonce(counter), envelope[_HEADER.size:], aad)
         except InvalidTag:
             raise AuthenticationError(
-                f"sealed {kind!r} payload for round {round} failed authentication: tampered, "
-                "meant for another node, round or kind, or sealed under another key"
+                f"sealed {kind!r} payload failed authentication: tampered, meant for another "
+                "node or kind, or sealed under another key or hello"
             ) from None
-        if counter <= self.state.received or round < self.state.last_round:
+        if counter <= self.state.received:
             raise ReplayError(
-                f"sealed {kind!r} payload #{counter} for round {round} was already received or "
-                f"is out of order (last accepted #{self.state.received}, round "
-                f"{self.state.last_round})"
+                f"sealed {kind!r} payload #{counter} was already received or is out of order "
+                f"(last accepted #{self.state.received})"
             )
-        self.state.received, self.state.last_round = counter, round
+        self.state.received = counter
         return plaintext
 
 

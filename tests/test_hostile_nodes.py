@@ -1,0 +1,270 @@
+"""A node with valid keys that sends hostile content, against the real strategy over LocalGrid.
+
+Each class of attack must be refused with a named error, for that node alone: the run goes on,
+and the honest nodes end with the adapters of a clean run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from federation_runs import DIGITS, run
+from flwr.app import ConfigRecord
+
+from cola_fed.config import RunConfig
+from cola_fed.federation.adversary import hostile_node
+from cola_fed.federation.local_grid import LocalGrid
+from cola_fed.federation.protocol import CLEAR
+from cola_fed.federation.server import build_strategy, run_server
+from cola_fed.wire import decode_adapter_state, decode_batch, encode_adapter_state, encode_batch
+
+pytest.importorskip("sklearn")
+
+ROUNDS = 3
+HOSTILE, HONEST = 1001, (1000, 1002)
+
+
+def batch_edit(edit):
+    """Rewrite every batch part (``batch*``, ``eval*``, ``train``) of a bundle with ``edit``."""
+    def rewrite(parts):
+        for name in list(parts):
+            if name.startswith(("batch", "eval", "train")):
+                parts[name] = encode_batch(edit(decode_batch(parts[name])))
+        return parts
+    return rewrite
+
+
+def adapter_edit(edit):
+    def rewrite(parts):
+        parts["adapters"] = encode_adapter_state(edit(decode_adapter_state(parts["adapters"])))
+        return parts
+    return rewrite
+
+
+def control_edit(edit):
+    def rewrite(parts):
+        parts["control"] = edit(json.loads(parts["control"]))
+        return parts
+    return rewrite
+
+
+def raw_control(text: bytes):
+    return lambda parts: {**parts, "control": text}
+
+
+def deep_header(parts):
+    """A batch whose safetensors header nests 5,000 levels deep."""
+    header = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    parts["batch0"] = len(header).to_bytes(8, "little") + header
+    return parts
+
+
+def unhashable_header(parts):
+    """A batch whose cola header lists a list where a key name belongs."""
+    blob = bytes(parts["batch0"])
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + size])
+    header["__metadata__"]["cola"] = json.dumps({"format": 1, "kind": "batch",
+                                                 "keys": [["x"], "labels"]})
+    text = json.dumps(header).encode()
+    parts["batch0"] = len(text).to_bytes(8, "little") + text + blob[8 + size:]
+    return parts
+
+
+def scale(factor):
+    return adapter_edit(lambda state: {layer: {p: v * np.float32(factor) for p, v in ps.items()}
+                                       for layer, ps in state.items()})
+
+
+def drop_part(name):
+    def rewrite(parts):
+        parts.pop(name)
+        return parts
+    return rewrite
+
+
+#: class -> (rewrite of the hostile node's TRAIN replies, the error the server names)
+TRAIN_ATTACKS = {
+    "labels out of range": (batch_edit(lambda b: {**b, "labels": b["labels"] + 10}),
+                            "ContractError"),
+    "float64 inputs": (batch_edit(lambda b: {**b, "x": b["x"].astype(np.float64)}),
+                       "ContractError"),
+    "short batch": (batch_edit(lambda b: {k: v[:3] for k, v in b.items()}), "ContractError"),
+    "extra key": (batch_edit(lambda b: {**b, "token_type_ids": b["labels"]}), "ContractError"),
+    "inputs out of range": (batch_edit(lambda b: {**b, "x": b["x"] * 1e6}), "ContractError"),
+    "NaN inputs": (batch_edit(lambda b: {**b, "x": np.full_like(b["x"], np.nan)}),
+                   "MalformedPayloadError"),
+    "huge finite adapters": (scale(1e20), "AdapterBoundsError"),
+    "adapter of the wrong shape": (adapter_edit(
+        lambda s: {k: {p: v[..., :1] for p, v in ps.items()} for k, ps in s.items()}),
+        "MalformedPayloadError"),
+    "deeply nested header": (deep_header, "MalformedPayloadError"),
+    "unhashable header value": (unhashable_header, "MalformedPayloadError"),
+    "NaN loss literal": (raw_control(b'{"grad-norm":0,"loss":NaN,"num-examples":16,'
+                                     b'"round":1,"step":1}'), "MalformedPayloadError"),
+    "loss of the wrong type": (control_edit(lambda c: json.dumps({**c, "loss": "nan"})
+                                            .encode()), "ProtocolError"),
+    "negative metric": (control_edit(lambda c: json.dumps({**c, "num-examples": -5})
+                                     .encode()), "ProtocolError"),
+    "another round": (control_edit(lambda c: json.dumps({**c, "round": c["round"] + 7})
+                                   .encode()), "ProtocolError"),
+    "extra control field": (control_edit(lambda c: json.dumps({**c, "acknowledged": 1})
+                                         .encode()), "ProtocolError"),
+    "duplicate control key": (raw_control(b'{"grad-norm":0,"loss":1.0,"loss":0.1,'
+                                          b'"num-examples":16,"round":1,"step":1}'),
+                              "MalformedPayloadError"),
+    "missing batch": (drop_part("batch0"), "ProtocolError"),
+}
+
+
+@pytest.fixture(scope="module")
+def clean():
+    strategy, _ = run({}, nodes=3, rounds=ROUNDS)
+    return strategy
+
+
+def assert_honest_nodes_match(strategy, clean, rounds=ROUNDS):
+    for node in HONEST:
+        session = strategy.sessions[node]
+        assert session.rounds_trained == rounds and not session.quarantined
+        for layer, params in clean.sessions[node].adapters.items():
+            for name, value in params.items():
+                np.testing.assert_allclose(session.adapters[layer][name], value, rtol=0,
+                                           atol=1e-6, err_msg=f"{node} {layer} {name}")
+
+
+@pytest.mark.parametrize("attack", sorted(TRAIN_ATTACKS))
+def test_a_hostile_train_reply_is_refused_for_that_node_alone(attack, clean, caplog):
+    rewrite, error = TRAIN_ATTACKS[attack]
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, _ = run({}, nodes=3, rounds=ROUNDS,
+                          handlers={HOSTILE: hostile_node(rewrite, rounds=lambda n: n == 1)})
+    assert [r["round"] for r in strategy.rounds] == list(range(ROUNDS + 1))  # the run went on
+    assert strategy.rounds[1]["failed"] == 1 and strategy.rounds[1]["nodes"] == 2
+    assert f"reply refused: {error}" in caplog.text
+    assert_honest_nodes_match(strategy, clean)
+    # the hostile node was refused once, then (honest again) resumed from the state the
+    # server held: it trained every later round
+    assert strategy.sessions[HOSTILE].rounds_trained == ROUNDS - 1
+
+
+HELLO_ATTACKS = {
+    "a partition another node holds": (control_edit(lambda c: json.dumps(
+        {**c, "partition-id": 0}).encode()), "already held"),
+    "a partition id out of range": (control_edit(lambda c: json.dumps(
+        {**c, "partition-id": 2**40}).encode()), "ProtocolError"),
+    "an unknown backend": (control_edit(lambda c: json.dumps(
+        {**c, "backend": "cuda"}).encode()), "ProtocolError"),
+    "huge finite adapters": (scale(1e20), "AdapterBoundsError"),
+    "held-out labels out of range": (batch_edit(lambda b: {**b, "labels": b["labels"] - 1}),
+                                     "ContractError"),
+    "a missing held-out batch": (drop_part("eval1"), "ProtocolError"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(HELLO_ATTACKS))
+def test_a_hostile_hello_is_refused_and_the_others_train(attack, clean, caplog):
+    rewrite, error = HELLO_ATTACKS[attack]
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, _ = run({}, nodes=3, rounds=ROUNDS,
+                          handlers={HOSTILE: hostile_node(rewrite, on="hello")})
+    assert set(strategy.sessions) == set(HONEST)
+    assert "hello: refused node 1001" in caplog.text and error in caplog.text
+    assert_honest_nodes_match(strategy, clean)
+
+
+def test_clear_fields_of_the_wrong_type_or_extra_are_refused(clean, caplog):
+    def rewrite(node, reply):
+        if reply.has_error():
+            return reply
+        if node == HOSTILE and reply.metadata.message_type == "query":
+            reply.content[CLEAR] = ConfigRecord({"node-public-key": "not bytes",
+                                                 "partition-id": 0})
+        elif node == 1002 and reply.metadata.message_type == "train":
+            reply.content[CLEAR] = ConfigRecord({"server-round": 1})  # not part of a reply
+        return reply
+
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, _ = run({}, nodes=3, rounds=ROUNDS, reply_filter=rewrite)
+    assert set(strategy.sessions) == set(HONEST)
+    assert "hello: refused node 1001: ProtocolError" in caplog.text
+    assert "reply refused: ProtocolError" in caplog.text
+    # node 1002's replies were all refused, but not for its own fault: it keeps its adapters
+    assert strategy.sessions[1002].rounds_trained == 0
+    assert strategy.rounds[-1]["round"] == ROUNDS
+
+
+def test_a_batch_that_breaks_the_shared_pass_is_isolated(clean, caplog):
+    """Adapters within a (deliberately loose) norm bound whose output overflows float32: the
+    shared pass fails, is run again node by node, and only the node at fault is refused."""
+    loose = {"strategy.max-adapter-norm": 1e37}
+    clean_loose, _ = run(loose, nodes=3, rounds=ROUNDS)
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, _ = run(loose, nodes=3, rounds=ROUNDS,
+                          handlers={HOSTILE: hostile_node(scale(1e17), rounds=lambda n: n == 1)})
+    assert "the shared pass failed" in caplog.text
+    assert "its batch breaks the pass: GradientError" in caplog.text
+    assert_honest_nodes_match(strategy, clean_loose)
+    assert strategy.rounds[2]["failed"] == 1
+
+
+def test_repeated_faults_quarantine_the_node_and_the_run_goes_on(caplog):
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, grid = run({"strategy.max-failures": 2}, nodes=3, rounds=4,
+                             handlers={HOSTILE: hostile_node(scale(1e20))})
+    hostile = strategy.sessions[HOSTILE]
+    assert hostile.quarantined and hostile.rounds_trained == 0 and hostile.failures == 2
+    assert "quarantined for the rest of the run" in caplog.text
+    sent = [m.metadata.dst_node_id for m in grid.delivered if m.metadata.message_type == "train"]
+    assert sent.count(HOSTILE) == 2  # not sampled once quarantined
+    assert all(strategy.sessions[n].rounds_trained == 4 for n in HONEST)
+
+
+def test_the_run_stops_early_with_every_result_written(tmp_path, caplog):
+    config = {**DIGITS, "num-server-rounds": 5, "strategy.max-failures": 1,
+              "strategy.min-train-nodes": 2, "output-dir": str(tmp_path / "out")}
+    grid = LocalGrid(2, handlers={HOSTILE: hostile_node(scale(1e20))})
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy = run_server(grid, config)
+    assert "min-train-nodes" in strategy.stopped
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["stopped-early"] == strategy.stopped
+    assert metrics["nodes"]["1"]["quarantined"] is True
+    assert metrics["nodes"]["0"]["rounds-trained"] == 1
+    assert len(list((tmp_path / "out" / "adapters").glob("*.safetensors"))) == 2
+
+
+def test_token_ids_beyond_the_vocabulary_are_refused(caplog):
+    overrides = {"task.name": "causal-lm", "task.max-length": 32}
+    edit = batch_edit(lambda b: {**b, "input_ids": b["input_ids"] + 300})
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, _ = run(overrides, nodes=2, rounds=2,
+                          handlers={HOSTILE: hostile_node(edit, rounds=lambda n: n == 1)})
+    assert "reply refused: ContractError" in caplog.text and "input_ids" in caplog.text
+    assert strategy.sessions[1000].rounds_trained == 2
+
+
+def test_an_upload_smaller_than_a_batch_is_refused(caplog):
+    edit = batch_edit(lambda b: {k: v[:5] for k, v in b.items()})
+
+    def only_train(parts):
+        train = edit({"train": parts["train"]})["train"]
+        return {**parts, "train": train}
+
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, _ = run({"data.mode": "upload"}, nodes=3, rounds=2,
+                          handlers={HOSTILE: hostile_node(only_train, on="hello")})
+    assert set(strategy.sessions) == set(HONEST)
+    assert "ContractError" in caplog.text and "train" in caplog.text
+
+
+def test_one_config_builds_the_same_strategy_twice():
+    """The persistent server identity: two strategies of one machine sign with one key."""
+    config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 1})
+    first, second = build_strategy(config), build_strategy(config)
+    from cola_fed.wire import public_bytes
+
+    assert public_bytes(first.identity) == public_bytes(second.identity)
