@@ -191,7 +191,7 @@ def _checked_hello(msg: Message, context: Context, caps: NodeCaps) -> HelloTrans
     """The hello's transcript, once its signature holds under a server identity this node pins
     or remembers, it is for this run and node, it is newer than any hello accepted before (a
     replayed hello does not reset the session), and its plan is within this node's caps."""
-    hello = Hello.from_record(msg.content, max_graph_bytes=caps.max_payload_bytes)
+    hello = Hello.from_record(msg.content)
     verify_transcript(hello.identity, hello.transcript, hello.signature)
     config = context.node_config
     pinned = config.get("server-key-fingerprint") or None

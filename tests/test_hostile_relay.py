@@ -1,0 +1,204 @@
+"""A hostile relay (the SuperLink, or anyone in the middle) between the real server and real
+nodes: whatever it rewrites in the hello is caught before the node acts on it (no data read, no
+graph stored or run, no session), and whatever it rewrites later fails for that message alone."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from federation_runs import DIGITS, run
+from flwr.app import ConfigRecord
+
+from cola_fed.config import RunConfig
+from cola_fed.federation import client
+from cola_fed.federation.adversary import replace_graphs, rewrite_transcript
+from cola_fed.federation.client import STATE_SESSION
+from cola_fed.federation.local_grid import LocalGrid
+from cola_fed.federation.protocol import CLEAR
+from cola_fed.federation.server import build_strategy
+from cola_fed.wire import public_bytes
+from cola_fed.wire.identity import KnownServers
+
+pytest.importorskip("sklearn")
+
+VICTIM = 1001
+
+
+def relay_on_hello(edit):
+    """A message filter that rewrites the hello sent to node 1001."""
+    def relay(node, msg):
+        if node == VICTIM and msg.metadata.message_type == "query":
+            return edit(msg)
+        return msg
+    return relay
+
+
+def set_in_plan(path, value):
+    def edit(transcript):
+        target = transcript["plan"]
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        return transcript
+    return edit
+
+
+#: rewrites of the hello by a relay that does not hold the server's identity key
+HELLO_REWRITES = {
+    "more batches per step": lambda m: rewrite_transcript(m, set_in_plan(["interval"], 64)),
+    "upload mode": lambda m: rewrite_transcript(m, set_in_plan(["data-mode"], "upload")),
+    "huge batches": lambda m: rewrite_transcript(m, set_in_plan(["task", "batch_size"], 10**6)),
+    "a local file to upload": lambda m: rewrite_transcript(
+        m, set_in_plan(["task", "data_path"], "/etc/passwd")),
+    "an attacker's graph hash": lambda m: rewrite_transcript(
+        m, set_in_plan(["graphs"], {"lowrank-r8-64x64-adamw": "0" * 64})),
+    "another run": lambda m: rewrite_transcript(m, lambda t: {**t, "run-id": "1"}),
+    "re-signed by the relay's own key": lambda m: rewrite_transcript(
+        m, set_in_plan(["interval"], 2), resign_with=Ed25519PrivateKey.generate()),
+}
+
+
+@pytest.mark.parametrize("rewrite", sorted(HELLO_REWRITES))
+def test_a_rewritten_hello_fails_before_the_node_acts(rewrite, tmp_path, caplog):
+    config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 2})
+    strategy = build_strategy(config)
+    known = tmp_path / "known-servers.json"
+    KnownServers(known).check("default", public_bytes(strategy.identity))
+    grid = LocalGrid(3, message_filter=relay_on_hello(HELLO_REWRITES[rewrite]))
+    grid.contexts[VICTIM].node_config.update({"known-servers": str(known),
+                                              "graph-cache": str(tmp_path / "graphs"),
+                                              "backend": "onnx"})
+    client._cached_client_data.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy.start(grid, num_rounds=2, timeout=30)
+    assert "hello: node 1001 failed" in caplog.text
+    assert any(e in caplog.text for e in ("AuthenticationError", "UntrustedKeyError"))
+    victim = grid.contexts[VICTIM]
+    assert STATE_SESSION not in victim.state  # no session
+    assert not (tmp_path / "graphs").exists()  # no graph stored, so none run
+    # the victim's data was never read: only the two other nodes' partitions were loaded
+    assert client._cached_client_data.cache_info().currsize == 2
+    assert set(strategy.sessions) == {1000, 1002}  # the run went on without it
+    assert all(s.rounds_trained == 2 for s in strategy.sessions.values())
+
+
+def test_graphs_swapped_in_transit_are_refused_by_hash(tmp_path, caplog):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    evil = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [x],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])).SerializeToString()
+    assert onnx.load_from_string(evil)
+
+    def swap(msg):
+        return replace_graphs(msg, {name: evil for name in msg.content["graphs"]})
+
+    config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 1})
+    strategy = build_strategy(config)
+    grid = LocalGrid(2, message_filter=relay_on_hello(swap))
+    grid.contexts[VICTIM].node_config.update({"graph-cache": str(tmp_path / "graphs"),
+                                              "backend": "onnx"})
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy.start(grid, num_rounds=1, timeout=30)
+    assert "does not match" in caplog.text
+    assert set(strategy.sessions) == {1000}
+    assert not list((tmp_path / "graphs").glob("*.onnx"))
+
+
+def test_a_replayed_hello_does_not_reset_the_session():
+    _, grid = run({}, nodes=2, rounds=2)
+    hello = next(m for m in grid.delivered if m.metadata.message_type == "query"
+                 and m.metadata.dst_node_id == 1000)
+    before = dict(grid.contexts[1000].state[STATE_SESSION])
+    [reply] = grid.send_and_receive([hello])
+    assert reply.has_error() and "ReplayError" in reply.error.reason
+    assert dict(grid.contexts[1000].state[STATE_SESSION]) == before
+
+
+def test_a_hello_redirected_to_another_node_is_refused(caplog):
+    hellos = {}
+
+    def redirect(node, msg):
+        if msg.metadata.message_type == "query":
+            hellos[node] = msg.content
+            if node == VICTIM:  # node 1001 receives node 1000's hello
+                msg.content = hellos[1000]
+        return msg
+
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, grid = run({}, nodes=2, rounds=1, message_filter=redirect)
+    assert "reached node 1001" in caplog.text
+    assert STATE_SESSION not in grid.contexts[VICTIM].state
+    assert set(strategy.sessions) == {1000}
+
+
+def test_a_server_asking_beyond_the_node_caps_is_refused(caplog):
+    """Even an authentic plan is bounded by the node's own caps."""
+    config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 1, "data.interval": 3})
+    strategy = build_strategy(config)
+    grid = LocalGrid(2)
+    grid.contexts[VICTIM].node_config["max-interval"] = 2
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy.start(grid, num_rounds=1, timeout=30)
+    assert "above this node's max-interval = 2" in caplog.text
+    assert set(strategy.sessions) == {1000}
+
+
+def test_a_node_refuses_a_reply_larger_than_its_cap(caplog):
+    config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 1, "data.mode": "upload"})
+    strategy = build_strategy(config)
+    grid = LocalGrid(2)
+    grid.contexts[VICTIM].node_config["max-payload-mb"] = 0.01
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy.start(grid, num_rounds=1, timeout=30)
+    assert "above this node's max-payload-mb" in caplog.text
+    assert STATE_SESSION not in grid.contexts[VICTIM].state
+
+
+def test_a_changed_server_identity_is_refused_by_a_node_that_remembers(tmp_path, caplog):
+    known = tmp_path / "known-servers.json"
+    KnownServers(known).check("default", public_bytes(Ed25519PrivateKey.generate()))
+    config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 1})
+    strategy = build_strategy(config)
+    grid = LocalGrid(2)
+    grid.contexts[VICTIM].node_config["known-servers"] = str(known)
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy.start(grid, num_rounds=1, timeout=30)
+    assert "UntrustedKeyError" in caplog.text and "cola-fed trust forget" in caplog.text
+    assert set(strategy.sessions) == {1000}
+
+
+def test_relay_edits_of_train_messages_fail_for_that_message_alone(caplog):
+    """A clear field added to a TRAIN order, or a node's reply replaced by another node's:
+    refused; the next round trains normally and no step is lost or applied twice."""
+    replies = {}
+
+    def add_clear(node, msg):
+        if node == VICTIM and msg.metadata.message_type == "train" and msg.metadata.group_id \
+                == "1":
+            msg.content[CLEAR] = ConfigRecord({"acknowledged": 0})
+        return msg
+
+    def swap_reply(node, reply):
+        if reply.metadata.message_type == "train" and not reply.has_error():
+            replies[node] = reply.content
+            if node == 1000 and reply.metadata.group_id == "3":
+                reply.content = replies[VICTIM]
+        return reply
+
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        lossy, _ = run({}, nodes=2, rounds=4, message_filter=add_clear, reply_filter=swap_reply)
+    clean, _ = run({}, nodes=2, rounds=3)
+    assert "node 1001 failed" in caplog.text and "ProtocolError" in caplog.text
+    assert "AuthenticationError" in caplog.text  # node 1000's swapped reply
+    for node in (1000, VICTIM):
+        assert lossy.sessions[node].rounds_trained == 3
+        for layer, params in clean.sessions[node].adapters.items():
+            for name, value in params.items():
+                np.testing.assert_allclose(lossy.sessions[node].adapters[layer][name], value,
+                                           rtol=0, atol=1e-6)

@@ -1,0 +1,183 @@
+"""The protocol module: typed messages round-trip, and every decoder raises only ProtocolError
+or PayloadError for any input (hypothesis fuzzers over plans, transcripts, control messages,
+records and stored sessions)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cola_fed.config import RunConfig
+from cola_fed.errors import ConfigError, PayloadError, ProtocolError
+from cola_fed.federation.protocol import (
+    Hello,
+    HelloClaim,
+    HelloReply,
+    HelloTranscript,
+    NodeCaps,
+    NodeSession,
+    Plan,
+    Sealed,
+    TrainOrder,
+    TrainReport,
+)
+from cola_fed.federation.strategy import build_plan
+from cola_fed.gl.layout import LayerInfo, Layout
+from cola_fed.wire import public_bytes
+
+FUZZ = settings(max_examples=300, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+class Head:
+    head = "head"
+
+
+def plan(**overrides) -> Plan:
+    config = RunConfig.from_flat({"task.name": "digits", "adapter.kinds": "lowrank,linear,mlp",
+                                  "edge.backends": "0:onnx,2:torch", **overrides})
+    layout = Layout((LayerInfo("fc1", 64, 64), LayerInfo("head", 64, 10)))
+    return build_plan(layout, Head(), config).with_graphs({"g": "ab" * 32})
+
+
+def transcript(p: Plan | None = None) -> HelloTranscript:
+    identity = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    return HelloTranscript(run_id=2**64 - 1, node_id=2**63 + 5, hello_id=7,
+                           identity=public_bytes(identity), exchange_key=bytes(range(32)),
+                           plan=p or plan())
+
+
+def test_plan_and_transcript_round_trip():
+    p = plan()
+    assert Plan.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    assert [p.specs_for(i)["*"].kind for i in range(4)] == ["lowrank", "linear", "mlp",
+                                                            "lowrank"]
+    assert [p.backend_for(i) for i in range(4)] == ["onnx", "", "torch", ""]
+    t = transcript(p)
+    assert HelloTranscript.decode(t.encode()) == t
+
+
+def test_node_local_settings_cannot_travel_in_a_plan():
+    raw = json.loads(transcript().encode())
+    raw["plan"]["task"]["data_path"] = "/etc/passwd"
+    with pytest.raises(ProtocolError, match="expected fields"):
+        HelloTranscript.decode(json.dumps(raw).encode())
+
+
+def test_control_messages_round_trip_and_refuse_out_of_range():
+    for message in (HelloClaim(3, 100, "onnx"), TrainOrder(2, 5),
+                    TrainReport(2, 0.5, 16, 1.25, 3)):
+        assert type(message).decode(message.encode()) == message
+    with pytest.raises(ProtocolError, match="round"):
+        TrainOrder.decode(b'{"acknowledged":1,"round":0}')
+    with pytest.raises(ProtocolError):
+        HelloClaim.decode(b'{"backend":"torch","num-examples":1,"partition-id":true}')
+    with pytest.raises(PayloadError):
+        TrainReport.decode(b'{"grad-norm":0,"loss":Infinity,"num-examples":1,"round":1,'
+                           b'"step":1}')
+
+
+def test_node_caps_from_node_config():
+    assert NodeCaps.from_node_config({"max-interval": 4}).max_interval == 4
+    for bad in ({"max-interval": "4"}, {"max-interval": 0}, {"max-payload-mb": True},
+                {"max-width": 2.5}):
+        with pytest.raises(ConfigError):
+            NodeCaps.from_node_config(bad)
+    with pytest.raises(ProtocolError, match="max-width"):
+        NodeCaps(max_width=32).check(plan())
+
+
+# --------------------------------------------------------------------------------------------
+# fuzzers: only the protocol's own errors, whatever comes
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8),
+                                                                        children, max_size=4),
+    max_leaves=12)
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _paths(child, (*prefix, key))
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            yield from _paths(child, (*prefix, i))
+
+
+BASE = json.loads(transcript().encode())
+PATHS = [p for p in _paths(BASE) if p]
+
+
+@FUZZ
+@given(path=st.sampled_from(PATHS), value=JSON, drop=st.booleans())
+def test_fuzz_transcript_fields(path, value, drop):
+    raw = copy.deepcopy(BASE)
+    target = raw
+    for key in path[:-1]:
+        target = target[key]
+    if drop and isinstance(target, dict):
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    with contextlib.suppress(ProtocolError, PayloadError):
+        HelloTranscript.decode(json.dumps(raw).encode())
+
+
+@FUZZ
+@given(data=st.binary(max_size=400))
+def test_fuzz_transcript_bytes(data):
+    with contextlib.suppress(ProtocolError, PayloadError):
+        HelloTranscript.decode(data)
+
+
+@FUZZ
+@given(kind=st.sampled_from([HelloClaim, TrainOrder, TrainReport]),
+       raw=st.dictionaries(st.sampled_from(["round", "acknowledged", "loss", "grad-norm",
+                                            "num-examples", "step", "partition-id", "backend",
+                                            "x"]), JSON, max_size=7))
+def test_fuzz_control_messages(kind, raw):
+    with contextlib.suppress(ProtocolError, PayloadError):
+        kind.decode(json.dumps(raw).encode())
+
+
+VALUES = st.one_of(st.binary(max_size=70), st.integers(-5, 5), st.text(max_size=5),
+                   st.booleans(), st.floats(allow_nan=True))
+
+
+@FUZZ
+@given(clear=st.dictionaries(st.sampled_from(["identity", "transcript", "signature",
+                                              "node-public-key", "x"]), VALUES, max_size=4),
+       graphs=st.dictionaries(st.text(max_size=5), VALUES, max_size=3),
+       extra=st.booleans())
+def test_fuzz_records(clear, graphs, extra):
+    content = RecordDict({"cola": ConfigRecord(clear), "graphs": ConfigRecord(graphs)})
+    if extra:
+        content["metrics"] = MetricRecord({"loss": 1.0})
+    for decode in (Hello.from_record, HelloReply.from_record, Sealed.from_record):
+        with contextlib.suppress(ProtocolError, PayloadError):
+            decode(content)
+    with contextlib.suppress(ProtocolError, PayloadError):
+        Sealed.from_record(RecordDict({"sealed": ArrayRecord()}))
+
+
+GOOD_SESSION = NodeSession(node_key=bytes(32), transcript=b"{}", partition_id=1,
+                           backend="torch").to_record()
+
+
+@FUZZ
+@given(key=st.sampled_from(sorted(GOOD_SESSION)), value=VALUES)
+def test_fuzz_stored_session(key, value):
+    record = ConfigRecord({**GOOD_SESSION, key: value})
+    with contextlib.suppress(ProtocolError):
+        NodeSession.from_record(record)
