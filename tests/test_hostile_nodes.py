@@ -15,109 +15,21 @@ from federation_runs import DIGITS, run
 from flwr.app import ConfigRecord
 
 from cola_fed.config import RunConfig
-from cola_fed.federation.adversary import hostile_node
+from cola_fed.federation.adversary import (
+    NODE_HELLO_ATTACKS,
+    NODE_TRAIN_ATTACKS,
+    batch_edit,
+    hostile_node,
+    scale,
+)
 from cola_fed.federation.local_grid import LocalGrid
 from cola_fed.federation.protocol import CLEAR
 from cola_fed.federation.server import build_strategy, run_server
-from cola_fed.wire import decode_adapter_state, decode_batch, encode_adapter_state, encode_batch
 
 pytest.importorskip("sklearn")
 
 ROUNDS = 3
 HOSTILE, HONEST = 1001, (1000, 1002)
-
-
-def batch_edit(edit):
-    """Rewrite every batch part (``batch*``, ``eval*``, ``train``) of a bundle with ``edit``."""
-    def rewrite(parts):
-        for name in list(parts):
-            if name.startswith(("batch", "eval", "train")):
-                parts[name] = encode_batch(edit(decode_batch(parts[name])))
-        return parts
-    return rewrite
-
-
-def adapter_edit(edit):
-    def rewrite(parts):
-        parts["adapters"] = encode_adapter_state(edit(decode_adapter_state(parts["adapters"])))
-        return parts
-    return rewrite
-
-
-def control_edit(edit):
-    def rewrite(parts):
-        parts["control"] = edit(json.loads(parts["control"]))
-        return parts
-    return rewrite
-
-
-def raw_control(text: bytes):
-    return lambda parts: {**parts, "control": text}
-
-
-def deep_header(parts):
-    """A batch whose safetensors header nests 5,000 levels deep."""
-    header = b'{"a":' * 5000 + b"1" + b"}" * 5000
-    parts["batch0"] = len(header).to_bytes(8, "little") + header
-    return parts
-
-
-def unhashable_header(parts):
-    """A batch whose cola header lists a list where a key name belongs."""
-    blob = bytes(parts["batch0"])
-    size = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + size])
-    header["__metadata__"]["cola"] = json.dumps({"format": 1, "kind": "batch",
-                                                 "keys": [["x"], "labels"]})
-    text = json.dumps(header).encode()
-    parts["batch0"] = len(text).to_bytes(8, "little") + text + blob[8 + size:]
-    return parts
-
-
-def scale(factor):
-    return adapter_edit(lambda state: {layer: {p: v * np.float32(factor) for p, v in ps.items()}
-                                       for layer, ps in state.items()})
-
-
-def drop_part(name):
-    def rewrite(parts):
-        parts.pop(name)
-        return parts
-    return rewrite
-
-
-#: class -> (rewrite of the hostile node's TRAIN replies, the error the server names)
-TRAIN_ATTACKS = {
-    "labels out of range": (batch_edit(lambda b: {**b, "labels": b["labels"] + 10}),
-                            "ContractError"),
-    "float64 inputs": (batch_edit(lambda b: {**b, "x": b["x"].astype(np.float64)}),
-                       "ContractError"),
-    "short batch": (batch_edit(lambda b: {k: v[:3] for k, v in b.items()}), "ContractError"),
-    "extra key": (batch_edit(lambda b: {**b, "token_type_ids": b["labels"]}), "ContractError"),
-    "inputs out of range": (batch_edit(lambda b: {**b, "x": b["x"] * 1e6}), "ContractError"),
-    "NaN inputs": (batch_edit(lambda b: {**b, "x": np.full_like(b["x"], np.nan)}),
-                   "MalformedPayloadError"),
-    "huge finite adapters": (scale(1e20), "AdapterBoundsError"),
-    "adapter of the wrong shape": (adapter_edit(
-        lambda s: {k: {p: v[..., :1] for p, v in ps.items()} for k, ps in s.items()}),
-        "MalformedPayloadError"),
-    "deeply nested header": (deep_header, "MalformedPayloadError"),
-    "unhashable header value": (unhashable_header, "MalformedPayloadError"),
-    "NaN loss literal": (raw_control(b'{"grad-norm":0,"loss":NaN,"num-examples":16,'
-                                     b'"round":1,"step":1}'), "MalformedPayloadError"),
-    "loss of the wrong type": (control_edit(lambda c: json.dumps({**c, "loss": "nan"})
-                                            .encode()), "ProtocolError"),
-    "negative metric": (control_edit(lambda c: json.dumps({**c, "num-examples": -5})
-                                     .encode()), "ProtocolError"),
-    "another round": (control_edit(lambda c: json.dumps({**c, "round": c["round"] + 7})
-                                   .encode()), "ProtocolError"),
-    "extra control field": (control_edit(lambda c: json.dumps({**c, "acknowledged": 1})
-                                         .encode()), "ProtocolError"),
-    "duplicate control key": (raw_control(b'{"grad-norm":0,"loss":1.0,"loss":0.1,'
-                                          b'"num-examples":16,"round":1,"step":1}'),
-                              "MalformedPayloadError"),
-    "missing batch": (drop_part("batch0"), "ProtocolError"),
-}
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +48,9 @@ def assert_honest_nodes_match(strategy, clean, rounds=ROUNDS):
                                            atol=1e-6, err_msg=f"{node} {layer} {name}")
 
 
-@pytest.mark.parametrize("attack", sorted(TRAIN_ATTACKS))
+@pytest.mark.parametrize("attack", sorted(NODE_TRAIN_ATTACKS))
 def test_a_hostile_train_reply_is_refused_for_that_node_alone(attack, clean, caplog):
-    rewrite, error = TRAIN_ATTACKS[attack]
+    rewrite, error = NODE_TRAIN_ATTACKS[attack]
     with caplog.at_level(logging.WARNING, logger="cola_fed"):
         strategy, _ = run({}, nodes=3, rounds=ROUNDS,
                           handlers={HOSTILE: hostile_node(rewrite, rounds=lambda n: n == 1)})
@@ -151,23 +63,9 @@ def test_a_hostile_train_reply_is_refused_for_that_node_alone(attack, clean, cap
     assert strategy.sessions[HOSTILE].rounds_trained == ROUNDS - 1
 
 
-HELLO_ATTACKS = {
-    "a partition another node holds": (control_edit(lambda c: json.dumps(
-        {**c, "partition-id": 0}).encode()), "already held"),
-    "a partition id out of range": (control_edit(lambda c: json.dumps(
-        {**c, "partition-id": 2**40}).encode()), "ProtocolError"),
-    "an unknown backend": (control_edit(lambda c: json.dumps(
-        {**c, "backend": "cuda"}).encode()), "ProtocolError"),
-    "huge finite adapters": (scale(1e20), "AdapterBoundsError"),
-    "held-out labels out of range": (batch_edit(lambda b: {**b, "labels": b["labels"] - 1}),
-                                     "ContractError"),
-    "a missing held-out batch": (drop_part("eval1"), "ProtocolError"),
-}
-
-
-@pytest.mark.parametrize("attack", sorted(HELLO_ATTACKS))
+@pytest.mark.parametrize("attack", sorted(NODE_HELLO_ATTACKS))
 def test_a_hostile_hello_is_refused_and_the_others_train(attack, clean, caplog):
-    rewrite, error = HELLO_ATTACKS[attack]
+    rewrite, error = NODE_HELLO_ATTACKS[attack]
     with caplog.at_level(logging.WARNING, logger="cola_fed"):
         strategy, _ = run({}, nodes=3, rounds=ROUNDS,
                           handlers={HOSTILE: hostile_node(rewrite, on="hello")})

@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord
 
 from cola_fed.config import RunConfig
 from cola_fed.federation import client
-from cola_fed.federation.adversary import replace_graphs, rewrite_transcript
+from cola_fed.federation.adversary import RELAY_HELLO_REWRITES, replace_graphs
 from cola_fed.federation.client import STATE_SESSION
 from cola_fed.federation.local_grid import LocalGrid
 from cola_fed.federation.protocol import CLEAR
@@ -36,38 +36,13 @@ def relay_on_hello(edit):
     return relay
 
 
-def set_in_plan(path, value):
-    def edit(transcript):
-        target = transcript["plan"]
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = value
-        return transcript
-    return edit
-
-
-#: rewrites of the hello by a relay that does not hold the server's identity key
-HELLO_REWRITES = {
-    "more batches per step": lambda m: rewrite_transcript(m, set_in_plan(["interval"], 64)),
-    "upload mode": lambda m: rewrite_transcript(m, set_in_plan(["data-mode"], "upload")),
-    "huge batches": lambda m: rewrite_transcript(m, set_in_plan(["task", "batch_size"], 10**6)),
-    "a local file to upload": lambda m: rewrite_transcript(
-        m, set_in_plan(["task", "data_path"], "/etc/passwd")),
-    "an attacker's graph hash": lambda m: rewrite_transcript(
-        m, set_in_plan(["graphs"], {"lowrank-r8-64x64-adamw": "0" * 64})),
-    "another run": lambda m: rewrite_transcript(m, lambda t: {**t, "run-id": "1"}),
-    "re-signed by the relay's own key": lambda m: rewrite_transcript(
-        m, set_in_plan(["interval"], 2), resign_with=Ed25519PrivateKey.generate()),
-}
-
-
-@pytest.mark.parametrize("rewrite", sorted(HELLO_REWRITES))
+@pytest.mark.parametrize("rewrite", sorted(RELAY_HELLO_REWRITES))
 def test_a_rewritten_hello_fails_before_the_node_acts(rewrite, tmp_path, caplog):
     config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 2})
     strategy = build_strategy(config)
     known = tmp_path / "known-servers.json"
     KnownServers(known).check("default", public_bytes(strategy.identity))
-    grid = LocalGrid(3, message_filter=relay_on_hello(HELLO_REWRITES[rewrite]))
+    grid = LocalGrid(3, message_filter=relay_on_hello(RELAY_HELLO_REWRITES[rewrite]))
     grid.contexts[VICTIM].node_config.update({"known-servers": str(known),
                                               "graph-cache": str(tmp_path / "graphs"),
                                               "backend": "onnx"})

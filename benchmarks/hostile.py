@@ -1,0 +1,192 @@
+"""The trust boundary under attack: hostile nodes, a hostile relay and fuzzed protocol messages
+against the real strategy and client over LocalGrid, counted per class of attack.
+
+For every class: ``cases`` (hostile messages sent), ``refused`` (refused with a named error, for
+that node and message alone), ``accepted`` (hostile content the run took in), ``escaped`` (an
+error outside the protocol's family), ``aborts`` (runs that ended). Federation classes also check
+that every honest node trained every round. Targets: 0 accepted, 0 escaped, 0 aborts. The wire
+decoders' own classes come from ``benchmarks.fuzz_wire``.
+
+    python -m benchmarks.hostile [--runs 3] [--fuzz 2000] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import random
+import sys
+import time
+from typing import Any
+
+from benchmarks import fuzz_wire
+from benchmarks.common import write_result
+from cola_fed.config import RunConfig
+from cola_fed.errors import PayloadError, ProtocolError
+from cola_fed.federation.adversary import (
+    NODE_HELLO_ATTACKS,
+    NODE_TRAIN_ATTACKS,
+    RELAY_HELLO_REWRITES,
+    hostile_node,
+)
+from cola_fed.federation.client import STATE_SESSION
+from cola_fed.federation.local_grid import LocalGrid
+from cola_fed.federation.protocol import HelloClaim, HelloTranscript, TrainOrder, TrainReport
+from cola_fed.federation.server import build_strategy
+
+DIGITS = {"task.name": "digits", "task.batch-size": 16, "task.eval-batches": 2,
+          "optimizer.lr": 0.01, "strategy.min-available-nodes": 1,
+          "strategy.max-failures": 1000}  # count every refusal; quarantine is tested apart
+ROUNDS, HOSTILE, HONEST = 3, 1001, (1000, 1002)
+
+
+def federation(grid_options: dict, *, victim_config: dict | None = None):
+    """A 3-node digits run of ``ROUNDS`` rounds; (strategy, grid, aborted)."""
+    strategy = build_strategy(RunConfig.from_flat({**DIGITS, "num-server-rounds": ROUNDS}))
+    grid = LocalGrid(3, **grid_options)
+    grid.contexts[HOSTILE].node_config.update(victim_config or {})
+    try:
+        strategy.start(grid, num_rounds=ROUNDS, timeout=30)
+    except Exception as err:  # an abort: what this benchmark exists to find
+        return strategy, grid, repr(err)
+    return strategy, grid, None
+
+
+def honest_ok(strategy) -> bool:
+    return all(n in strategy.sessions and strategy.sessions[n].rounds_trained == ROUNDS
+               for n in HONEST)
+
+
+def node_train_class(rewrite) -> dict[str, int]:
+    strategy, _, aborted = federation({"handlers": {HOSTILE: hostile_node(rewrite)}})
+    hostile = strategy.sessions.get(HOSTILE)
+    accepted = hostile.rounds_trained if hostile else 0
+    return {"cases": ROUNDS, "refused": ROUNDS - accepted, "accepted": accepted, "escaped": 0,
+            "aborts": int(aborted is not None), "honest-ok": int(honest_ok(strategy))}
+
+
+def node_hello_class(rewrite) -> dict[str, int]:
+    strategy, _, aborted = federation({"handlers": {HOSTILE: hostile_node(rewrite, on="hello")}})
+    accepted = int(HOSTILE in strategy.sessions)
+    return {"cases": 1, "refused": 1 - accepted, "accepted": accepted, "escaped": 0,
+            "aborts": int(aborted is not None), "honest-ok": int(honest_ok(strategy))}
+
+
+def relay_hello_class(rewrite, folder) -> dict[str, int]:
+    def relay(node, msg):
+        return rewrite(msg) if node == HOSTILE and msg.metadata.message_type == "query" else msg
+
+    strategy, grid, aborted = federation({"message_filter": relay}, victim_config={
+        "graph-cache": str(folder / "graphs"), "backend": "onnx"})
+    accepted = int(STATE_SESSION in grid.contexts[HOSTILE].state)
+    return {"cases": 1, "refused": 1 - accepted, "accepted": accepted, "escaped": 0,
+            "aborts": int(aborted is not None), "honest-ok": int(honest_ok(strategy))}
+
+
+def protocol_fuzz(cases: int, seed: int) -> dict[str, dict[str, int]]:
+    """Random field rewrites of a real hello transcript and of control messages."""
+    strategy = build_strategy(RunConfig.from_flat({**DIGITS, "edge.graphs": False}))
+    from cola_fed.wire import public_bytes
+
+    base = json.loads(HelloTranscript(1, 2, 3, public_bytes(strategy.identity), bytes(32),
+                                      strategy.plan).encode())
+    rng = random.Random(seed)
+    junk = [None, True, -1, 2**70, 1e308, "", "x" * 5000, [], {}, [[]], {"a": 1}, "nan", 0.5]
+    results = {}
+    controls = {"hello claim": (HelloClaim, {"partition-id": 1, "num-examples": 5,
+                                             "backend": "torch"}),
+                "train order": (TrainOrder, {"round": 1, "acknowledged": 1}),
+                "train report": (TrainReport, {"round": 1, "loss": 1.0, "num-examples": 5,
+                                               "grad-norm": 0.1, "step": 1})}
+    targets = {"transcript fields": (HelloTranscript, base),
+               **{f"{k} fields": v for k, v in controls.items()}}
+    for name, (kind, valid) in targets.items():
+        counts = {"cases": cases, "refused": 0, "accepted": 0, "escaped": 0}
+        paths = list(_paths(valid))
+        for _ in range(cases):
+            raw = copy.deepcopy(valid)
+            path = rng.choice(paths)
+            target = raw
+            for key in path[:-1]:
+                target = target[key]
+            if rng.random() < 0.2 and isinstance(target, dict):
+                del target[path[-1]]
+            else:
+                target[path[-1]] = rng.choice(junk)
+            try:
+                kind.decode(json.dumps(raw).encode())
+                counts["accepted"] += 1  # a valid value of the right type: legitimate
+            except (ProtocolError, PayloadError):
+                counts["refused"] += 1
+            except Exception:
+                counts["escaped"] += 1
+        results[f"protocol: {name}"] = counts
+    return results
+
+
+def _paths(value, prefix=()):
+    if prefix:
+        yield prefix
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _paths(child, (*prefix, key))
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            yield from _paths(child, (*prefix, i))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="federation runs per class")
+    parser.add_argument("--fuzz", type=int, default=2000, help="fuzz cases per class")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.getLogger("cola_fed").setLevel(logging.CRITICAL)  # refusals are expected here
+    logging.getLogger("flwr").setLevel(logging.CRITICAL)
+    import tempfile
+    from pathlib import Path
+
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    plans = [(f"node train: {n}", lambda r=r: node_train_class(r))
+             for n, (r, _) in NODE_TRAIN_ATTACKS.items()]
+    plans += [(f"node hello: {n}", lambda r=r: node_hello_class(r))
+              for n, (r, _) in NODE_HELLO_ATTACKS.items()]
+    plans += [(f"relay hello: {n}", lambda r=r: relay_hello_class(r, Path(tempfile.mkdtemp())))
+              for n, r in RELAY_HELLO_REWRITES.items()]
+    for name, one_run in plans:
+        total: dict[str, int] = {}
+        for _ in range(args.runs):
+            for key, value in one_run().items():
+                total[key] = total.get(key, 0) + value
+        results[name] = total
+        print(f"{name:45s} {total}", file=sys.stderr, flush=True)
+    results.update(protocol_fuzz(args.fuzz, args.seed))
+    pool = [{kind: fuzz_wire.take_apart(kind, blob)
+             for kind, blob in fuzz_wire.valid_payloads(s).items()} for s in range(8)]
+    for name in fuzz_wire.CLASSES:
+        results[f"wire: {name}"] = fuzz_wire.run_class(name, args.fuzz, args.seed, pool)
+    groups: dict[str, dict[str, int]] = {}
+    for name, counts in results.items():
+        group = groups.setdefault(name.split(":")[0], {})
+        for key in ("cases", "refused", "accepted", "escaped", "aborts", "honest-ok"):
+            group[key] = group.get(key, 0) + int(counts.get(key, 0))
+    path = write_result("hostile", {"runs": args.runs, "fuzz": args.fuzz, "seed": args.seed,
+                                    "seconds": time.perf_counter() - started,
+                                    "classes": results, "groups": groups})
+    print(f"{'group':14s} {'classes':>7s} {'cases':>7s} {'refused':>8s} {'accepted':>9s} "
+          f"{'escaped':>8s} {'aborts':>7s}")
+    for group, counts in groups.items():
+        classes = sum(1 for n in results if n.split(":")[0] == group)
+        print(f"{group:14s} {classes:7d} {counts['cases']:7d} {counts['refused']:8d} "
+              f"{counts['accepted']:9d} {counts['escaped']:8d} {counts['aborts']:7d}")
+    print(f"wrote {path}")
+    bad = any(c["escaped"] or c.get("aborts") for c in results.values()) or any(
+        results[n]["accepted"] for n in results if not n.startswith(("wire", "protocol")))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
