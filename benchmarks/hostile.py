@@ -30,6 +30,7 @@ from cola_fed.federation.adversary import (
     NODE_TRAIN_ATTACKS,
     RELAY_HELLO_REWRITES,
     hostile_node,
+    json_paths,
 )
 from cola_fed.federation.client import STATE_SESSION
 from cola_fed.federation.local_grid import LocalGrid
@@ -104,7 +105,7 @@ def protocol_fuzz(cases: int, seed: int) -> dict[str, dict[str, int]]:
                **{f"{k} fields": v for k, v in controls.items()}}
     for name, (kind, valid) in targets.items():
         counts = {"cases": cases, "refused": 0, "accepted": 0, "escaped": 0}
-        paths = list(_paths(valid))
+        paths = list(json_paths(valid))
         for _ in range(cases):
             raw = copy.deepcopy(valid)
             path = rng.choice(paths)
@@ -124,17 +125,6 @@ def protocol_fuzz(cases: int, seed: int) -> dict[str, dict[str, int]]:
                 counts["escaped"] += 1
         results[f"protocol: {name}"] = counts
     return results
-
-
-def _paths(value, prefix=()):
-    if prefix:
-        yield prefix
-    if isinstance(value, dict):
-        for key, child in value.items():
-            yield from _paths(child, (*prefix, key))
-    elif isinstance(value, list):
-        for i, child in enumerate(value):
-            yield from _paths(child, (*prefix, i))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from cola_fed.config import RunConfig
 from cola_fed.errors import ConfigError, PayloadError, ProtocolError
+from cola_fed.federation.adversary import json_paths
 from cola_fed.federation.protocol import (
     Hello,
     HelloClaim,
@@ -105,18 +106,8 @@ JSON = st.recursive(
     max_leaves=12)
 
 
-def _paths(value, prefix=()):
-    yield prefix
-    if isinstance(value, dict):
-        for key, child in value.items():
-            yield from _paths(child, (*prefix, key))
-    elif isinstance(value, list):
-        for i, child in enumerate(value):
-            yield from _paths(child, (*prefix, i))
-
-
 BASE = json.loads(transcript().encode())
-PATHS = [p for p in _paths(BASE) if p]
+PATHS = list(json_paths(BASE))
 
 
 @FUZZ

@@ -261,3 +261,15 @@ RELAY_HELLO_REWRITES: dict[str, Callable[[Message], Message]] = {
     "re-signed by the relay's own key": lambda m: rewrite_transcript(
         m, set_in_plan(["interval"], 2), resign_with=Ed25519PrivateKey.generate()),
 }
+
+
+def json_paths(value, prefix: tuple = ()):
+    """Every path to a field or item of a decoded JSON value (for fuzzers that rewrite one)."""
+    if prefix:
+        yield prefix
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from json_paths(child, (*prefix, key))
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            yield from json_paths(child, (*prefix, i))
