@@ -142,7 +142,7 @@ def _export_edge(args: argparse.Namespace) -> int:
             manifests[suffix][key.name] = content_hash(data)
             print(f"{key.name}.{suffix}  {len(data):,} bytes  sha256 "
                   f"{manifests[suffix][key.name][:16]}...")
-    # manifest.json lists exactly what the server ships at hello (its graph-hashes)
+    # manifest.json lists the hashes the server signs into the plan (its "graphs")
     for suffix, name in (("onnx", "manifest.json"), ("ort", "manifest-ort.json")):
         if manifests[suffix]:
             (out / name).write_text(json.dumps(manifests[suffix], indent=2) + "\n")

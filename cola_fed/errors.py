@@ -35,8 +35,8 @@ class MalformedPayloadError(PayloadError):
 
 
 class AuthenticationError(PayloadError):
-    """The sealed payload failed authentication: tampered, for another node, round, direction
-    or kind, or sealed under another key."""
+    """The sealed payload failed authentication (tampered, for another node, direction or kind,
+    or sealed under another key or hello), or a hello's signature does not verify."""
 
 
 class ReplayError(PayloadError):
@@ -44,7 +44,7 @@ class ReplayError(PayloadError):
 
 
 class UntrustedKeyError(PayloadError):
-    """The peer's public key does not match the pinned fingerprint."""
+    """The server's identity key does not match the fingerprint a node pins or remembers."""
 
 
 class ProtocolError(ColaError, RuntimeError):

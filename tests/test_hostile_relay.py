@@ -177,3 +177,49 @@ def test_relay_edits_of_train_messages_fail_for_that_message_alone(caplog):
             for name, value in params.items():
                 np.testing.assert_allclose(lossy.sessions[node].adapters[layer][name], value,
                                            rtol=0, atol=1e-6)
+
+
+def test_replies_lost_several_rounds_in_a_row_lose_nothing():
+    """A relay drops node 1001's replies in rounds 1 and 2: the node resumes each time from the
+    state the server holds, and ends with the adapters of a clean run of its accepted steps."""
+    def drop(node, reply):
+        if node == VICTIM and reply.metadata.message_type == "train" and \
+                reply.metadata.group_id in ("1", "2"):
+            return None
+        return reply
+
+    lossy, _ = run({}, nodes=2, rounds=5, reply_filter=drop)
+    clean, _ = run({}, nodes=2, rounds=3)
+    assert lossy.sessions[VICTIM].rounds_trained == 3
+    for layer, params in clean.sessions[VICTIM].adapters.items():
+        for name, value in params.items():
+            np.testing.assert_allclose(lossy.sessions[VICTIM].adapters[layer][name], value,
+                                       rtol=0, atol=1e-6)
+
+
+def test_trust_on_first_use_learns_only_from_a_hello_fit_to_act_on(tmp_path):
+    """A correctly signed hello meant for another node is refused, and its key not remembered."""
+    known = tmp_path / "known-servers.json"
+    hellos = {}
+
+    def redirect(node, msg):
+        if msg.metadata.message_type == "query":
+            hellos[node] = msg.content
+            if node == VICTIM:
+                msg.content = hellos[1000]
+        return msg
+
+    config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 1})
+    strategy = build_strategy(config)
+    grid = LocalGrid(2, message_filter=redirect)
+    grid.contexts[VICTIM].node_config["known-servers"] = str(known)
+    strategy.start(grid, num_rounds=1, timeout=30)
+    assert KnownServers(known).entries() == {}
+
+
+def test_a_server_key_path_that_does_not_exist_is_an_error(tmp_path):
+    from cola_fed.errors import ConfigError
+
+    config = RunConfig.from_flat({**DIGITS, "wire.server-key": str(tmp_path / "typo.pem")})
+    with pytest.raises(ConfigError, match=r"typo\.pem"):
+        build_strategy(config)

@@ -92,7 +92,7 @@ def test_node_caps_from_node_config():
         with pytest.raises(ConfigError):
             NodeCaps.from_node_config(bad)
     with pytest.raises(ProtocolError, match="max-width"):
-        NodeCaps(max_width=32).check(plan())
+        NodeCaps(max_width=32).check(plan(), 0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class GraphKey:
 def graph_keys(layout: Layout, specs: Iterable[SpecLike],
                optimizer: OptimizerSpec) -> dict[str, GraphKey]:
     """``name -> key`` of every graph needed to train ``layout`` under any of ``specs`` (one
-    per kind of node: e.g. ``RunSpec.specs_for`` of each partition class)."""
+    per kind of node: e.g. ``Plan.all_specs()``)."""
     keys = {}
     for spec in specs:
         for layer, layer_spec in assign_specs(layout, spec).items():

@@ -113,7 +113,7 @@ def handle_hello(msg: Message, context: Context) -> Message:
     session = NodeSession(node_key=_raw_key(key), transcript=_raw(msg),
                           partition_id=partition_id, backend=backend, sent=channel.state.sent,
                           received=channel.state.received, drawn=len(batches),
-                          drawn_acked=len(batches))
+                          drawn_acked=len(batches), acked=channel.state.sent)
     _save(context, session, learner=blob, learner_acked=blob)
     log.info("hello: partition %d joins on the %s backend", partition_id, backend)
     return Message(HelloReply(public_bytes(key), sealed).to_record(), reply_to=msg)
@@ -139,9 +139,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     if order.round <= session.last_round:
         raise ReplayError(f"a TRAIN order for round {order.round}, after round "
                           f"{session.last_round}: rounds only go forward")
-    if order.acknowledged not in (session.sent, session.sent - 1) or order.acknowledged < 1:
+    if order.acknowledged not in (session.sent, session.acked):
         raise ProtocolError(f"the server acknowledges message #{order.acknowledged}; this node "
-                            f"sent #{session.sent} last")
+                            f"holds the states of #{session.sent} and #{session.acked}")
     names = [adaptation_part(i) for i in range(plan.interval)]
     expect_parts(parts, names, "a TRAIN order")
     chunks = [decode_adaptation(parts.pop(name), layout=plan.layout, limits=limits)
@@ -179,6 +179,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     session.sent, session.received = channel.state.sent, channel.state.received
     session.last_round, session.drawn, session.drawn_acked = (order.round, drawn + len(batches),
                                                               drawn)
+    session.acked = order.acknowledged
     _save(context, session, learner=learner.to_bytes(), learner_acked=base_blob)
     return Message(Sealed(sealed).to_record(), reply_to=msg)
 
@@ -193,23 +194,23 @@ def _checked_hello(msg: Message, context: Context, caps: NodeCaps) -> HelloTrans
     replayed hello does not reset the session), and its plan is within this node's caps."""
     hello = Hello.from_record(msg.content)
     verify_transcript(hello.identity, hello.transcript, hello.signature)
-    config = context.node_config
-    pinned = config.get("server-key-fingerprint") or None
-    KnownServers(config.get("known-servers") or None).check(
-        str(config.get("federation") or "default"), hello.identity, pinned=pinned)
     transcript = HelloTranscript.decode(hello.transcript)
     if transcript.identity != hello.identity:
         raise ProtocolError("the hello's transcript names another server identity")
     if (transcript.run_id, transcript.node_id) != (context.run_id, context.node_id):
         raise ProtocolError(f"a hello for run {transcript.run_id} and node {transcript.node_id} "
                             f"reached node {context.node_id} of run {context.run_id}")
+    config = context.node_config  # only a hello fit to act on teaches trust on first use
+    pinned = config.get("server-key-fingerprint") or None
+    KnownServers(config.get("known-servers") or None).check(
+        str(config.get("federation") or "default"), hello.identity, pinned=pinned)
     if STATE_SESSION in context.state:
         previous = HelloTranscript.decode(
             NodeSession.from_record(context.state[STATE_SESSION]).transcript)
         if previous.identity != transcript.identity or transcript.hello_id <= previous.hello_id:
             raise ReplayError("a second hello for this run that is not a newer one from the same "
                               "server; the session is kept")
-    caps.check(transcript.plan)
+    caps.check(transcript.plan, _partition(context)[0])
     return transcript
 
 

@@ -439,8 +439,9 @@ class NodeCaps:
     def max_payload_bytes(self) -> int:
         return int(self.max_payload_mb * 1e6)
 
-    def check(self, plan: Plan) -> None:
-        """Refuse a plan that asks for more than this node allows, naming the cap."""
+    def check(self, plan: Plan, partition_id: int) -> None:
+        """Refuse a plan that asks for more than this node (with this partition) allows,
+        naming the cap."""
         task = plan.task
         asks = [("max-interval", plan.interval, self.max_interval),
                 ("max-batch-size", task.batch_size, self.max_batch_size),
@@ -449,9 +450,8 @@ class NodeCaps:
                 ("max-layers", len(plan.layout), self.max_layers)]
         asks += [("max-width", max(max(layer.d_in, layer.d_out) for layer in plan.layout),
                   self.max_width)]
-        for specs in plan.node_specs:
-            for spec in specs.values():
-                asks.append(("max-width", max(spec.rank, *spec.hidden_sizes), self.max_width))
+        for spec in plan.specs_for(partition_id).values():
+            asks.append(("max-width", max(spec.rank, *spec.hidden_sizes), self.max_width))
         for key, asked, cap in asks:
             if asked > cap:
                 raise ProtocolError(f"the server asks for {asked}, above this node's {key} = "
@@ -698,8 +698,11 @@ def open_bundle(channel: SecureChannel, sealed: bytes | memoryview, kind: str,
                 ) -> tuple[Control, dict[str, memoryview]]:
     """Open a sealed bundle and decode its control message; the other parts stay encoded
     (each is decoded by its own strict decoder)."""
-    plaintext = channel.open(sealed, kind=kind)
     size = (limits or Limits()).max_bytes  # a part is a byte string: its "rows" are bytes
+    if len(sealed) > size + 64:  # refused before it is decrypted (64: envelope and tag)
+        raise PayloadError(f"a sealed {kind} payload of {len(sealed)} bytes exceeds the cap "
+                           f"{size}")
+    plaintext = channel.open(sealed, kind=kind)
     parts = decode_bundle(plaintext, limits=Limits(max_bytes=size, max_rows=size))
     if PART_CONTROL not in parts:
         raise ProtocolError(f"a sealed {kind} bundle has no control part")
@@ -735,8 +738,12 @@ class NodeSession:
     last_round: int = 0
     drawn: int = 0
     drawn_acked: int = 0
+    #: the counter of the message whose learner state the server holds, when it is not the
+    #: latest (``cola-learner-acked`` and ``drawn_acked`` are that state)
+    acked: int = 0
 
-    _INTS: ClassVar = ("partition_id", "sent", "received", "last_round", "drawn", "drawn_acked")
+    _INTS: ClassVar = ("partition_id", "sent", "received", "last_round", "drawn", "drawn_acked",
+                       "acked")
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()})

@@ -15,7 +15,7 @@ from cola_fed.federation.strategy import ColaStrategy
 from cola_fed.gl.engine import ServerEngine
 from cola_fed.tasks.base import get_task
 from cola_fed.wire import encode_adapter_state
-from cola_fed.wire.identity import load_or_create_identity
+from cola_fed.wire.identity import load_identity, load_or_create_identity
 
 log = logging.getLogger("cola_fed")
 
@@ -25,7 +25,10 @@ def build_strategy(config: RunConfig) -> ColaStrategy:
     engine = ServerEngine(task.build_model(), targets=list(task.targets),
                           mode=config.strategy.mode,
                           max_batch_size=config.strategy.max_server_batch)
-    identity = load_or_create_identity(config.wire.server_key or None)
+    # a key named in the config must exist (a typo must not mint a new identity); the default
+    # one is created on first use
+    path = config.wire.server_key
+    identity = load_identity(path) if path else load_or_create_identity()
     return ColaStrategy(engine, task, config, identity=identity)
 
 
