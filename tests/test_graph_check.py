@@ -353,3 +353,39 @@ def test_exported_graphs_round_trip_through_the_cache(tmp_path, exported):
         cache.put(name, model, content_hash(model))
         assert cache.get(name, content_hash(model)) == model
     assert len(os.listdir(tmp_path)) == 3
+
+
+def test_an_onnx_and_ort_format_polyglot_is_refused_and_never_loaded_as_ort():
+    """Bytes that parse as a harmless ONNX model (no nodes) but carry an ORT-format model that
+    ONNX Runtime would load by its "ORTM" mark at bytes 4-8, running operators outside the
+    allow-list: the check refuses the mark, and the learner's sessions read ONNX only."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from cola_fed.edge.mobile import to_ort_format
+
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "evil",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    ort_model = to_ort_format(model.SerializeToString())
+    root = 0x08 | (0x0D << 16)  # bytes 0-3: a flatbuffer root offset and valid protobuf
+    head = bytes([0x08, 0, 0x0D, 0]) + b"ORTM" + bytes(4)
+    start, tag = root - int.from_bytes(ort_model[:4], "little"), bytes([0xC2, 0x3E])
+    pad = start - len(head) - len(tag) - 3  # a 3-byte length varint
+    body = bytes(pad) + ort_model
+    size = len(body)
+    polyglot = head + tag + bytes([size & 0x7F | 0x80, size >> 7 & 0x7F | 0x80, size >> 14]) \
+        + body + b"\x3a\x00"
+    assert polyglot.index(ort_model) == start
+    ort.InferenceSession(polyglot, providers=["CPUExecutionProvider"])  # ORT would run it
+    with pytest.raises(GraphError, match="ORT format"):
+        check_graph(polyglot, name="polyglot")
+    with pytest.raises(GraphError):
+        check_graph(ort_model, name="ort")
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.load_model_format", "ONNX")
+    with pytest.raises(Exception):  # noqa: B017 - what the learner's sessions are told
+        ort.InferenceSession(ort_model, options, providers=["CPUExecutionProvider"])

@@ -223,3 +223,31 @@ def test_a_server_key_path_that_does_not_exist_is_an_error(tmp_path):
     config = RunConfig.from_flat({**DIGITS, "wire.server-key": str(tmp_path / "typo.pem")})
     with pytest.raises(ConfigError, match=r"typo\.pem"):
         build_strategy(config)
+
+
+def test_replayed_or_oversized_replies_are_refused_unopened_and_not_held_against_the_node(caplog):
+    """A relay re-delivering a node's reply, or padding one to a gigabyte-scale size, gets it
+    refused before decryption (the cap comes from the plan) and never quarantines the node."""
+    seen = {}
+
+    def relay(node, reply):
+        if node != VICTIM or reply.metadata.message_type != "train" or reply.has_error():
+            return reply
+        rnd = reply.metadata.group_id
+        if rnd == "1":
+            seen["first"] = reply.content
+        elif rnd in ("2", "3", "4"):  # the round-1 reply again: replays
+            reply.content = seen["first"]
+        elif rnd == "5":  # a reply padded past any reply the plan allows
+            from cola_fed.federation.protocol import SEALED
+            from cola_fed.federation.records import blob_to_record, record_to_blob
+
+            blob = bytes(record_to_blob(reply.content[SEALED]))
+            reply.content[SEALED] = blob_to_record(blob + bytes(5_000_000))
+        return reply
+
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, _ = run({"strategy.max-failures": 2}, nodes=2, rounds=6, reply_filter=relay)
+    victim = strategy.sessions[VICTIM]
+    assert not victim.quarantined and victim.rounds_trained == 2  # rounds 1 and 6
+    assert caplog.text.count("ReplayError") == 3 and "exceeds the cap" in caplog.text

@@ -314,3 +314,22 @@ def test_two_processes_remembering_concurrently_both_end_up_in_a_valid_file(home
     entries = KnownServers(path).entries()
     assert set(entries) == {f"{prefix}-{i}" for prefix in "ab" for i in range(100)}
     assert entries["a-3"] == entries["b-3"] == fingerprint(bytes([3]) * 32)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="changing a file's owner needs root")
+def test_files_another_user_owns_are_refused(tmp_path):
+    """In a shared COLA_FED_HOME another user could plant a known-servers file that trusts an
+    attacker, or an identity of its own: neither is read."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    known = tmp_path / "known-servers.json"
+    KnownServers(known).check("default", bytes(32))
+    os.chown(known, 65534, 65534)
+    with pytest.raises(ConfigError, match="belongs to user 65534"):
+        KnownServers(known).check("default", bytes(32))
+    key = tmp_path / "server-identity.pem"
+    save_identity(Ed25519PrivateKey.generate(), key)
+    os.chown(key, 65534, 65534)
+    with pytest.raises(ConfigError, match="belongs to user 65534"):
+        load_identity(key)

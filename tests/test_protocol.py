@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -172,3 +173,12 @@ def test_fuzz_stored_session(key, value):
     record = ConfigRecord({**GOOD_SESSION, key: value})
     with contextlib.suppress(ProtocolError):
         NodeSession.from_record(record)
+
+
+def test_node_caps_bound_the_adapters_a_plan_asks_for():
+    """Every dimension within its cap, but together adapters larger than a reply may be."""
+    wide = dataclasses.replace(plan(), layout=Layout(tuple(
+        LayerInfo(f"l{i}", 8192, 8192) for i in range(4))))
+    with pytest.raises(ProtocolError, match="adapters take"):
+        NodeCaps(max_payload_mb=64).check(wide, 1)  # partition 1: a Linear adapter
+    NodeCaps(max_payload_mb=2048).check(wide, 1)

@@ -251,3 +251,39 @@ def test_tensors_must_tile_the_data_section():
         forged = len(raw).to_bytes(8, "little") + raw + blob[8 + size:] + b"\0" * 8
         with pytest.raises(MalformedPayloadError):
             decode_batch(forged)
+
+
+def test_an_empty_tensor_with_huge_other_dimensions_is_refused():
+    """0 elements, but dimensions whose product overflows numpy's index range."""
+    header = {"b/x": {"dtype": "F32", "shape": [2**26, 2**26, 2**26, 0], "data_offsets": [0, 0]},
+              "__metadata__": {"cola": json.dumps({"format": 1, "kind": "batch",
+                                                   "keys": ["x"]})}}
+    text = json.dumps(header).encode()
+    with pytest.raises(MalformedPayloadError, match="invalid shape"):
+        decode_batch(struct.pack("<Q", len(text)) + text)
+
+
+def test_an_adapter_state_listing_a_layer_without_tensors_is_refused():
+    layout = Layout((LayerInfo("fc", 4, 3),))
+    expected = {"fc": {"A": (2, 4), "B": (3, 2)}}
+    tensors = {"a/fc/A": np.zeros((2, 4), np.float32), "a/fc/B": np.zeros((3, 2), np.float32)}
+    blob = pack("adapter-state", tensors, {"layers": ["fc", "evil.layer"]})
+    with pytest.raises(MalformedPayloadError):
+        decode_adapter_state(blob, layout=layout, expected_shapes=expected)
+
+
+def test_an_odd_npy_header_around_a_sealed_blob_is_refused():
+    import io
+
+    from flwr.app import Array, ArrayRecord
+
+    from cola_fed.federation.records import NUMPY_STYPE, PAYLOAD_KEY, record_to_blob
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (4,)})
+    raw = header.getvalue().replace(b"'|u1'", b"(('|u1',),)")
+    record = ArrayRecord({PAYLOAD_KEY: Array(dtype="uint8", shape=(4,), stype=NUMPY_STYPE,
+                                             data=raw + b"abcd")})
+    with pytest.raises(MalformedPayloadError):
+        record_to_blob(record)

@@ -77,6 +77,10 @@ class _Refused(Exception):
     """Internal: why a graph is refused; :func:`check_graph` adds the graph's name."""
 
 
+#: bytes 4-8 of an ORT-format model: ONNX Runtime loads such bytes in its own format
+ORT_FORMAT_MARK = b"ORTM"
+
+
 def check_graph(model: bytes, *, name: str, max_bytes: int = 16 * 2**20) -> None:
     """Raise :class:`GraphError` unless ``model`` is an ONNX model that only uses what the
     exporter emits: operators of :data:`ALLOWED_OPS` in the default domain, tensors with their
@@ -87,6 +91,10 @@ def check_graph(model: bytes, *, name: str, max_bytes: int = 16 * 2**20) -> None
             raise _Refused(f"expected bytes, got {type(model).__name__}")
         if len(model) > max_bytes:
             raise _Refused(f"{len(model):,} bytes is over the limit of {max_bytes:,}")
+        if bytes(model[4:8]) == ORT_FORMAT_MARK:
+            # ONNX Runtime would load these bytes as an ORT-format model, whatever else they
+            # parse as; sessions are also told to read ONNX only (ort_learner)
+            raise _Refused("it carries the ORT format mark at bytes 4-8")
         _check_model(memoryview(model))
     except _Refused as err:
         raise GraphError(f"train-step graph {name!r}: {err}; refused") from None

@@ -69,6 +69,8 @@ class OrtLearner:
         # small devices: no pre-allocated arena, no memory-pattern planning across runs
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
+        # ONNX only: an ORT-format model would escape the graph checks (graph_check.py)
+        options.add_session_config_entry("session.load_model_format", "ONNX")
         by_graph: dict[str, Any] = {}  # layers of one shape and kind share one session
         self._sessions = {}
         for name, layer_spec in self.specs.items():

@@ -225,7 +225,7 @@ NODE_TRAIN_ATTACKS: dict[str, tuple[Rewrite, str]] = {
 #: class -> (rewrite of a hostile node's hello reply, what the server's refusal names)
 NODE_HELLO_ATTACKS: dict[str, tuple[Rewrite, str]] = {
     "a partition another node holds": (control_edit(lambda c: json.dumps(
-        {**c, "partition-id": 0}).encode()), "already held"),
+        {**c, "partition-id": 0}).encode()), "claim partition"),
     "a partition id out of range": (control_edit(lambda c: json.dumps(
         {**c, "partition-id": 2**40}).encode()), "ProtocolError"),
     "an unknown backend": (control_edit(lambda c: json.dumps(

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 from flwr.app import ConfigRecord, RecordDict
 
+from cola_fed.adapters.init import param_shapes
 from cola_fed.adapters.spec import ACTIVATIONS, ADAPTER_KINDS, AdapterSpec
 from cola_fed.config import (
     BACKENDS,
@@ -48,7 +49,7 @@ from cola_fed.config import (
 )
 from cola_fed.errors import ConfigError, PayloadError, ProtocolError
 from cola_fed.federation.records import blob_to_record, record_to_blob
-from cola_fed.gl.layout import MODULE_TYPES, LayerInfo, Layout
+from cola_fed.gl.layout import MODULE_TYPES, LayerInfo, Layout, assign_specs
 from cola_fed.gl.optim_spec import OPTIMIZERS, OptimizerSpec
 from cola_fed.wire import SecureChannel, decode_bundle, encode_bundle
 from cola_fed.wire.codec import WIRE_DTYPES, Limits
@@ -457,6 +458,14 @@ class NodeCaps:
                 raise ProtocolError(f"the server asks for {asked}, above this node's {key} = "
                                     f"{cap}; refused (raise the cap in the node config if the "
                                     "run is legitimate)")
+        # the adapters travel in every reply: their total bounds the learner the node builds
+        specs = assign_specs(plan.layout, plan.specs_for(partition_id))
+        adapter_bytes = sum(4 * math.prod(shape) for name, spec in specs.items()
+                            for shape in param_shapes(spec, plan.layout[name].d_in,
+                                                      plan.layout[name].d_out).values())
+        if adapter_bytes > self.max_payload_bytes:
+            raise ProtocolError(f"the plan's adapters take {adapter_bytes / 1e6:.1f} MB, above "
+                                f"this node's max-payload-mb = {self.max_payload_mb}; refused")
 
     def limits(self, plan: Plan) -> Limits:
         """Decoding limits of a payload from the server under this plan."""
@@ -693,20 +702,35 @@ def seal_bundle(channel: SecureChannel, kind: str, control: Control,
     return channel.seal(encode_bundle({PART_CONTROL: control.encode(), **parts}), kind=kind)
 
 
-def open_bundle(channel: SecureChannel, sealed: bytes | memoryview, kind: str,
-                control: type[Control], *, limits: Limits | None = None,
-                ) -> tuple[Control, dict[str, memoryview]]:
-    """Open a sealed bundle and decode its control message; the other parts stay encoded
-    (each is decoded by its own strict decoder)."""
-    size = (limits or Limits()).max_bytes  # a part is a byte string: its "rows" are bytes
-    if len(sealed) > size + 64:  # refused before it is decrypted (64: envelope and tag)
+def open_sealed(channel: SecureChannel, sealed: bytes | memoryview, kind: str, *,
+                limits: Limits | None = None) -> bytes:
+    """A sealed bundle's plaintext; a payload over ``limits.max_bytes`` is refused before it
+    is decrypted."""
+    size = (limits or Limits()).max_bytes
+    if len(sealed) > size + 64:  # 64: the envelope's header and tag
         raise PayloadError(f"a sealed {kind} payload of {len(sealed)} bytes exceeds the cap "
                            f"{size}")
-    plaintext = channel.open(sealed, kind=kind)
-    parts = decode_bundle(plaintext, limits=Limits(max_bytes=size, max_rows=size))
+    return channel.open(sealed, kind=kind)
+
+
+def read_bundle(plaintext: bytes, kind: str, control: type[Control]
+                ) -> tuple[Control, dict[str, memoryview]]:
+    """An opened bundle's control message, decoded, and its other parts, still encoded (each
+    is decoded by its own strict decoder)."""
+    size = len(plaintext)  # a part is a byte string: its "rows" are bytes
+    parts = decode_bundle(plaintext, limits=Limits(max_bytes=max(size, 8),
+                                                   max_rows=max(size, 8)))
     if PART_CONTROL not in parts:
         raise ProtocolError(f"a sealed {kind} bundle has no control part")
     return control.decode(parts.pop(PART_CONTROL)), parts
+
+
+def open_bundle(channel: SecureChannel, sealed: bytes | memoryview, kind: str,
+                control: type[Control], *, limits: Limits | None = None,
+                ) -> tuple[Control, dict[str, memoryview]]:
+    """Open a sealed bundle and decode its control message (:func:`open_sealed`, then
+    :func:`read_bundle`)."""
+    return read_bundle(open_sealed(channel, sealed, kind, limits=limits), kind, control)
 
 
 def expect_parts(parts: Mapping[str, Any], names: list[str], what: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import random
 import statistics
 import time
@@ -50,6 +51,8 @@ from cola_fed.federation.protocol import (
     eval_part,
     expect_parts,
     open_bundle,
+    open_sealed,
+    read_bundle,
     seal_bundle,
 )
 from cola_fed.gl.data import AdaptationData
@@ -198,6 +201,7 @@ class ColaStrategy(Strategy):
                 self.sessions[node] = self._open_hello(node, reply, run_id, transcripts[node])
             except Exception as err:
                 log.warning("hello: refused node %s: %s: %s", node, type(err).__name__, err)
+        self._refuse_contested_partitions()
         if len(self.sessions) < self.config.strategy.min_train_nodes:
             raise RunStopped(f"{len(self.sessions)} nodes completed the hello round, fewer than "
                              f"strategy.min-train-nodes = {self.config.strategy.min_train_nodes}")
@@ -226,12 +230,7 @@ class ColaStrategy(Strategy):
         channel = SecureChannel(self.exchange, hello.node_public, role="server", run_id=run_id,
                                 node_id=node, transcript=transcript)
         claim, parts = open_bundle(channel, hello.sealed, KIND_HELLO, HelloClaim,
-                                   limits=self._limits)
-        holder = next((s.node_id for s in self.sessions.values()
-                       if s.partition_id == claim.partition_id), None)
-        if holder is not None:
-            raise ProtocolError(f"partition {claim.partition_id} is already held by node "
-                                f"{holder}; two nodes may not hold one partition")
+                                   limits=self._reply_limits(None, upload=True))
         task, upload = self.plan.task, self.plan.data_mode == "upload"
         batches = [PART_TRAIN] if upload else [batch_part(i) for i in range(self.plan.interval)]
         evals = [eval_part(i) for i in range(task.eval_batches)]
@@ -248,6 +247,20 @@ class ColaStrategy(Strategy):
         else:
             session.pending = [self._checked_batch(parts[name], name) for name in batches]
         return session
+
+    def _refuse_contested_partitions(self) -> None:
+        """Two nodes may not hold one partition. Claims are not proof (nodes have no long-term
+        identity of their own), so the first claim has no right over a later one: every node
+        claiming a contested partition is refused, and none takes another's place."""
+        claims = collections.defaultdict(list)
+        for node, session in self.sessions.items():
+            claims[session.partition_id].append(node)
+        for partition, nodes in claims.items():
+            if len(nodes) > 1:
+                log.warning("hello: refused nodes %s: ProtocolError: they all claim partition %d;"
+                            " two nodes may not hold one partition", sorted(nodes), partition)
+                for node in nodes:
+                    del self.sessions[node]
 
     # ----------------------------------------------------------------------------------------
     # the four hooks
@@ -303,6 +316,8 @@ class ColaStrategy(Strategy):
                     except Exception as alone:
                         self._fault(node, server_round, alone, "its batch breaks the pass")
                         del chunks[node]
+                if len(out) < len(live):  # one shared pass of the others, as a clean round
+                    out = self._compute(list(out), i)  # (``col`` mode: their shared model)
             for node, data in out.items():
                 chunks[node].append(data)
         return chunks
@@ -332,15 +347,27 @@ class ColaStrategy(Strategy):
                             reply.error.reason)
                 continue
             before = dataclasses.replace(session.channel.state)
+            try:  # a reply that does not open may not be the node's (a replay, a forgery)
+                sealed = Sealed.from_record(reply.content).sealed
+                plaintext = open_sealed(session.channel, sealed, KIND_TRAIN,
+                                        limits=self._reply_limits(session, upload=False))
+            except Exception as err:
+                session.channel.state = before
+                failed += 1
+                log.warning("round %d: node %s: a reply that does not open was refused (not "
+                            "counted against the node): %s: %s", server_round, node,
+                            type(err).__name__, err)
+                continue
             try:  # the isolation boundary: whatever a node sent, it fails alone
-                report, adapters, pending, size = self._open_train_reply(session, reply,
-                                                                          server_round)
+                report, adapters, pending = self._read_train_reply(session, plaintext,
+                                                                   server_round)
             except Exception as err:
                 # not applied, so not acknowledged: the node resumes from the state we hold
                 session.channel.state = before
                 failed += 1
                 self._fault(node, server_round, err, "reply refused")
                 continue
+            size = len(sealed)
             session.adapters, session.pending = adapters, pending
             session.rounds_trained += 1
             session.failures = 0
@@ -364,10 +391,10 @@ class ColaStrategy(Strategy):
         return None, MetricRecord({k: v for k, v in record.items()
                                    if k != "round" and not _isnan(v)})
 
-    def _open_train_reply(self, session: NodeSession, reply: Message, server_round: int):
-        sealed = Sealed.from_record(reply.content).sealed
-        report, parts = open_bundle(session.channel, sealed, KIND_TRAIN, TrainReport,
-                                    limits=self._limits)
+    def _read_train_reply(self, session: NodeSession, plaintext: bytes, server_round: int):
+        """An opened TRAIN reply, checked: the round it answers, its parts, the adapters and
+        the next batches."""
+        report, parts = read_bundle(plaintext, KIND_TRAIN, TrainReport)
         if report.round != server_round:
             raise ProtocolError(f"the reply answers round {report.round}, this is round "
                                 f"{server_round}")
@@ -377,7 +404,7 @@ class ColaStrategy(Strategy):
         adapters = self._checked_adapters(parts[PART_ADAPTERS], session.partition_id)
         pending = session.pending if upload else [self._checked_batch(parts[name], name)
                                                   for name in batches]
-        return report, adapters, pending, len(sealed)
+        return report, adapters, pending
 
     def _fault(self, node: int, server_round: int, err: BaseException, what: str) -> None:
         """Count a refusal against a node; quarantine it after ``strategy.max-failures`` in a
@@ -410,9 +437,31 @@ class ColaStrategy(Strategy):
 
     @property
     def _limits(self) -> Limits:
-        """Caps on any one payload from a node."""
+        """Caps on any one payload part from a node."""
         rows = max(self.plan.task.batch_size, self.config.strategy.max_upload_samples)
         return Limits(max_rows=rows)
+
+    def _reply_limits(self, session: NodeSession | None, *, upload: bool) -> Limits:
+        """Caps on a node's whole sealed reply, worked out from the plan before it is opened:
+        its adapters (the largest of any kind of node at hello), the samples it may carry
+        (``upload``: a hello, with held-out batches and, in upload mode, its whole split) and
+        1 MB of headers. Without a per-sample size in the task's contract: 2 GB."""
+        per_sample = self.contract.sample_nbytes()
+        if per_sample is None:
+            return Limits(max_rows=self._limits.max_rows)
+        layout, task = self.engine.layout, self.plan.task
+        kinds = [session.specs] if session is not None else self.plan.all_specs()
+        adapters = max(
+            sum(4 * math.prod(shape) for name, spec in assign_specs(layout, specs).items()
+                for shape in param_shapes(spec, layout[name].d_in, layout[name].d_out).values())
+            for specs in kinds)
+        samples = self.plan.interval * task.batch_size
+        if upload:
+            samples = task.eval_batches * task.batch_size + (
+                self.config.strategy.max_upload_samples if self.plan.data_mode == "upload"
+                else samples)
+        return Limits(max_bytes=adapters + samples * per_sample + 2**20,
+                      max_rows=self._limits.max_rows)
 
     # ----------------------------------------------------------------------------------------
     # evaluation

@@ -106,6 +106,17 @@ class InputContract:
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
 
+    def sample_nbytes(self) -> int | None:
+        """Bytes one sample takes over all tensors; ``None`` when a dimension other than the
+        batch is symbolic (then it is not known before the batch comes)."""
+        total = 0
+        for spec in self.tensors.values():
+            dims = [d for d in spec.shape if d != BATCH]
+            if not all(isinstance(d, int) for d in dims):
+                return None
+            total += np.dtype(spec.dtype).itemsize * int(np.prod(dims, dtype=np.int64))
+        return total
+
     def check(self, batch: Mapping[str, np.ndarray], *, batch_size: int | None = None,
               min_batch: int | None = None, max_batch: int | None = None,
               what: str = "batch") -> None:

@@ -218,7 +218,10 @@ def _tensor_spec(name: str, info: Any, data_size: int,
             f"tensor {name!r}: dtype {_short(st_dtype)} is not one of {sorted(_ST_DTYPES)}"
         )
     if not (isinstance(shape, list) and len(shape) <= 4
-            and all(_is_int(s) and 0 <= s <= limits.max_rows for s in shape)):
+            and all(_is_int(s) and 0 <= s <= limits.max_rows for s in shape)
+            and math.prod(max(s, 1) for s in shape) <= limits.max_bytes):
+        # (an empty tensor's other dimensions are bounded too: numpy refuses to shape a view
+        # whose dimensions multiply past its index range, even with no element)
         raise MalformedPayloadError(f"tensor {name!r}: invalid shape {_short(shape)}")
     dtype = np.dtype(_ST_DTYPES[st_dtype])
     nbytes = math.prod(shape) * dtype.itemsize
@@ -567,7 +570,7 @@ def decode_adapter_state(
     if expected_shapes is not None:
         expected = {layer: {p: tuple(s) for p, s in params.items()}
                     for layer, params in expected_shapes.items()}
-        if found != expected:
+        if found != expected or set(layers) != set(expected):
             raise MalformedPayloadError(
                 "the adapter state does not have the expected parameters and shapes"
             )

@@ -210,6 +210,11 @@ def _open_regular(path: Path, what: str) -> tuple[int, os.stat_result]:
         os.close(fd)
         raise ConfigError(f"{what} {path} is not a regular file; remove it, or point cola-fed "
                           f"at the real file")
+    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        os.close(fd)  # another user could have planted it (a shared COLA_FED_HOME)
+        raise ConfigError(f"{what} {path} belongs to user {info.st_uid}, not to this user "
+                          f"({os.geteuid()}); refusing it. Check where it came from, then "
+                          "recreate it as this user")
     return fd, info
 
 
