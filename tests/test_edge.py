@@ -224,7 +224,8 @@ def test_ort_format_graphs_train_like_the_onnx_graphs(kind):
     ort_graphs = {name: to_ort_format(model) for name, model in graphs.items()}
     assert all(model[4:8] == b"ORTM" for model in ort_graphs.values())
     onnx_learner = OrtLearner(LAYOUT, SPECS[kind], optimizer, graphs, seed=2)
-    mobile_learner = OrtLearner(LAYOUT, SPECS[kind], optimizer, ort_graphs, seed=2)
+    mobile_learner = OrtLearner(LAYOUT, SPECS[kind], optimizer, ort_graphs, seed=2,
+                                graph_format="ort")
     rng = np.random.default_rng(3)
     for _ in range(20):
         data = chunk(rng, 11)

@@ -51,16 +51,22 @@ class OrtLearner:
         Adaptation interval I.
     threads : int
         ONNX Runtime intra-op threads (1-2 on phones).
+    graph_format : str
+        ``"onnx"`` (default; what a federation ships and ``graph_check`` checks) or ``"ort"``
+        for ORT-format graphs exported on the device's own side (``cola-fed export-edge
+        --ort``). Sessions read only that format: bytes of the other never run.
     """
 
     def __init__(self, layout: Layout, spec: SpecLike, optimizer: OptimizerSpec,
                  graphs: Mapping[str, bytes], *, seed: int = 0,
                  initial_state: Mapping[str, Mapping[str, Any]] | None = None,
-                 interval: int = 1, threads: int = 1) -> None:
+                 interval: int = 1, threads: int = 1, graph_format: str = "onnx") -> None:
         import onnxruntime as ort
 
         if not isinstance(interval, int) or interval < 1:
             raise ConfigError(f"interval: expected a positive integer, got {interval!r}")
+        if graph_format not in ("onnx", "ort"):
+            raise ConfigError(f"graph_format: expected 'onnx' or 'ort', got {graph_format!r}")
         self.layout, self.optimizer, self.interval = layout, optimizer, interval
         self.specs: dict[str, AdapterSpec] = assign_specs(layout, spec)
         self.step = 0
@@ -69,8 +75,8 @@ class OrtLearner:
         # small devices: no pre-allocated arena, no memory-pattern planning across runs
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
-        # ONNX only: an ORT-format model would escape the graph checks (graph_check.py)
-        options.add_session_config_entry("session.load_model_format", "ONNX")
+        # one format only: an ORT-format model among ONNX graphs would escape the graph checks
+        options.add_session_config_entry("session.load_model_format", graph_format.upper())
         by_graph: dict[str, Any] = {}  # layers of one shape and kind share one session
         self._sessions = {}
         for name, layer_spec in self.specs.items():
