@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -28,21 +29,29 @@ def _keygen(args: argparse.Namespace) -> int:
         default_identity_path,
         generate_identity,
         identity_public_bytes,
+        load_identity,
         public_key_path,
         save_identity,
     )
 
     path = Path(args.out).expanduser() if args.out else default_identity_path()
-    if path.is_dir():
+    if path.is_dir() or (args.out and args.out.endswith(("/", os.sep))):
         path = path / IDENTITY_FILE
+    path = path.absolute()
+    if path.exists() and not args.force:
+        existing = fingerprint(identity_public_bytes(load_identity(path)))
+        print(f"{path} exists (fingerprint {existing}); pass --force to replace it (nodes that "
+              "pinned or remembered it will refuse the new one)", file=sys.stderr)
+        return 1
+    replaced = path.exists()
     key = generate_identity()
-    save_identity(key, path, overwrite=args.force)  # refuses an existing key without --force
+    save_identity(key, path, overwrite=args.force)
     seen = fingerprint(identity_public_bytes(key))
     print(f"server identity: {path} (Ed25519, mode 0600)")
     print(f"public key:      {public_key_path(path)}")
     print(f"fingerprint:     {seen}")
     print(f"pin it on nodes with: --node-config \"server-key-fingerprint='{seen}'\"")
-    if args.force:
+    if replaced:
         print("nodes that pinned or remembered the old key will refuse this one: re-pin them, "
               "or on each node run: cola-fed trust forget NAME")
     return 0
@@ -84,6 +93,12 @@ def _simulate(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = simulate(args.name, output_dir=args.out, num_supernodes=args.nodes)
     metrics = json.loads((out / "metrics.json").read_text())
+    if metrics.get("stopped-early"):
+        print(f"the run stopped early: {metrics['stopped-early']}", file=sys.stderr)
+        for node, reason in sorted(metrics.get("refused-at-hello", {}).items()):
+            print(f"  node {node} refused at hello: {reason}", file=sys.stderr)
+        print(f"results so far: {out}", file=sys.stderr)
+        return 1
     evaluated = [r for r in metrics["rounds"] if "accuracy-mean" in r]
     if evaluated:
         first, last = evaluated[0], evaluated[-1]

@@ -34,6 +34,7 @@ def test_keygen_writes_an_owner_only_identity_and_prints_its_fingerprint(tmp_pat
         identity_public_bytes(load_identity(key_path)).hex()
     again = run("keygen", cwd=tmp_path, home=home)
     assert again.returncode == 1 and "--force" in again.stderr
+    assert seen in again.stderr  # the existing key's fingerprint, to pin or compare
     assert printed_fingerprint(key_path) == seen
     forced = run("keygen", "--force", cwd=tmp_path, home=home)
     assert forced.returncode == 0, forced.stderr

@@ -142,6 +142,23 @@ def test_the_run_stops_early_with_every_result_written(tmp_path, caplog):
     assert metrics["nodes"]["1"]["quarantined"] is True
     assert metrics["nodes"]["0"]["rounds-trained"] == 1
     assert len(list((tmp_path / "out" / "adapters").glob("*.safetensors"))) == 2
+    assert "AdapterBoundsError" in metrics["nodes"]["1"]["last-error"]
+
+
+def test_results_hold_this_run_only(tmp_path):
+    """A run that stops at hello leaves no adapters of an earlier run in its results folder,
+    and says which nodes were refused and why."""
+    out = tmp_path / "out"
+    (out / "adapters").mkdir(parents=True)
+    (out / "adapters" / "partition-7.safetensors").write_bytes(b"an earlier run's")
+    config = {**DIGITS, "num-server-rounds": 1, "strategy.min-train-nodes": 2,
+              "output-dir": str(out)}
+    grid = LocalGrid(2, handlers={HOSTILE: hostile_node(scale(1e20), on="hello")})
+    strategy = run_server(grid, config)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert strategy.stopped and metrics["stopped-early"] == strategy.stopped
+    assert "AdapterBoundsError" in metrics["refused-at-hello"][str(HOSTILE)]
+    assert not (out / "adapters" / "partition-7.safetensors").exists()
 
 
 def test_token_ids_beyond_the_vocabulary_are_refused(caplog):

@@ -251,3 +251,17 @@ def test_replayed_or_oversized_replies_are_refused_unopened_and_not_held_against
     victim = strategy.sessions[VICTIM]
     assert not victim.quarantined and victim.rounds_trained == 2  # rounds 1 and 6
     assert caplog.text.count("ReplayError") == 3 and "exceeds the cap" in caplog.text
+
+
+def test_a_misspelt_node_config_key_is_refused_not_ignored(caplog):
+    """``server_key_fingerprint`` (underscores) silently ignored would turn pinning off."""
+    config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 1})
+    strategy = build_strategy(config)
+    grid = LocalGrid(2)
+    grid.contexts[VICTIM].node_config["server_key_fingerprint"] = "00" * 32
+    grid.contexts[1000].node_config["some-other-app-key"] = 1  # not ours: left alone
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy.start(grid, num_rounds=1, timeout=30)
+    assert "did you mean 'server-key-fingerprint'" in caplog.text
+    assert set(strategy.sessions) == {1000}
+    assert "server_key_fingerprint" in strategy.refused_at_hello[VICTIM]

@@ -25,6 +25,7 @@ session.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import importlib.util
 import logging
@@ -82,9 +83,29 @@ STATE_LEARNER = "cola-learner"  # ArrayRecord: the learner's latest state, as on
 STATE_LEARNER_ACKED = "cola-learner-acked"
 
 
+#: every node config key cola-fed reads (others may belong to other apps of the SuperNode)
+NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "server-key-fingerprint",
+                    "federation", "known-servers", "backend", "graph-cache", "onnx-threads",
+                    *NodeCaps.KEYS)
+
+
+def check_node_config(node_config: dict) -> None:
+    """Refuse a node config key that looks like a misspelt cola-fed key: a silently ignored
+    ``server_key_fingerprint`` would turn pinning off."""
+    for key in node_config:
+        if key in NODE_CONFIG_KEYS:
+            continue
+        close = difflib.get_close_matches(str(key).replace("_", "-").lower(), NODE_CONFIG_KEYS,
+                                          n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(f"node config {key!r} is not a cola-fed key; did you mean "
+                              f"{close[0]!r}? (docs/configuration.md lists them)")
+
+
 def handle_hello(msg: Message, context: Context) -> Message:
     """Round 0: check the server's signed hello, then build the learner and send the first
     adapters and batches. Nothing is read, run or sent before the hello is checked."""
+    check_node_config(context.node_config)
     caps = NodeCaps.from_node_config(context.node_config)
     transcript = _checked_hello(msg, context, caps)
     plan = transcript.plan
@@ -154,8 +175,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     base = STATE_LEARNER if acknowledged else STATE_LEARNER_ACKED
     drawn = session.drawn if acknowledged else session.drawn_acked
     if not acknowledged:
-        log.warning("round %d: the server did not get this node's last reply; resuming from "
-                    "the state it did get", order.round)
+        log.warning("round %d: the server did not take this node's last reply (lost, or "
+                    "refused: its log says which); resuming from the state it holds",
+                    order.round)
     base_blob = record_to_blob(context.state[base])
     graph_hashes = _graphs_needed(plan, session.partition_id) if session.backend == "onnx" else {}
     learner = _new_learner(plan, session.partition_id, context, session.backend, graph_hashes)

@@ -444,20 +444,22 @@ class NodeCaps:
         """Refuse a plan that asks for more than this node (with this partition) allows,
         naming the cap."""
         task = plan.task
-        asks = [("max-interval", plan.interval, self.max_interval),
-                ("max-batch-size", task.batch_size, self.max_batch_size),
-                ("max-length", task.max_length, self.max_length),
-                ("max-eval-batches", task.eval_batches, self.max_eval_batches),
-                ("max-layers", len(plan.layout), self.max_layers)]
-        asks += [("max-width", max(max(layer.d_in, layer.d_out) for layer in plan.layout),
-                  self.max_width)]
+        asks = [("max-interval", "data.interval", plan.interval, self.max_interval),
+                ("max-batch-size", "task.batch-size", task.batch_size, self.max_batch_size),
+                ("max-length", "task.max-length", task.max_length, self.max_length),
+                ("max-eval-batches", "task.eval-batches", task.eval_batches,
+                 self.max_eval_batches),
+                ("max-layers", "adapted layers", len(plan.layout), self.max_layers),
+                ("max-width", "the widest adapted layer",
+                 max(max(layer.d_in, layer.d_out) for layer in plan.layout), self.max_width)]
         for spec in plan.specs_for(partition_id).values():
-            asks.append(("max-width", max(spec.rank, *spec.hidden_sizes), self.max_width))
-        for key, asked, cap in asks:
+            asks.append(("max-width", "adapter.rank / adapter.hidden",
+                         max(spec.rank, *spec.hidden_sizes), self.max_width))
+        for key, what, asked, cap in asks:
             if asked > cap:
-                raise ProtocolError(f"the server asks for {asked}, above this node's {key} = "
-                                    f"{cap}; refused (raise the cap in the node config if the "
-                                    "run is legitimate)")
+                raise ProtocolError(f"the server asks for {what} = {asked}, above this node's "
+                                    f"{key} = {cap}; refused (raise {key} in the node config if "
+                                    "the run is legitimate)")
         # the adapters travel in every reply: their total bounds the learner the node builds
         specs = assign_specs(plan.layout, plan.specs_for(partition_id))
         adapter_bytes = sum(4 * math.prod(shape) for name, spec in specs.items()

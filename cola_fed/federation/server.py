@@ -47,13 +47,18 @@ def write_results(strategy: ColaStrategy, out: Path, *, seconds: float) -> Path:
     """metrics.json, learning_curve.png and every node's final adapters (safetensors)."""
     out.mkdir(parents=True, exist_ok=True)
     nodes = {s.partition_id: {"backend": s.backend, "rounds-trained": s.rounds_trained,
-                              "quarantined": s.quarantined, "history": s.history}
+                              "quarantined": s.quarantined, "last-error": s.last_error,
+                              "history": s.history}
              for s in strategy.sessions.values()}
     (out / "metrics.json").write_text(json.dumps(
         {"rounds": strategy.rounds, "nodes": nodes, "seconds": seconds,
-         "stopped-early": strategy.stopped}, indent=2) + "\n")
+         "stopped-early": strategy.stopped,
+         "refused-at-hello": {str(n): why for n, why in strategy.refused_at_hello.items()}},
+        indent=2) + "\n")
     adapters = out / "adapters"
     adapters.mkdir(exist_ok=True)
+    for stale in adapters.glob("partition-*.safetensors"):  # an earlier run's, not this one's
+        stale.unlink()
     for session in strategy.sessions.values():
         path = adapters / f"partition-{session.partition_id}.safetensors"
         path.write_bytes(encode_adapter_state(session.adapters))

@@ -55,6 +55,9 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
     out = Path(output_dir or values.get("output-dir") or f"results/{path.stem}").resolve()
     values["output-dir"] = str(out)
     config = RunConfig.from_flat(values)  # fail early, with a clear message
+    if config.wire.server_key and not Path(config.wire.server_key).expanduser().is_file():
+        raise ConfigError(f"wire.server-key: no file {config.wire.server_key!r} (a typo? create "
+                          f"one with: cola-fed keygen --out {config.wire.server_key})")
     nodes = num_supernodes or config.strategy.min_available_nodes
     (out / "metrics.json").unlink(missing_ok=True)  # a stale file must not pass for this run
     with tempfile.TemporaryDirectory(prefix="cola-flwr-") as home:
@@ -67,6 +70,9 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                "HF_HUB_OFFLINE": "1",
+               # simulated nodes trust the simulation's server on first use, and forget it
+               # with the simulation: no trust state carries over to other runs or keys
+               "COLA_FED_KNOWN_SERVERS": str(Path(home) / "known-servers.json"),
                # flwr starts flower-superlink and flwr-simulation from PATH
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         command = [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT),

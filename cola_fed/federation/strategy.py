@@ -112,6 +112,7 @@ class NodeSession:
     #: consecutive refused replies or broken passes; reset by an accepted reply
     failures: int = 0
     quarantined: bool = False
+    last_error: str = ""  # the latest refusal counted against the node
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -145,6 +146,7 @@ class ColaStrategy(Strategy):
         self.server_test = task.server_test_batches() if config.task.server_test_size else []
         self.rounds: list[dict[str, Any]] = []
         self.stopped: str | None = None  # why the run ended early, if it did
+        self.refused_at_hello: dict[int, str] = {}  # node id -> why it did not join
         self._round_started = 0.0
         self._bytes_down = 0
         self._sampled: list[int] = []
@@ -195,11 +197,13 @@ class ColaStrategy(Strategy):
             if node not in transcripts:
                 continue
             if reply.has_error():
-                log.warning("hello: node %s failed: %s", node, reply.error.reason)
+                self.refused_at_hello[node] = reason = node_error(reply.error.reason)
+                log.warning("hello: node %s failed: %s", node, reason)
                 continue
             try:  # the isolation boundary: whatever a node sent, it fails alone
                 self.sessions[node] = self._open_hello(node, reply, run_id, transcripts[node])
             except Exception as err:
+                self.refused_at_hello[node] = f"{type(err).__name__}: {err}"
                 log.warning("hello: refused node %s: %s: %s", node, type(err).__name__, err)
         self._refuse_contested_partitions()
         if len(self.sessions) < self.config.strategy.min_train_nodes:
@@ -261,6 +265,8 @@ class ColaStrategy(Strategy):
                             " two nodes may not hold one partition", sorted(nodes), partition)
                 for node in nodes:
                     del self.sessions[node]
+                    self.refused_at_hello[node] = f"ProtocolError: partition {partition} is " \
+                                                  "claimed by several nodes"
 
     # ----------------------------------------------------------------------------------------
     # the four hooks
@@ -344,7 +350,7 @@ class ColaStrategy(Strategy):
             if reply.has_error():
                 failed += 1
                 log.warning("round %d: node %s failed: %s", server_round, node,
-                            reply.error.reason)
+                            node_error(reply.error.reason))
                 continue
             before = dataclasses.replace(session.channel.state)
             try:  # a reply that does not open may not be the node's (a replay, a forgery)
@@ -411,6 +417,7 @@ class ColaStrategy(Strategy):
         row. The node keeps its adapters and pending batches."""
         session = self.sessions[node]
         session.failures += 1
+        session.last_error = f"round {server_round}: {what}: {type(err).__name__}: {err}"
         if node not in self._refused:
             self._refused.append(node)
         log.warning("round %d: node %s (partition %d): %s: %s: %s", server_round, node,
@@ -569,6 +576,14 @@ class ColaStrategy(Strategy):
         else:
             self.contract.check(batch, batch_size=size, what=name)
         return batch
+
+
+def node_error(reason: str) -> str:
+    """The gist of an error a node reported: its last line (under Flower's simulation engine
+    the reason carries the whole remote traceback), at most 1,200 characters."""
+    lines = [line.strip() for line in str(reason).strip().splitlines() if line.strip()]
+    gist = lines[-1] if lines else "no reason given"
+    return gist if len(gist) <= 1200 else gist[:1197] + "..."
 
 
 def _run_id(grid: Grid) -> int:

@@ -82,8 +82,12 @@ def default_identity_path() -> Path:
 
 
 def default_known_servers_path() -> Path:
-    """Where a node remembers the servers it trusted on first use unless told otherwise."""
-    return cola_fed_home() / KNOWN_SERVERS_FILE
+    """Where a node remembers the servers it trusted on first use unless its node config says
+    otherwise: ``$COLA_FED_KNOWN_SERVERS`` (``cola-fed simulate`` points it at a file of the
+    simulation's own, so simulated nodes keep no trust between runs), else
+    ``cola_fed_home() / "known-servers.json"``."""
+    override = os.environ.get("COLA_FED_KNOWN_SERVERS")
+    return Path(override).expanduser() if override else cola_fed_home() / KNOWN_SERVERS_FILE
 
 
 # --------------------------------------------------------------------------------------------
