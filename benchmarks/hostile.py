@@ -56,8 +56,14 @@ def federation(grid_options: dict, *, victim_config: dict | None = None):
 
 
 def honest_ok(strategy) -> bool:
-    return all(n in strategy.sessions and strategy.sessions[n].rounds_trained == ROUNDS
-               for n in HONEST)
+    """Every honest node that joined trained every round (see ``honest-denied`` for those
+    refused at hello: a contested partition refuses every claimant, by design)."""
+    return all(strategy.sessions[n].rounds_trained == ROUNDS
+               for n in HONEST if n in strategy.sessions)
+
+
+def honest_denied(strategy) -> int:
+    return sum(n not in strategy.sessions for n in HONEST)
 
 
 def node_train_class(rewrite) -> dict[str, int]:
@@ -65,14 +71,16 @@ def node_train_class(rewrite) -> dict[str, int]:
     hostile = strategy.sessions.get(HOSTILE)
     accepted = hostile.rounds_trained if hostile else 0
     return {"cases": ROUNDS, "refused": ROUNDS - accepted, "accepted": accepted, "escaped": 0,
-            "aborts": int(aborted is not None), "honest-ok": int(honest_ok(strategy))}
+            "aborts": int(aborted is not None), "honest-ok": int(honest_ok(strategy)),
+            "honest-denied": honest_denied(strategy)}
 
 
 def node_hello_class(rewrite) -> dict[str, int]:
     strategy, _, aborted = federation({"handlers": {HOSTILE: hostile_node(rewrite, on="hello")}})
     accepted = int(HOSTILE in strategy.sessions)
     return {"cases": 1, "refused": 1 - accepted, "accepted": accepted, "escaped": 0,
-            "aborts": int(aborted is not None), "honest-ok": int(honest_ok(strategy))}
+            "aborts": int(aborted is not None), "honest-ok": int(honest_ok(strategy)),
+            "honest-denied": honest_denied(strategy)}
 
 
 def relay_hello_class(rewrite, folder) -> dict[str, int]:
@@ -83,7 +91,8 @@ def relay_hello_class(rewrite, folder) -> dict[str, int]:
         "graph-cache": str(folder / "graphs"), "backend": "onnx"})
     accepted = int(STATE_SESSION in grid.contexts[HOSTILE].state)
     return {"cases": 1, "refused": 1 - accepted, "accepted": accepted, "escaped": 0,
-            "aborts": int(aborted is not None), "honest-ok": int(honest_ok(strategy))}
+            "aborts": int(aborted is not None), "honest-ok": int(honest_ok(strategy)),
+            "honest-denied": honest_denied(strategy)}
 
 
 def protocol_fuzz(cases: int, seed: int) -> dict[str, dict[str, int]]:
@@ -161,17 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     groups: dict[str, dict[str, int]] = {}
     for name, counts in results.items():
         group = groups.setdefault(name.split(":")[0], {})
-        for key in ("cases", "refused", "accepted", "escaped", "aborts", "honest-ok"):
+        for key in ("cases", "refused", "accepted", "escaped", "aborts", "honest-ok",
+                    "honest-denied"):
             group[key] = group.get(key, 0) + int(counts.get(key, 0))
     path = write_result("hostile", {"runs": args.runs, "fuzz": args.fuzz, "seed": args.seed,
                                     "seconds": time.perf_counter() - started,
                                     "classes": results, "groups": groups})
     print(f"{'group':14s} {'classes':>7s} {'cases':>7s} {'refused':>8s} {'accepted':>9s} "
-          f"{'escaped':>8s} {'aborts':>7s}")
+          f"{'escaped':>8s} {'aborts':>7s} {'honest denied':>14s}")
     for group, counts in groups.items():
         classes = sum(1 for n in results if n.split(":")[0] == group)
         print(f"{group:14s} {classes:7d} {counts['cases']:7d} {counts['refused']:8d} "
-              f"{counts['accepted']:9d} {counts['escaped']:8d} {counts['aborts']:7d}")
+              f"{counts['accepted']:9d} {counts['escaped']:8d} {counts['aborts']:7d} "
+              f"{counts['honest-denied']:14d}")
     print(f"wrote {path}")
     bad = any(c["escaped"] or c.get("aborts") for c in results.values()) or any(
         results[n]["accepted"] for n in results if not n.startswith(("wire", "protocol")))
