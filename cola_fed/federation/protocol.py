@@ -14,8 +14,9 @@ round t  TRAIN  server -> node  sealed{control: TrainOrder, adaptation0..(I-1)}
 A node acts on nothing before it has checked the hello: the signature over the transcript,
 the transcript itself (strictly typed, for its run and node id), the identity key against the
 fingerprint it pins or remembers, a hello id above any it accepted before, a plan within its own
-caps, and every shipped graph against the plan's hashes and the graph checks. The SHA-256 of the transcript goes into the
-session keys, so a node's replies open only for the server whose hello it accepted. Everything
+caps, and every shipped graph against the plan's hashes and the graph checks. The SHA-256 of
+the transcript goes into the session keys, so a node's replies open only for the server whose
+hello it accepted. Everything
 else (rounds, acknowledgements, metrics, partition claims) travels sealed; ``docs/security.md``
 lists what stays in the clear and why it is harmless.
 
