@@ -16,9 +16,8 @@ the transcript itself (strictly typed, for its run and node id), the identity ke
 fingerprint it pins or remembers, a hello id above any it accepted before, a plan within its own
 caps, and every shipped graph against the plan's hashes and the graph checks. The SHA-256 of
 the transcript goes into the session keys, so a node's replies open only for the server whose
-hello it accepted. Everything
-else (rounds, acknowledgements, metrics, partition claims) travels sealed; ``docs/security.md``
-lists what stays in the clear and why it is harmless.
+hello it accepted. Everything else (rounds, acknowledgements, metrics, partition claims)
+travels sealed; ``docs/security.md`` lists what stays in the clear and why it is harmless.
 
 ``acknowledged`` is the counter of the last node message the server accepted: a node whose
 latest reply was lost or refused resumes from the learner state the server holds (no step is
