@@ -12,6 +12,7 @@ Low Rank as PEFT's LoRA (A ``nn.Linear``-style kaiming-uniform, B zero), Linear 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from itertools import pairwise
 
@@ -34,6 +35,19 @@ def param_shapes(spec: AdapterSpec, d_in: int, d_out: int) -> Shapes:
         shapes[f"fc{i}.weight"] = (fan_out, fan_in)
         shapes[f"fc{i}.bias"] = (fan_out,)
     return shapes
+
+
+def state_shapes(layout, specs: Mapping[str, AdapterSpec]) -> dict[str, Shapes]:
+    """``{layer: {param: shape}}`` of the adapter state of ``specs`` (one spec per layer, as
+    ``assign_specs`` returns them): exactly what a node's adapters must look like."""
+    return {name: param_shapes(spec, layout[name].d_in, layout[name].d_out)
+            for name, spec in specs.items()}
+
+
+def state_nbytes(layout, specs: Mapping[str, AdapterSpec]) -> int:
+    """Bytes of that adapter state in float32, as it travels."""
+    return sum(4 * math.prod(shape) for shapes in state_shapes(layout, specs).values()
+               for shape in shapes.values())
 
 
 def initial_params(spec: AdapterSpec, d_in: int, d_out: int, rng: np.random.Generator) -> Arrays:

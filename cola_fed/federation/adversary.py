@@ -36,6 +36,7 @@ from cola_fed.wire import (
     encode_adapter_state,
     encode_batch,
     encode_bundle,
+    public_bytes,
     sign_transcript,
     transcript_hash,
 )
@@ -94,23 +95,21 @@ def hostile_node(rewrite: Rewrite, *, on: str = "train",
 
 
 def rewrite_transcript(msg: Message, edit: Callable[[dict], dict], *,
-                       resign_with=None) -> Message:
+                       resign_with: Ed25519PrivateKey | None = None) -> Message:
     """A relay's rewrite of a hello: the transcript JSON edited, and signed again with
     ``resign_with`` (an attacker's own identity key, also put in the clear) or left with the
     server's signature."""
     clear = msg.content[CLEAR]
     raw = edit(json.loads(bytes(clear["transcript"])))
-    data = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
-    fields = {"identity": clear["identity"], "transcript": data,
-              "signature": clear["signature"]}
+    identity, signature = clear["identity"], clear["signature"]
     if resign_with is not None:
-        from cola_fed.wire import public_bytes
-
-        raw["identity"] = public_bytes(resign_with).hex()
-        data = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
-        fields = {"identity": public_bytes(resign_with), "transcript": data,
-                  "signature": sign_transcript(resign_with, data)}
-    msg.content[CLEAR] = ConfigRecord(fields)
+        identity = public_bytes(resign_with)
+        raw["identity"] = identity.hex()
+    data = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
+    if resign_with is not None:
+        signature = sign_transcript(resign_with, data)
+    msg.content[CLEAR] = ConfigRecord({"identity": identity, "transcript": data,
+                                       "signature": signature})
     return msg
 
 

@@ -86,7 +86,7 @@ STATE_LEARNER_ACKED = "cola-learner-acked"
 #: every node config key cola-fed reads (others may belong to other apps of the SuperNode)
 NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "server-key-fingerprint",
                     "federation", "known-servers", "backend", "graph-cache", "onnx-threads",
-                    *NodeCaps.KEYS)
+                    *NodeCaps.keys())
 
 
 def check_node_config(node_config: dict) -> None:
@@ -107,15 +107,17 @@ def handle_hello(msg: Message, context: Context) -> Message:
     adapters and batches. Nothing is read, run or sent before the hello is checked."""
     check_node_config(context.node_config)
     caps = NodeCaps.from_node_config(context.node_config)
-    transcript = _checked_hello(msg, context, caps)
+    hello = Hello.from_record(msg.content)
+    transcript = _checked_hello(hello, context, caps)
     plan = transcript.plan
     partition_id, num_partitions = _partition(context)
     backend = _choose_backend(context, plan, partition_id)
-    graph_hashes = _receive_graphs(msg, context, plan, partition_id) if backend == "onnx" else {}
+    graph_hashes = _receive_graphs(hello, context, plan, partition_id) if backend == "onnx" else {}
 
     key = X25519PrivateKey.generate()
     channel = SecureChannel(key, transcript.exchange_key, role="node", run_id=context.run_id,
-                            node_id=context.node_id, transcript=transcript_hash(_raw(msg)))
+                            node_id=context.node_id,
+                            transcript=transcript_hash(hello.transcript))
     learner = _new_learner(plan, partition_id, context, backend, graph_hashes)
     data = _client_data(plan, context, partition_id, num_partitions)
     parts = {PART_ADAPTERS: encode_adapter_state(_numpy_state(learner.adapter_state()))}
@@ -131,7 +133,7 @@ def handle_hello(msg: Message, context: Context) -> Message:
     sealed = _bounded(seal_bundle(channel, KIND_HELLO, claim, parts), caps)
 
     blob = learner.to_bytes()
-    session = NodeSession(node_key=_raw_key(key), transcript=_raw(msg),
+    session = NodeSession(node_key=_raw_key(key), transcript=hello.transcript,
                           partition_id=partition_id, backend=backend, sent=channel.state.sent,
                           received=channel.state.received, drawn=len(batches),
                           drawn_acked=len(batches), acked=channel.state.sent)
@@ -188,8 +190,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 
     batches = []
     if plan.data_mode == "stream":
-        partition_id, num_partitions = _partition(context)
-        data = _client_data(plan, context, partition_id, num_partitions)
+        data = _client_data(plan, context, session.partition_id, _partition(context)[1])
         batches = _draw(data, plan, session.partition_id, start=drawn)
     parts = {PART_ADAPTERS: encode_adapter_state(_numpy_state(learner.adapter_state()))}
     parts.update({batch_part(i): encode_batch(b) for i, b in enumerate(batches)})
@@ -210,11 +211,10 @@ def handle_train(msg: Message, context: Context) -> Message:
 # the hello, checked before anything is acted on
 
 
-def _checked_hello(msg: Message, context: Context, caps: NodeCaps) -> HelloTranscript:
+def _checked_hello(hello: Hello, context: Context, caps: NodeCaps) -> HelloTranscript:
     """The hello's transcript, once its signature holds under a server identity this node pins
     or remembers, it is for this run and node, it is newer than any hello accepted before (a
     replayed hello does not reset the session), and its plan is within this node's caps."""
-    hello = Hello.from_record(msg.content)
     verify_transcript(hello.identity, hello.transcript, hello.signature)
     transcript = HelloTranscript.decode(hello.transcript)
     if transcript.identity != hello.identity:
@@ -234,11 +234,6 @@ def _checked_hello(msg: Message, context: Context, caps: NodeCaps) -> HelloTrans
                               "server; the session is kept")
     caps.check(transcript.plan, _partition(context)[0])
     return transcript
-
-
-def _raw(msg: Message) -> bytes:
-    """The hello's transcript bytes, exactly as signed."""
-    return Hello.from_record(msg.content).transcript
 
 
 def _partition(context: Context) -> tuple[int, int]:
@@ -292,12 +287,12 @@ def _graphs_needed(plan: Plan, partition_id: int) -> dict[str, str]:
     return {name: plan.graphs[name] for name in needed}
 
 
-def _receive_graphs(msg: Message, context: Context, plan: Plan,
+def _receive_graphs(hello: Hello, context: Context, plan: Plan,
                     partition_id: int) -> dict[str, str]:
     """Check the shipped graphs this node needs against the signed plan's hashes and the graph
     checks (``cola_fed.edge.graph_check``) and cache them; graphs not needed are ignored."""
     needed = _graphs_needed(plan, partition_id)
-    shipped = Hello.from_record(msg.content).graphs
+    shipped = hello.graphs
     cache = _graph_cache(context)
     for name, digest in needed.items():
         if not cache.has(name, digest):

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 from flwr.app import ConfigRecord, RecordDict
 
-from cola_fed.adapters.init import param_shapes
+from cola_fed.adapters.init import state_nbytes
 from cola_fed.adapters.spec import ACTIVATIONS, ADAPTER_KINDS, AdapterSpec
 from cola_fed.config import (
     BACKENDS,
@@ -414,21 +414,20 @@ class NodeCaps:
     max_width: int = 16384
     max_payload_mb: float = 1024.0
 
-    KEYS: ClassVar[dict[str, str]] = {
-        "max-interval": "max_interval", "max-batch-size": "max_batch_size",
-        "max-length": "max_length", "max-eval-batches": "max_eval_batches",
-        "max-layers": "max_layers", "max-width": "max_width",
-        "max-payload-mb": "max_payload_mb",
-    }
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The node config keys, one per field (``max_interval`` -> ``max-interval``)."""
+        return [f.name.replace("_", "-") for f in dataclasses.fields(cls)]
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeCaps:
         values = {}
-        for key, name in cls.KEYS.items():
+        for f in dataclasses.fields(cls):
+            key, name = f.name.replace("_", "-"), f.name
             if key not in node_config:
                 continue
             value = node_config[key]
-            wanted = float if name == "max_payload_mb" else int
+            wanted = float if f.type == "float" else int
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
                     wanted is int and not isinstance(value, int)):
                 raise ConfigError(f"node config {key}: expected a positive {wanted.__name__}, "
@@ -461,10 +460,8 @@ class NodeCaps:
                                     f"{key} = {cap}; refused (raise {key} in the node config if "
                                     "the run is legitimate)")
         # the adapters travel in every reply: their total bounds the learner the node builds
-        specs = assign_specs(plan.layout, plan.specs_for(partition_id))
-        adapter_bytes = sum(4 * math.prod(shape) for name, spec in specs.items()
-                            for shape in param_shapes(spec, plan.layout[name].d_in,
-                                                      plan.layout[name].d_out).values())
+        adapter_bytes = state_nbytes(plan.layout,
+                                     assign_specs(plan.layout, plan.specs_for(partition_id)))
         if adapter_bytes > self.max_payload_bytes:
             raise ProtocolError(f"the plan's adapters take {adapter_bytes / 1e6:.1f} MB, above "
                                 f"this node's max-payload-mb = {self.max_payload_mb}; refused")
@@ -768,8 +765,6 @@ class NodeSession:
     #: latest (``cola-learner-acked`` and ``drawn_acked`` are that state)
     acked: int = 0
 
-    _INTS: ClassVar = ("partition_id", "sent", "received", "last_round", "drawn", "drawn_acked",
-                       "acked")
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()})
@@ -781,8 +776,9 @@ class NodeSession:
             raise ProtocolError("this node's stored session is not one this cola-fed wrote; "
                                 "the node must rejoin the run")
         values = {k.replace("-", "_"): record[k] for k in names}
-        for name in cls._INTS:
-            _check_type(values[name], int, f"node session {name}")
+        for f in dataclasses.fields(cls):
+            if f.type == "int":
+                _check_type(values[f.name], int, f"node session {f.name}")
         if not (isinstance(values["node_key"], bytes) and len(values["node_key"]) == 32
                 and isinstance(values["transcript"], bytes) and values["backend"] in BACKENDS):
             raise ProtocolError("this node's stored session is damaged; rejoin the run")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
 import random
 import statistics
 import time
@@ -27,7 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from cola_fed.adapters.init import param_shapes
+from cola_fed.adapters.init import state_nbytes, state_shapes
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.config import RunConfig
 from cola_fed.edge.graphs import content_hash, graph_keys
@@ -373,11 +372,10 @@ class ColaStrategy(Strategy):
                 failed += 1
                 self._fault(node, server_round, err, "reply refused")
                 continue
-            size = len(sealed)
             session.adapters, session.pending = adapters, pending
             session.rounds_trained += 1
             session.failures = 0
-            bytes_up += size
+            bytes_up += len(sealed)
             reports.append(report)
         failed = max(failed, len(self._sampled) - len(reports))  # no reply at all counts too
         record = {
@@ -458,10 +456,7 @@ class ColaStrategy(Strategy):
             return Limits(max_rows=self._limits.max_rows)
         layout, task = self.engine.layout, self.plan.task
         kinds = [session.specs] if session is not None else self.plan.all_specs()
-        adapters = max(
-            sum(4 * math.prod(shape) for name, spec in assign_specs(layout, specs).items()
-                for shape in param_shapes(spec, layout[name].d_in, layout[name].d_out).values())
-            for specs in kinds)
+        adapters = max(state_nbytes(layout, assign_specs(layout, specs)) for specs in kinds)
         samples = self.plan.interval * task.batch_size
         if upload:
             samples = task.eval_batches * task.batch_size + (
@@ -549,9 +544,7 @@ class ColaStrategy(Strategy):
         """A node's adapter state: exactly the plan's parameters and shapes, finite, and every
         tensor's norm within ``strategy.max-adapter-norm``."""
         layout = self.engine.layout
-        specs = assign_specs(layout, self.plan.specs_for(partition_id))
-        expected = {name: param_shapes(spec, layout[name].d_in, layout[name].d_out)
-                    for name, spec in specs.items()}
+        expected = state_shapes(layout, assign_specs(layout, self.plan.specs_for(partition_id)))
         state = decode_adapter_state(blob, layout=layout, expected_shapes=expected,
                                      limits=self._limits)
         limit = self.config.strategy.max_adapter_norm
