@@ -265,3 +265,15 @@ def test_a_misspelt_node_config_key_is_refused_not_ignored(caplog):
     assert "did you mean 'server-key-fingerprint'" in caplog.text
     assert set(strategy.sessions) == {1000}
     assert "server_key_fingerprint" in strategy.refused_at_hello[VICTIM]
+
+
+def test_a_node_that_never_answers_its_hello_is_left_out(caplog):
+    def silent(node, reply):
+        return None if node == VICTIM and reply.metadata.message_type == "query" else reply
+
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, grid = run({}, nodes=3, rounds=2, reply_filter=silent)
+    assert set(strategy.sessions) == {1000, 1002}
+    assert all(s.rounds_trained == 2 for s in strategy.sessions.values())
+    sent = [m.metadata.dst_node_id for m in grid.delivered if m.metadata.message_type == "train"]
+    assert VICTIM not in sent  # never sampled without a session
