@@ -157,7 +157,8 @@ class StrategyConfig:
     evaluate_every : int
         Evaluate personalised accuracy every this many rounds (and after the last).
     timeout : float
-        Seconds to wait for replies in each round; late nodes are skipped for that round.
+        Seconds a node has to answer a message (counted from when it is sent); a node that
+        misses it is skipped for the round and keeps its adapters and batches.
     max_server_batch : int
         Most samples in one mixed forward/backward pass.
     max_adapter_norm : float
@@ -171,6 +172,15 @@ class StrategyConfig:
         outside quarantine.
     max_upload_samples : int
         Most training samples a node may upload at hello in ``upload`` data mode.
+    wait_for_nodes : float
+        Seconds a round waits for ``min-train-nodes`` nodes to be available before the run
+        stops, with every result written.
+    max_joins_per_round : int
+        Most nodes that connected after the hello round sent a hello at the start of each
+        round (they join at the next round once they answer).
+    max_inflight_mb : float
+        Most megabytes of sealed payloads sent and not yet answered; the server sends each
+        node's payload as soon as its pass is done, within this cap.
     """
 
     mode: str = "unmerged"
@@ -183,6 +193,9 @@ class StrategyConfig:
     max_failures: int = 3
     min_train_nodes: int = 1
     max_upload_samples: int = 100_000
+    wait_for_nodes: float = 300.0
+    max_joins_per_round: int = 16
+    max_inflight_mb: float = 1024.0
 
     def __post_init__(self) -> None:
         _one_of("strategy.mode", self.mode, ("unmerged", "merged", "col"))
@@ -193,10 +206,15 @@ class StrategyConfig:
             raise ConfigError(f"strategy.fraction-train: must be in (0, 1], got "
                               f"{self.fraction_train}")
         for key in ("min_available_nodes", "evaluate_every", "max_server_batch", "max_failures",
-                    "min_train_nodes", "max_upload_samples"):
+                    "min_train_nodes", "max_upload_samples", "max_joins_per_round"):
             _positive(f"strategy.{key.replace('_', '-')}", getattr(self, key))
-        if self.timeout <= 0:
-            raise ConfigError(f"strategy.timeout: must be > 0 seconds, got {self.timeout}")
+        for key in ("timeout", "max_inflight_mb"):
+            if not 0 < getattr(self, key) < float("inf"):
+                raise ConfigError(f"strategy.{key.replace('_', '-')}: must be a finite number "
+                                  f"> 0, got {getattr(self, key)}")
+        if not 0 <= self.wait_for_nodes < float("inf"):
+            raise ConfigError(f"strategy.wait-for-nodes: must be a finite number >= 0 seconds, "
+                              f"got {self.wait_for_nodes}")
 
 
 @dataclass(frozen=True)
@@ -259,6 +277,27 @@ class EdgeConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    """Server checkpoints (``<output-dir>/checkpoint``; see docs/operations.md).
+
+    Parameters
+    ----------
+    every : int
+        Write a checkpoint after every this many rounds (and after the last); 0: never.
+    resume : bool
+        Go on from the latest checkpoint in the output folder instead of starting afresh
+        (``cola-fed simulate NAME --resume`` sets it). Without a checkpoint it is an error.
+    """
+
+    every: int = 1
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 0:
+            raise ConfigError(f"checkpoint.every: expected an integer >= 0, got {self.every!r}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The whole run; the sections are the run config's dotted prefixes."""
 
@@ -271,6 +310,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     wire: WireConfig = field(default_factory=WireConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
         _positive("num-server-rounds", self.num_server_rounds)

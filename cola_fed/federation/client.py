@@ -13,6 +13,8 @@ Runtime (``OrtLearner``, from the train-step graphs the server ships at hello). 
   else torch when it is installed, else onnx);
 - ``graph-cache``: where verified graphs are kept (default ``~/.cache/cola-fed/graphs``);
 - ``onnx-threads``: ONNX Runtime intra-op threads (default 1);
+- ``state-dir``: where the node keeps its identity and its sessions, so that it goes on after
+  a restart or a server resume (:mod:`cola_fed.federation.node_store`);
 - caps on what the server may ask (``max-interval``, ``max-batch-size``, ``max-length``,
   ``max-eval-batches``, ``max-layers``, ``max-width``, ``max-payload-mb``; see
   :class:`cola_fed.federation.protocol.NodeCaps`).
@@ -32,16 +34,19 @@ import logging
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from cola_fed.config import TaskConfig
 from cola_fed.edge.cache import GraphCache
 from cola_fed.edge.graphs import graph_keys
 from cola_fed.errors import ConfigError, ProtocolError, ReplayError
+from cola_fed.federation.node_store import NodeStore, raw_private
 from cola_fed.federation.protocol import (
     KIND_HELLO,
     KIND_TRAIN,
+    LEARNER_PREFIX,
     PART_ADAPTERS,
     PART_TRAIN,
     Hello,
@@ -58,6 +63,7 @@ from cola_fed.federation.protocol import (
     batch_part,
     eval_part,
     expect_parts,
+    learner_key,
     open_bundle,
     seal_bundle,
 )
@@ -73,20 +79,20 @@ from cola_fed.wire import (
     transcript_hash,
     verify_transcript,
 )
+from cola_fed.wire.crypto import sign_node_claim
 from cola_fed.wire.identity import KnownServers
 
 log = logging.getLogger("cola_fed")
 
 STATE_SESSION = "cola-session"  # ConfigRecord: NodeSession
-STATE_LEARNER = "cola-learner"  # ArrayRecord: the learner's latest state, as one blob
-# the learner as the server last saw it: restored when the server did not get the latest reply
-STATE_LEARNER_ACKED = "cola-learner-acked"
+STATE_IDENTITY = "cola-node-identity"  # ConfigRecord: the node's identity, without state-dir
+# and per learner state the session lists, an ArrayRecord: protocol.learner_key(number)
 
 
 #: every node config key cola-fed reads (others may belong to other apps of the SuperNode)
 NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "server-key-fingerprint",
                     "federation", "known-servers", "backend", "graph-cache", "onnx-threads",
-                    *NodeCaps.keys())
+                    "state-dir", *NodeCaps.keys())
 
 
 def check_node_config(node_config: dict) -> None:
@@ -103,48 +109,63 @@ def check_node_config(node_config: dict) -> None:
 
 
 def handle_hello(msg: Message, context: Context) -> Message:
-    """Round 0: check the server's signed hello, then build the learner and send the first
-    adapters and batches. Nothing is read, run or sent before the hello is checked."""
+    """Round 0, or a newcomer's first round: check the server's signed hello, then build the
+    learner (or take back the one this node held in the run, from ``context.state`` or its
+    ``state-dir``) and send the adapters and first batches. Nothing is read, run or sent before
+    the hello is checked."""
     check_node_config(context.node_config)
     caps = NodeCaps.from_node_config(context.node_config)
     hello = Hello.from_record(msg.content)
     transcript = _checked_hello(hello, context, caps)
     plan = transcript.plan
     partition_id, num_partitions = _partition(context)
-    backend = _choose_backend(context, plan, partition_id)
+    store = NodeStore.for_context(context)
+    prior = _prior_state(context, store, transcript, partition_id)
+    backend = prior[0].backend if prior else _choose_backend(context, plan, partition_id)
     graph_hashes = _receive_graphs(hello, context, plan, partition_id) if backend == "onnx" else {}
 
     key = X25519PrivateKey.generate()
+    digest = transcript_hash(hello.transcript)
     channel = SecureChannel(key, transcript.exchange_key, role="node", run_id=context.run_id,
-                            node_id=context.node_id,
-                            transcript=transcript_hash(hello.transcript))
+                            node_id=context.node_id, transcript=digest)
     learner = _new_learner(plan, partition_id, context, backend, graph_hashes)
+    states, learners, drawn = {}, {}, 0
+    if prior:  # the node held this partition in this run: it goes on from its newest state
+        previous, learners = prior
+        states, drawn = dict(previous.states), previous.states[previous.latest]
+        learner.load_bytes(learners[previous.latest])
+        log.info("hello: partition %d goes on from its state #%d", partition_id,
+                 previous.latest)
+    number = (prior[0].latest if prior else 0) + 1
     data = _client_data(plan, context, partition_id, num_partitions)
     parts = {PART_ADAPTERS: encode_adapter_state(_numpy_state(learner.adapter_state()))}
     if plan.data_mode == "upload":  # the whole training split, once
         batches = []
         parts[PART_TRAIN] = encode_batch(data.train)
     else:
-        batches = _draw(data, plan, partition_id, start=0)
+        batches = _draw(data, plan, partition_id, start=drawn)
         parts.update({batch_part(i): encode_batch(b) for i, b in enumerate(batches)})
     parts.update({eval_part(i): encode_batch(b) for i, b in enumerate(data.eval_batches)})
+    identity = _node_identity(context, store)
     claim = HelloClaim(partition_id=partition_id, num_examples=data.num_examples,
-                       backend=backend)
+                       backend=backend, state=number, identity=public_bytes(identity).hex(),
+                       signature=sign_node_claim(identity, digest, public_bytes(key)).hex())
     sealed = _bounded(seal_bundle(channel, KIND_HELLO, claim, parts), caps)
 
-    blob = learner.to_bytes()
+    states[number] = drawn + len(batches)
+    learners[number] = learner.to_bytes()
     session = NodeSession(node_key=_raw_key(key), transcript=hello.transcript,
                           partition_id=partition_id, backend=backend, sent=channel.state.sent,
-                          received=channel.state.received, drawn=len(batches),
-                          drawn_acked=len(batches), acked=channel.state.sent)
-    _save(context, session, learner=blob, learner_acked=blob)
+                          received=channel.state.received, latest=number, states=states)
+    _save(context, store, transcript, session, learners)
     log.info("hello: partition %d joins on the %s backend", partition_id, backend)
     return Message(HelloReply(public_bytes(key), sealed).to_record(), reply_to=msg)
 
 
 def handle_train(msg: Message, context: Context) -> Message:
     """Round t: learn from the adaptation data, send new adapters and the next batches."""
-    if STATE_SESSION not in context.state:
+    store = NodeStore.for_context(context)
+    if STATE_SESSION not in context.state and not _restore(context, store):
         raise ProtocolError("TRAIN before hello: this node has no session for the run")
     session = NodeSession.from_record(context.state[STATE_SESSION])
     transcript = HelloTranscript.decode(session.transcript)
@@ -162,25 +183,24 @@ def handle_train(msg: Message, context: Context) -> Message:
     if order.round <= session.last_round:
         raise ReplayError(f"a TRAIN order for round {order.round}, after round "
                           f"{session.last_round}: rounds only go forward")
-    if order.acknowledged not in (session.sent, session.acked):
-        raise ProtocolError(f"the server acknowledges message #{order.acknowledged}; this node "
-                            f"holds the states of #{session.sent} and #{session.acked}")
+    if order.acknowledged not in session.states:
+        raise ProtocolError(f"the server holds this node's state #{order.acknowledged}; this "
+                            f"node holds states {sorted(session.states)}")
     names = [adaptation_part(i) for i in range(plan.interval)]
     expect_parts(parts, names, "a TRAIN order")
     chunks = [decode_adaptation(parts.pop(name), layout=plan.layout, limits=limits)
               for name in names]
     del parts  # the encoded parts: on a small device, memory for one copy of the data only
-    # The server's adaptation data was computed at the adapters it last received. If it did not
-    # receive our latest reply (dropped, or refused), roll back to the state it did see, so the
-    # step and the batch stream stay consistent with the server and no batch is skipped.
-    acknowledged = order.acknowledged == session.sent
-    base = STATE_LEARNER if acknowledged else STATE_LEARNER_ACKED
-    drawn = session.drawn if acknowledged else session.drawn_acked
-    if not acknowledged:
-        log.warning("round %d: the server did not take this node's last reply (lost, or "
-                    "refused: its log says which); resuming from the state it holds",
-                    order.round)
-    base_blob = record_to_blob(context.state[base])
+    # The server's adaptation data was computed at the adapters of the state it holds. If that
+    # is not our latest (our reply was lost or refused, we restarted, or the server resumed
+    # from a checkpoint), go on from that state, so the step and the batch stream stay
+    # consistent with the server and no batch is skipped.
+    base, drawn = order.acknowledged, session.states[order.acknowledged]
+    if base != session.latest:
+        log.warning("round %d: the server holds this node's state #%d, not its latest #%d "
+                    "(a reply lost or refused, or a restart); going on from #%d", order.round,
+                    base, session.latest, base)
+    base_blob = record_to_blob(context.state[learner_key(base)])
     graph_hashes = _graphs_needed(plan, session.partition_id) if session.backend == "onnx" else {}
     learner = _new_learner(plan, session.partition_id, context, session.backend, graph_hashes)
     learner.load_bytes(base_blob)
@@ -192,18 +212,19 @@ def handle_train(msg: Message, context: Context) -> Message:
     if plan.data_mode == "stream":
         data = _client_data(plan, context, session.partition_id, _partition(context)[1])
         batches = _draw(data, plan, session.partition_id, start=drawn)
+    number = session.latest + 1
     parts = {PART_ADAPTERS: encode_adapter_state(_numpy_state(learner.adapter_state()))}
     parts.update({batch_part(i): encode_batch(b) for i, b in enumerate(batches)})
     report = TrainReport(round=order.round,
                          loss=sum(chunk.loss for chunk in chunks) / len(chunks),
                          num_examples=sum(chunk.num_samples for chunk in chunks),
-                         grad_norm=float(metrics.get("grad_norm", 0.0)), step=learner.step)
+                         grad_norm=float(metrics.get("grad_norm", 0.0)), step=learner.step,
+                         state=number)
     sealed = _bounded(seal_bundle(channel, KIND_TRAIN, report, parts), caps)
     session.sent, session.received = channel.state.sent, channel.state.received
-    session.last_round, session.drawn, session.drawn_acked = (order.round, drawn + len(batches),
-                                                              drawn)
-    session.acked = order.acknowledged
-    _save(context, session, learner=learner.to_bytes(), learner_acked=base_blob)
+    session.last_round, session.latest = order.round, number
+    session.states = {base: drawn, number: drawn + len(batches)}
+    _save(context, store, transcript, session, {base: base_blob, number: learner.to_bytes()})
     return Message(Sealed(sealed).to_record(), reply_to=msg)
 
 
@@ -213,8 +234,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 
 def _checked_hello(hello: Hello, context: Context, caps: NodeCaps) -> HelloTranscript:
     """The hello's transcript, once its signature holds under a server identity this node pins
-    or remembers, it is for this run and node, it is newer than any hello accepted before (a
-    replayed hello does not reset the session), and its plan is within this node's caps."""
+    or remembers, it is for this run and node, and its plan is within this node's caps."""
     verify_transcript(hello.identity, hello.transcript, hello.signature)
     transcript = HelloTranscript.decode(hello.transcript)
     if transcript.identity != hello.identity:
@@ -222,18 +242,69 @@ def _checked_hello(hello: Hello, context: Context, caps: NodeCaps) -> HelloTrans
     if (transcript.run_id, transcript.node_id) != (context.run_id, context.node_id):
         raise ProtocolError(f"a hello for run {transcript.run_id} and node {transcript.node_id} "
                             f"reached node {context.node_id} of run {context.run_id}")
+    if transcript.lineage > transcript.run_id:
+        raise ProtocolError("the hello's lineage is newer than its run")
     config = context.node_config  # only a hello fit to act on teaches trust on first use
     pinned = config.get("server-key-fingerprint") or None
     KnownServers(config.get("known-servers") or None).check(
         str(config.get("federation") or "default"), hello.identity, pinned=pinned)
-    if STATE_SESSION in context.state:
-        previous = HelloTranscript.decode(
-            NodeSession.from_record(context.state[STATE_SESSION]).transcript)
-        if previous.identity != transcript.identity or transcript.hello_id <= previous.hello_id:
-            raise ReplayError("a second hello for this run that is not a newer one from the same "
-                              "server; the session is kept")
     caps.check(transcript.plan, _partition(context)[0])
     return transcript
+
+
+def _prior_state(context: Context, store: NodeStore | None, transcript: HelloTranscript,
+                 partition_id: int) -> tuple[NodeSession, dict[int, bytes]] | None:
+    """The session and learner states this node held in this run (this process's, else its
+    state directory's), if it held one. A hello that is not newer than the one that session
+    accepted is a replay and resets nothing."""
+    records = context.state if STATE_SESSION in context.state else (
+        store.load(transcript.identity, transcript.lineage) if store else None)
+    if records is None or STATE_SESSION not in records:
+        return None
+    session = NodeSession.from_record(records[STATE_SESSION])
+    previous = HelloTranscript.decode(session.transcript)
+    if (previous.identity, previous.lineage) != (transcript.identity, transcript.lineage) or (
+            transcript.hello_id <= previous.hello_id):
+        raise ReplayError("a second hello for this run that is not a newer one from the same "
+                          "server; the session is kept")
+    if session.partition_id != partition_id:
+        raise ConfigError(f"this node held partition {session.partition_id} in this run, and "
+                          f"its node config now says partition-id = {partition_id}; a node "
+                          "keeps its partition for the whole run")
+    learners = {n: bytes(record_to_blob(records[learner_key(n)])) for n in session.states}
+    if session.latest not in learners:
+        raise ProtocolError("this node's stored session is damaged; rejoin the run")
+    return session, learners
+
+
+def _restore(context: Context, store: NodeStore | None) -> bool:
+    """Take back this run's session from the state directory, if this process lost it (the
+    node restarted and kept its node id): the newest saved session of this run and node."""
+    for path in store.files() if store else []:
+        records = store.read(path)
+        if STATE_SESSION not in records:
+            continue
+        transcript = HelloTranscript.decode(NodeSession.from_record(
+            records[STATE_SESSION]).transcript)
+        if (transcript.run_id, transcript.node_id) == (context.run_id, context.node_id):
+            for name in list(records):
+                context.state[name] = records[name]
+            log.info("restored this node's session of run %d from %s", context.run_id, path)
+            return True
+    return False
+
+
+def _node_identity(context: Context, store: NodeStore | None) -> Ed25519PrivateKey:
+    """The node's long-term identity: from its state directory, else this process's own
+    (kept in ``context.state`` for the run)."""
+    if store is not None:
+        return store.identity()
+    record = context.state.get(STATE_IDENTITY)
+    if record is None:
+        key = Ed25519PrivateKey.generate()
+        context.state[STATE_IDENTITY] = ConfigRecord({"key": raw_private(key)})
+        return key
+    return Ed25519PrivateKey.from_private_bytes(record["key"])
 
 
 def _partition(context: Context) -> tuple[int, int]:
@@ -371,8 +442,17 @@ def _raw_key(key: X25519PrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _save(context: Context, session: NodeSession, *, learner: bytes,
-          learner_acked: bytes) -> None:
+def _save(context: Context, store: NodeStore | None, transcript: HelloTranscript,
+          session: NodeSession, learners: dict[int, bytes]) -> None:
+    """Keep the session and the learner of each state it lists, in ``context.state`` and, with
+    a state directory, on disk (before the reply leaves: a node that dies after sending it
+    still holds the state the server may take)."""
+    for name in [n for n in context.state if n.startswith(LEARNER_PREFIX)]:
+        del context.state[name]
     context.state[STATE_SESSION] = session.to_record()
-    context.state[STATE_LEARNER] = blob_to_record(learner)
-    context.state[STATE_LEARNER_ACKED] = blob_to_record(learner_acked)
+    for number in session.states:
+        context.state[learner_key(number)] = blob_to_record(learners[number])
+    if store is not None:
+        records = RecordDict({name: context.state[name] for name in context.state
+                              if name != STATE_IDENTITY})
+        store.save(records, transcript.identity, transcript.lineage)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from types import SimpleNamespace
@@ -89,13 +90,18 @@ class LocalGrid(Grid):
         (a node that runs modified code).
     processes : dict, optional
         Node id -> :class:`NodeProcess` for nodes that run in a child process.
+    delays : dict, optional
+        Node id -> seconds before that node's replies can be pulled (a straggler).
+    keep_delivered : bool
+        Keep every message sent in ``delivered`` (for tests; off for long runs).
     """
 
     def __init__(self, num_nodes: int, *, run_id: int = 4242,
                  reply_filter: Callable[[int, Message], Message | None] | None = None,
                  message_filter: Callable[[int, Message], Message | None] | None = None,
                  handlers: dict[int, Callable[[Message, Context], Message]] | None = None,
-                 processes: dict[int, NodeProcess] | None = None) -> None:
+                 processes: dict[int, NodeProcess] | None = None,
+                 delays: dict[int, float] | None = None, keep_delivered: bool = True) -> None:
         self.run_id = run_id
         # what a real ServerApp process has set before it creates messages
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 1, 1
@@ -107,38 +113,80 @@ class LocalGrid(Grid):
         self.reply_filter, self.message_filter = reply_filter, message_filter
         self.handlers = handlers or {}
         self.processes = processes or {}  # node id -> the child process that runs it
+        self.delays = delays or {}
+        self.keep_delivered = keep_delivered
         self.delivered: list[Message] = []
+        self._replies: dict[str, tuple[float, Message]] = {}  # message id -> (ready at, reply)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
+
+    def connect(self, node_id: int, partition_id: int, num_partitions: int,
+                **node_config) -> Context:
+        """A node that connects now (a late joiner, or a node restarted under a new id)."""
+        config = {"partition-id": partition_id, "num-partitions": num_partitions, **node_config}
+        self.contexts[node_id] = Context(self.run_id, node_id, config, RecordDict(), {})
+        return self.contexts[node_id]
+
+    def disconnect(self, node_id: int) -> Context:
+        """A node that goes away (its process and ``context.state`` with it)."""
+        return self.contexts.pop(node_id)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver each message now; its reply waits to be pulled."""
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as the SuperLink does
+            ids.append(msg.metadata.message_id)
+            reply = self._deliver(msg)
+            if reply is not None:
+                ready = time.monotonic() + self.delays.get(msg.metadata.dst_node_id, 0.0)
+                self._replies[msg.metadata.message_id] = (ready, reply)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        now, replies = time.monotonic(), []
+        for message_id in message_ids:
+            entry = self._replies.get(message_id)
+            if entry is not None and entry[0] <= now:
+                replies.append(self._replies.pop(message_id)[1])
+        return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> Iterable[Message]:
         replies = []
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as the SuperLink does
-            self.delivered.append(msg)
-            node_id = msg.metadata.dst_node_id
-            if self.message_filter is not None:
-                msg = self.message_filter(node_id, msg)
-                if msg is None:
-                    continue
-            context = self.contexts[node_id]
-            handler = self.handlers.get(node_id) or (
-                handle_hello if msg.metadata.message_type == MessageType.QUERY else handle_train)
-            node = self.processes.get(node_id)
-            if node is not None:
-                reply, self.contexts[node_id] = node.handle(msg, context)
-            else:
-                try:
-                    reply = handler(msg, context)
-                except Exception as err:
-                    reply = Message(Error(code=1, reason=repr(err)), reply_to=msg)
-            if self.reply_filter is not None:
-                reply = self.reply_filter(node_id, reply)
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            reply = self._deliver(msg)
             if reply is not None:
                 replies.append(reply)
         return replies
+
+    def _deliver(self, msg: Message) -> Message | None:
+        """The node's reply to ``msg`` (through the filters), or None when there is none."""
+        if self.keep_delivered:
+            self.delivered.append(msg)
+        node_id = msg.metadata.dst_node_id
+        if self.message_filter is not None:
+            msg = self.message_filter(node_id, msg)
+            if msg is None:
+                return None
+        if node_id not in self.contexts:
+            return None  # gone
+        context = self.contexts[node_id]
+        handler = self.handlers.get(node_id) or (
+            handle_hello if msg.metadata.message_type == MessageType.QUERY else handle_train)
+        node = self.processes.get(node_id)
+        if node is not None:
+            reply, self.contexts[node_id] = node.handle(msg, context)
+        else:
+            try:
+                reply = handler(msg, context)
+            except Exception as err:
+                reply = Message(Error(code=1, reason=repr(err)), reply_to=msg)
+        if self.reply_filter is not None:
+            reply = self.reply_filter(node_id, reply)
+        return reply
 
     # The rest of the Grid contract is not used by ColaStrategy.
     def set_run(self, run):  # pragma: no cover
@@ -152,10 +200,4 @@ class LocalGrid(Grid):
         raise NotImplementedError
 
     def get_nodes(self):  # pragma: no cover
-        raise NotImplementedError
-
-    def push_messages(self, messages):  # pragma: no cover
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # pragma: no cover
         raise NotImplementedError

@@ -2,8 +2,9 @@
 
 ```
 round 0  QUERY  server -> node  cola{identity, transcript, signature}  graphs{<name>: ONNX bytes}
-                                transcript = canonical JSON {protocol, run-id, node-id, hello-id,
-                                identity, exchange-key, plan}, signed by the server identity
+                                transcript = canonical JSON {protocol, run-id, lineage, node-id,
+                                hello-id, identity, exchange-key, plan}, signed by the server
+                                identity
                 node -> server  cola{node-public-key}
                                 sealed{control: HelloClaim, adapters, batch0..(I-1) | train,
                                        eval0..}
@@ -19,9 +20,13 @@ the transcript goes into the session keys, so a node's replies open only for the
 hello it accepted. Everything else (rounds, acknowledgements, metrics, partition claims)
 travels sealed; ``docs/security.md`` lists what stays in the clear and why it is harmless.
 
-``acknowledged`` is the counter of the last node message the server accepted: a node whose
-latest reply was lost or refused resumes from the learner state the server holds (no step is
-applied twice, no batch skipped).
+Nodes number their learner states: every reply carries one (``HelloClaim.state``,
+``TrainReport.state``) and every TRAIN order says which one the server holds
+(``TrainOrder.acknowledged``). A node whose latest reply was lost or refused, that restarted, or
+whose server resumed from a checkpoint, continues from the state the server holds: no step is
+applied twice, no batch skipped. ``lineage`` names the run a resumed run continues (its first
+run id), and the node's own long-term identity key signs its claim of a partition, so that a
+restarted node proves it is the one that held it.
 
 Every ``from_record``/``decode`` here raises only :class:`ProtocolError` (the message does not
 fit the protocol) or :class:`PayloadError` (a payload inside it is refused).
@@ -485,11 +490,14 @@ class HelloTranscript:
     identity: bytes
     exchange_key: bytes
     plan: Plan
+    #: the run this one continues (its first run id; this run's id unless it resumed)
+    lineage: int
 
     def encode(self) -> bytes:
         return dumps_canonical({
             "protocol": PROTOCOL_VERSION,
             "run-id": str(self.run_id),
+            "lineage": str(self.lineage),
             "node-id": str(self.node_id),
             "hello-id": str(self.hello_id),
             "identity": self.identity.hex(),
@@ -504,12 +512,14 @@ class HelloTranscript:
                                max_depth=8)
         except PayloadError as err:
             raise ProtocolError(str(err)) from None
-        raw = _take(raw, {"protocol": int, "run-id": str, "node-id": str, "hello-id": str,
-                          "identity": str, "exchange-key": str, "plan": dict}, "hello")
+        raw = _take(raw, {"protocol": int, "run-id": str, "lineage": str, "node-id": str,
+                          "hello-id": str, "identity": str, "exchange-key": str, "plan": dict},
+                    "hello")
         if raw["protocol"] != PROTOCOL_VERSION:
             raise ProtocolError(f"the server speaks protocol {raw['protocol']}, this node "
                                 f"{PROTOCOL_VERSION}; upgrade the older side")
         return cls(run_id=_u64(raw["run-id"], "hello.run-id"),
+                   lineage=_u64(raw["lineage"], "hello.lineage"),
                    node_id=_u64(raw["node-id"], "hello.node-id"),
                    hello_id=_u64(raw["hello-id"], "hello.hello-id"),
                    identity=_key32(raw["identity"], "hello.identity"),
@@ -655,24 +665,37 @@ class Control:
 
 @dataclass(frozen=True)
 class HelloClaim(Control):
-    """Sealed in the hello reply: which partition the node holds, on which backend."""
+    """Sealed in the hello reply: which partition the node holds, on which backend, the number
+    of the learner state its adapters and batches are, and its long-term identity with its
+    signature of this session (:func:`cola_fed.wire.crypto.sign_node_claim`), hex-encoded."""
 
     partition_id: int
     num_examples: int
     backend: str
+    state: int
+    identity: str
+    signature: str
 
     FIELDS: ClassVar = {"partition-id": (int, 0, MAX_PARTITION_ID),
-                        "num-examples": (int, 0, _MAX_INT), "backend": (str, 0, 0)}
+                        "num-examples": (int, 0, _MAX_INT), "backend": (str, 0, 0),
+                        "state": (int, 1, _MAX_INT), "identity": (str, 0, 0),
+                        "signature": (str, 0, 0)}
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ProtocolError(f"HelloClaim.backend: expected one of {BACKENDS}, got "
                                 f"{self.backend!r:.40}")
+        for name, size in (("identity", 32), ("signature", SIGNATURE_BYTES)):
+            value = getattr(self, name)
+            if len(value) != 2 * size or any(c not in "0123456789abcdef" for c in value):
+                raise ProtocolError(f"HelloClaim.{name}: expected {size} bytes as "
+                                    f"{2 * size} lower-case hex digits")
 
 
 @dataclass(frozen=True)
 class TrainOrder(Control):
-    """Sealed in a TRAIN request: the round, and the last node message the server accepted."""
+    """Sealed in a TRAIN request: the round, and the number of the node's learner state the
+    server holds (the adaptation data was computed at its adapters)."""
 
     round: int
     acknowledged: int
@@ -682,17 +705,19 @@ class TrainOrder(Control):
 
 @dataclass(frozen=True)
 class TrainReport(Control):
-    """Sealed in a TRAIN reply: the round it answers and the node's training metrics."""
+    """Sealed in a TRAIN reply: the round it answers, the node's training metrics and the
+    number of the learner state the reply's adapters and batches are."""
 
     round: int
     loss: float
     num_examples: int
     grad_norm: float
     step: int
+    state: int
 
     FIELDS: ClassVar = {"round": (int, 1, _MAX_INT), "loss": (float, 0.0, 1e30),
                         "num-examples": (int, 0, _MAX_INT), "grad-norm": (float, 0.0, 1e30),
-                        "step": (int, 0, _MAX_INT)}
+                        "step": (int, 0, _MAX_INT), "state": (int, 1, _MAX_INT)}
 
 
 def seal_bundle(channel: SecureChannel, kind: str, control: Control,
@@ -745,11 +770,14 @@ def expect_parts(parts: Mapping[str, Any], names: list[str], what: str) -> None:
 
 @dataclass
 class NodeSession:
-    """What a node keeps between messages: its key, the hello it accepted (plan, server keys),
-    its partition and backend, the channel counters and its place in its batch stream.
+    """What a node keeps between messages: its channel key, the hello it accepted (plan, server
+    keys), its partition and backend, the channel counters, and the learner states the server
+    may hold.
 
-    The plan and the server's keys are read again from the stored transcript, which the node
-    checked at hello; nothing here came over the wire unchecked.
+    ``states`` maps a state number to that state's place in the node's batch stream (how many
+    batches it had drawn); each state's learner is kept beside the session
+    (:func:`learner_key`). The plan and the server's keys are read again from the stored
+    transcript, which the node checked at hello; nothing here came over the wire unchecked.
     """
 
     node_key: bytes
@@ -759,19 +787,23 @@ class NodeSession:
     sent: int = 0
     received: int = 0
     last_round: int = 0
-    drawn: int = 0
-    drawn_acked: int = 0
-    #: the counter of the message whose learner state the server holds, when it is not the
-    #: latest (``cola-learner-acked`` and ``drawn_acked`` are that state)
-    acked: int = 0
+    latest: int = 0  # the number of the newest state
+    states: dict[int, int] = field(default_factory=dict)
 
+    #: most learner states a node keeps (the server holds one of the newest few)
+    MAX_STATES: ClassVar[int] = 8
 
     def to_record(self) -> ConfigRecord:
-        return ConfigRecord({k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()})
+        values = {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()
+                  if k != "states"}
+        values["state-numbers"] = sorted(self.states)
+        values["state-drawn"] = [self.states[n] for n in sorted(self.states)]
+        return ConfigRecord(values)
 
     @classmethod
     def from_record(cls, record: Any) -> NodeSession:
-        names = {f.name.replace("_", "-") for f in dataclasses.fields(cls)}
+        names = {f.name.replace("_", "-") for f in dataclasses.fields(cls) if f.name != "states"}
+        names |= {"state-numbers", "state-drawn"}
         if not isinstance(record, ConfigRecord) or set(record) != names:
             raise ProtocolError("this node's stored session is not one this cola-fed wrote; "
                                 "the node must rejoin the run")
@@ -779,7 +811,20 @@ class NodeSession:
         for f in dataclasses.fields(cls):
             if f.type == "int":
                 _check_type(values[f.name], int, f"node session {f.name}")
+        numbers, drawn = values.pop("state_numbers"), values.pop("state_drawn")
         if not (isinstance(values["node_key"], bytes) and len(values["node_key"]) == 32
-                and isinstance(values["transcript"], bytes) and values["backend"] in BACKENDS):
+                and isinstance(values["transcript"], bytes) and values["backend"] in BACKENDS
+                and isinstance(numbers, list) and isinstance(drawn, list)
+                and len(numbers) == len(drawn) <= cls.MAX_STATES):
             raise ProtocolError("this node's stored session is damaged; rejoin the run")
-        return cls(**values)
+        for i, value in enumerate(numbers + drawn):
+            _check_type(value, int, f"node session state {i}")
+        return cls(**values, states=dict(zip(numbers, drawn)))
+
+
+LEARNER_PREFIX = "cola-learner-"
+
+
+def learner_key(state: int) -> str:
+    """The ``context.state`` key of a node's learner in state number ``state``."""
+    return f"{LEARNER_PREFIX}{state}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from flwr.serverapp import Grid
 
 from cola_fed.config import RunConfig
+from cola_fed.federation.checkpoint import Checkpoint
 from cola_fed.federation.strategy import ColaStrategy
 from cola_fed.gl.engine import ServerEngine
 from cola_fed.tasks.base import get_task
@@ -20,7 +22,9 @@ from cola_fed.wire.identity import load_identity, load_or_create_identity
 log = logging.getLogger("cola_fed")
 
 
-def build_strategy(config: RunConfig) -> ColaStrategy:
+def build_strategy(config: RunConfig, *, results: bool = False) -> ColaStrategy:
+    """The strategy of a run config; with ``results``, it writes checkpoints (per
+    ``checkpoint.*``) and the results folder after every round, into ``output-dir``."""
     task = get_task(config.task)
     engine = ServerEngine(task.build_model(), targets=list(task.targets),
                           mode=config.strategy.mode,
@@ -29,42 +33,60 @@ def build_strategy(config: RunConfig) -> ColaStrategy:
     # one is created on first use
     path = config.wire.server_key
     identity = load_identity(path) if path else load_or_create_identity()
-    return ColaStrategy(engine, task, config, identity=identity)
+    if not results:
+        return ColaStrategy(engine, task, config, identity=identity)
+    out = Path(config.output_dir)
+    started = time.perf_counter()
+    return ColaStrategy(engine, task, config, identity=identity,
+                        checkpoint=Checkpoint(out / "checkpoint"),
+                        on_round=lambda s: write_results(s, out,
+                                                         seconds=time.perf_counter() - started))
 
 
 def run_server(grid: Grid, run_config: dict[str, Any]) -> ColaStrategy:
+    """Run the config's rounds on ``grid``; results are written after every round and when the
+    run ends, however it ends."""
     config = RunConfig.from_flat(run_config)
-    strategy = build_strategy(config)
-    start = time.perf_counter()
+    strategy = build_strategy(config, results=True)
     try:
         strategy.start(grid, num_rounds=config.num_server_rounds, timeout=config.strategy.timeout)
     finally:  # whatever ends the run, every node's adapters and the round records are kept
-        write_results(strategy, Path(config.output_dir), seconds=time.perf_counter() - start)
+        if strategy.members or strategy.rounds:  # (a run that never began overwrites nothing)
+            strategy.on_round(strategy)
     return strategy
 
 
 def write_results(strategy: ColaStrategy, out: Path, *, seconds: float) -> Path:
-    """metrics.json, learning_curve.png and every node's final adapters (safetensors)."""
+    """metrics.json, learning_curve.png and every node's latest adapters (safetensors), each
+    replaced atomically: a reader never sees half a file."""
     out.mkdir(parents=True, exist_ok=True)
     nodes = {s.partition_id: {"backend": s.backend, "rounds-trained": s.rounds_trained,
                               "quarantined": s.quarantined, "last-error": s.last_error,
                               "history": s.history}
-             for s in strategy.sessions.values()}
-    (out / "metrics.json").write_text(json.dumps(
+             for s in strategy.members.values()}
+    _replace(out / "metrics.json", (json.dumps(
         {"rounds": strategy.rounds, "nodes": nodes, "seconds": seconds,
-         "stopped-early": strategy.stopped,
+         "last-round": strategy.last_round, "stopped-early": strategy.stopped,
          "refused-at-hello": {str(n): why for n, why in strategy.refused_at_hello.items()}},
-        indent=2) + "\n")
+        indent=2) + "\n").encode())
     adapters = out / "adapters"
     adapters.mkdir(exist_ok=True)
+    current = {f"partition-{p}.safetensors" for p in strategy.members}
     for stale in adapters.glob("partition-*.safetensors"):  # an earlier run's, not this one's
-        stale.unlink()
-    for session in strategy.sessions.values():
+        if stale.name not in current:
+            stale.unlink()
+    for session in strategy.members.values():
         path = adapters / f"partition-{session.partition_id}.safetensors"
-        path.write_bytes(encode_adapter_state(session.adapters))
+        _replace(path, encode_adapter_state(session.adapters))
     plot_learning_curve(strategy.rounds, out / "learning_curve.png")
     log.info("results in %s", out.resolve())
     return out
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def plot_learning_curve(rounds: list[dict[str, Any]], path: Path) -> None:
@@ -82,5 +104,6 @@ def plot_learning_curve(rounds: list[dict[str, Any]], path: Path) -> None:
     loss_ax.plot([r["round"] for r in trained], [r["train-loss"] for r in trained], marker="o")
     loss_ax.set(xlabel="round", ylabel="mean client loss", title="training loss")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path.with_name(f".{path.name}.tmp.png"), dpi=100)
+    os.replace(path.with_name(f".{path.name}.tmp.png"), path)
     plt.close(fig)

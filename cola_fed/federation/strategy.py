@@ -1,10 +1,12 @@
 """ColaStrategy: the server side of ColA as a Flower strategy.
 
-The server keeps, per node, its latest adapter state, its pending batches, its held-out batches
-and its channel; never optimizer state. A round computes adaptation data for every sampled node
-in shared forward/backward passes (``ServerEngine``), seals each node's share for that node alone,
-and takes back new adapters plus the next batches. Evaluation runs on the server, on each node's
-held-out batches with that node's adapters (personalised accuracy).
+The server keeps, per partition, the node's latest adapter state, its pending batches, its
+held-out batches and its channel; never optimizer state. A round computes adaptation data for
+every sampled node in shared forward/backward passes (``ServerEngine``), seals each node's share
+for that node alone, sends it as soon as its pass is done, and takes back new adapters plus the
+next batches. Evaluation runs on the server, on each node's held-out batches with that node's
+adapters (personalised accuracy). Nodes may join late, drop out, restart, and the server itself
+may resume from a checkpoint (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import random
 import statistics
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +32,14 @@ from cola_fed.adapters.init import state_nbytes, state_shapes
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.config import RunConfig
 from cola_fed.edge.graphs import content_hash, graph_keys
-from cola_fed.errors import AdapterBoundsError, ProtocolError, RunStopped
+from cola_fed.errors import AdapterBoundsError, ConfigError, ProtocolError, RunStopped
+from cola_fed.federation.checkpoint import Checkpoint, flatten_state, unflatten_state
 from cola_fed.federation.protocol import (
     KIND_HELLO,
     KIND_TRAIN,
     PART_ADAPTERS,
     PART_TRAIN,
+    SEALED,
     Assignment,
     Hello,
     HelloClaim,
@@ -69,6 +73,7 @@ from cola_fed.wire import (
     transcript_hash,
 )
 from cola_fed.wire.codec import Limits
+from cola_fed.wire.crypto import verify_node_claim
 
 log = logging.getLogger("cola_fed")
 
@@ -94,17 +99,27 @@ def build_plan(layout: Layout, task: Task, config: RunConfig) -> Plan:
 
 @dataclass
 class NodeSession:
-    """What the server holds for one node between rounds."""
+    """What the server holds for one partition's node between rounds.
 
-    node_id: int
+    ``node_id`` and ``channel`` are the node's current connection: a node that restarts (or
+    every node, when the server resumes from a checkpoint) gets a new one at its next hello,
+    after proving with ``identity`` that it is the node that held the partition.
+    """
+
     partition_id: int
-    channel: SecureChannel
+    identity: bytes  # the node's long-term identity key (public)
     specs: dict[str, AdapterSpec]
     adapters: dict[str, dict[str, np.ndarray]]
     pending: list[dict[str, np.ndarray]]
     eval_batches: list[dict[str, np.ndarray]]
-    #: ``upload`` mode: the node's training split, as the seeded batch stream the node would draw
-    stream: Iterator[dict[str, np.ndarray]] | None = None
+    node_id: int | None = None
+    channel: SecureChannel | None = None
+    #: the number of the node's learner state that ``adapters`` and ``pending`` are
+    acknowledged: int = 0
+    #: ``upload`` mode: the node's training split, and how many batches the server has drawn
+    #: from its seeded batch stream
+    train: dict[str, np.ndarray] | None = None
+    drawn: int = 0
     num_examples: int = 0
     backend: str = "torch"
     rounds_trained: int = 0
@@ -113,10 +128,56 @@ class NodeSession:
     quarantined: bool = False
     last_error: str = ""  # the latest refusal counted against the node
     history: list[dict[str, float]] = field(default_factory=list)
+    #: bumped whenever the tensors above change (a checkpoint rewrites only what changed)
+    version: int = 0
+    #: an accepted reply of this round, applied when the round's replies are in
+    incoming: tuple[TrainReport, dict, list] | None = None
+    _stream: Iterator[dict[str, np.ndarray]] | None = None
+
+    @property
+    def node(self) -> str:
+        return f"node {self.node_id} (partition {self.partition_id})"
+
+    def draw_pending(self, plan: Plan) -> None:
+        """``upload`` mode: the next ``interval`` batches of the node's seeded stream."""
+        if self._stream is None:
+            self._stream = ClientData(train=self.train, eval_batches=[]).batches(
+                plan.task.batch_size, seed=plan.batch_seed(self.partition_id))
+            for _ in range(self.drawn):
+                next(self._stream)
+        self.pending = [next(self._stream) for _ in range(plan.interval)]
+        self.drawn += plan.interval
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return flatten_state(self.adapters, {"pending": self.pending,
+                                             "eval": self.eval_batches}, self.train)
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the session besides its tensors."""
+        return {"identity": self.identity.hex(), "acknowledged": self.acknowledged,
+                "drawn": self.drawn, "num-examples": self.num_examples,
+                "backend": self.backend, "rounds-trained": self.rounds_trained,
+                "failures": self.failures, "quarantined": self.quarantined,
+                "last-error": self.last_error, "history": self.history,
+                "version": self.version}
+
+
+@dataclass
+class _PendingHello:
+    message_id: str
+    transcript: bytes  # its hash
+    expires: float
 
 
 class ColaStrategy(Strategy):
     """Collaborative Adaptation with Gradient Learning over Flower.
+
+    Each round the server computes every sampled node's adaptation data, group by group of
+    ``strategy.max-server-batch`` samples, and sends each node its sealed payload as soon as
+    its group's pass is done (at most ``strategy.max-inflight-mb`` unanswered), reading replies
+    as they arrive. Nodes that connect late join at the next round; a node that errs or misses
+    ``strategy.timeout`` is skipped for the round and keeps its adapters and batches. With
+    ``checkpoint.every``, a checkpoint after each round lets a killed server resume.
 
     No hook raises for one node's sake: whatever a node sends is checked against the plan and
     the task's input contract, a pass its data breaks is retried without it, and a node refused
@@ -129,89 +190,168 @@ class ColaStrategy(Strategy):
     task : Task
         Gives the fresh head to adapt, the input contract of node batches and the metric.
     config : RunConfig
-        Strategy, adapter, optimizer, data and wire settings.
+        Strategy, adapter, optimizer, data, wire and checkpoint settings.
     identity : Ed25519PrivateKey
         The server's long-term identity key: it signs every hello, and the run's exchange key
         is derived from it (``cola_fed.wire.identity``).
+    checkpoint : Checkpoint, optional
+        Where checkpoints are written (and, with ``checkpoint.resume``, read back).
+    on_round : callable, optional
+        Called with the strategy after every round (and after the run): writes results.
     """
 
     def __init__(self, engine: ServerEngine, task: Task, config: RunConfig,
-                 identity: Ed25519PrivateKey) -> None:
+                 identity: Ed25519PrivateKey, *, checkpoint: Checkpoint | None = None,
+                 on_round: Callable[[ColaStrategy], None] | None = None) -> None:
         self.engine, self.task, self.config = engine, task, config
         self.identity = identity
         self.plan = build_plan(engine.layout, task, config)
         self.contract = task.input_contract()
-        self.sessions: dict[int, NodeSession] = {}
+        self.members: dict[int, NodeSession] = {}  # by partition id
         self.server_test = task.server_test_batches() if config.task.server_test_size else []
         self.rounds: list[dict[str, Any]] = []
         self.stopped: str | None = None  # why the run ended early, if it did
         self.refused_at_hello: dict[int, str] = {}  # node id -> why it did not join
+        self.checkpoint, self.on_round = checkpoint, on_round
+        self.lineage = 0
+        self.last_round = 0  # the last round completed
+        self._hellos: dict[int, _PendingHello] = {}
         self._round_started = 0.0
         self._bytes_down = 0
-        self._sampled: list[int] = []
+        self._sampled: set[int] = set()
         self._refused: list[int] = []
         self._rng = random.Random(config.task.seed)
+
+    @property
+    def sessions(self) -> dict[int, NodeSession]:
+        """The sessions of the nodes connected to the run now, by node id."""
+        return {s.node_id: s for s in self.members.values() if s.node_id is not None}
 
     # ----------------------------------------------------------------------------------------
     # the run
 
     def start(self, grid: Grid, num_rounds: int, timeout: float) -> Result:  # type: ignore[override]
-        """Hello round (keys, first batches), then Flower's train/evaluate loop; ends early,
-        keeping every result, when fewer than ``strategy.min-train-nodes`` nodes remain."""
+        """Hello round (keys, first batches), then rounds of admit, train, evaluate and
+        checkpoint; ends early, keeping every result, when fewer than
+        ``strategy.min-train-nodes`` nodes are available for ``strategy.wait-for-nodes``."""
         try:
+            self._begin(grid)
             self.hello(grid, timeout)
-            return super().start(grid=grid, initial_arrays=ArrayRecord(),
-                                 num_rounds=num_rounds, timeout=timeout,
-                                 evaluate_fn=self.evaluate)
+            if self.last_round == 0:
+                self.evaluate(0, ArrayRecord())
+                self._after_round(0)
+            for server_round in range(self.last_round + 1, num_rounds + 1):
+                self._admit(grid)
+                self._round_started = time.perf_counter()
+                self._sampled = set(self._sample(grid, server_round))
+                messages = self.configure_train(server_round, ArrayRecord(), ConfigRecord(),
+                                                grid)
+                self.aggregate_train(server_round, self._exchange(grid, messages, timeout))
+                self.evaluate(server_round, ArrayRecord())
+                self.last_round = server_round
+                self._after_round(server_round)
         except RunStopped as stop:
             self.stopped = str(stop)
             log.error("the run stopped early: %s", stop)
-            return Result()
+        return Result()
+
+    def _begin(self, grid: Grid) -> None:
+        """The run's keys and graphs, and with ``checkpoint.resume`` the checkpoint's state."""
+        self.run_id = _run_id(grid)
+        self.exchange = exchange_key_for_run(self.identity, self.run_id)
+        self.graphs = self._edge_graphs()
+        self.plan = self.plan.with_graphs({n: content_hash(g) for n, g in self.graphs.items()})
+        self.lineage = self.run_id
+        if self.checkpoint is None:
+            return
+        if self.config.checkpoint.resume:
+            self._resume()
+        elif self.checkpoint.exists():
+            log.warning("starting afresh: the checkpoint in %s is replaced (resume it with "
+                        "checkpoint.resume = true, or cola-fed simulate NAME --resume)",
+                        self.checkpoint.folder)
+            self.checkpoint.clear()
 
     def hello(self, grid: Grid, timeout: float) -> None:
-        wanted = self.config.strategy.min_available_nodes
+        """Send every connected node a hello and wait up to ``timeout`` for the answers (a
+        fresh run first waits for ``strategy.min-available-nodes`` nodes)."""
+        wanted = self.config.strategy.min_available_nodes if self.last_round == 0 else 1
         deadline = time.monotonic() + timeout
         while len(list(grid.get_node_ids())) < wanted:
             if time.monotonic() > deadline:
                 raise RunStopped(f"fewer than {wanted} nodes connected within {timeout:.0f} s")
             time.sleep(1.0)
-        run_id = _run_id(grid)
-        self.exchange = exchange_key_for_run(self.identity, run_id)
-        graphs = self._edge_graphs()
-        self.plan = self.plan.with_graphs({n: content_hash(g) for n, g in graphs.items()})
+        nodes = list(grid.get_node_ids())
+        log.info("hello: %d nodes, server identity %s%s", len(nodes),
+                 fingerprint(public_bytes(self.identity)),
+                 f"; resuming at round {self.last_round + 1}" if self.last_round else "")
+        self._send_hellos(grid, nodes, timeout)
+        while self._hellos and time.monotonic() < deadline:
+            self._collect_hellos(grid)
+            if self._hellos:
+                time.sleep(0.1)
+        self._collect_hellos(grid, expire=True)
+        joined = self.sessions
+        if len(joined) < self.config.strategy.min_train_nodes:
+            raise RunStopped(f"{len(joined)} nodes completed the hello round, fewer than "
+                             f"strategy.min-train-nodes = {self.config.strategy.min_train_nodes}")
+        log.info("hello: %d nodes joined (partitions %s; backends %s)", len(joined),
+                 sorted(s.partition_id for s in joined.values()),
+                 dict(sorted(collections.Counter(s.backend for s in joined.values()).items())))
+
+    def _admit(self, grid: Grid) -> None:
+        """Newcomers: take the answers to earlier hellos, and send hellos to nodes that
+        connected since (at most ``strategy.max-joins-per-round`` waiting at once)."""
+        self._collect_hellos(grid, expire=True)
+        known = set(self.sessions) | set(self.refused_at_hello) | set(self._hellos)
+        newcomers = [n for n in grid.get_node_ids() if n not in known]
+        room = self.config.strategy.max_joins_per_round - len(self._hellos)
+        if newcomers and room > 0:
+            log.info("%d nodes connected since the hello round; sending %d a hello",
+                     len(newcomers), min(room, len(newcomers)))
+            self._send_hellos(grid, newcomers[:room], self.config.strategy.timeout)
+
+    def _send_hellos(self, grid: Grid, nodes: list[int], timeout: float) -> None:
         hello_id = time.time_ns()  # above any earlier hello of this server: replays refused
-        transcripts, messages = {}, []
-        for node in grid.get_node_ids():
+        for node in nodes:
             hello = Hello.signed(self.identity, HelloTranscript(
-                run_id=run_id, node_id=node, hello_id=hello_id,
+                run_id=self.run_id, node_id=node, hello_id=hello_id,
                 identity=public_bytes(self.identity), exchange_key=public_bytes(self.exchange),
-                plan=self.plan), graphs)
-            transcripts[node] = transcript_hash(hello.transcript)
-            messages.append(Message(hello.to_record(), dst_node_id=node,
-                                    message_type=MessageType.QUERY, group_id="0"))
-        log.info("hello: %d nodes, server identity %s", len(messages),
-                 fingerprint(public_bytes(self.identity)))
-        for reply in grid.send_and_receive(messages, timeout=timeout):
-            node = reply.metadata.src_node_id
-            if node not in transcripts:
+                plan=self.plan, lineage=self.lineage), self.graphs)
+            message = Message(hello.to_record(), dst_node_id=node,
+                              message_type=MessageType.QUERY, group_id="0", ttl=timeout)
+            [message_id] = grid.push_messages([message])
+            if message_id:
+                self._hellos[node] = _PendingHello(message_id, transcript_hash(hello.transcript),
+                                                   time.monotonic() + timeout)
+
+    def _collect_hellos(self, grid: Grid, *, expire: bool = False) -> None:
+        """Open the hello replies that have arrived; with ``expire``, forget hellos that were
+        not answered in time (the node may get another one later)."""
+        if not self._hellos:
+            return
+        by_message = {h.message_id: n for n, h in self._hellos.items()}
+        claims = []
+        for reply in grid.pull_messages(list(by_message)):
+            node = by_message.get(reply.metadata.reply_to_message_id)
+            if node is None or reply.metadata.src_node_id != node:
                 continue
+            pending = self._hellos.pop(node)
             if reply.has_error():
                 self.refused_at_hello[node] = reason = node_error(reply.error.reason)
                 log.warning("hello: node %s failed: %s", node, reason)
                 continue
             try:  # the isolation boundary: whatever a node sent, it fails alone
-                self.sessions[node] = self._open_hello(node, reply, run_id, transcripts[node])
+                claims.append(self._open_hello(node, reply, pending.transcript))
             except Exception as err:
                 self.refused_at_hello[node] = f"{type(err).__name__}: {err}"
                 log.warning("hello: refused node %s: %s: %s", node, type(err).__name__, err)
-        self._refuse_contested_partitions()
-        if len(self.sessions) < self.config.strategy.min_train_nodes:
-            raise RunStopped(f"{len(self.sessions)} nodes completed the hello round, fewer than "
-                             f"strategy.min-train-nodes = {self.config.strategy.min_train_nodes}")
-        log.info("hello: %d nodes joined (partitions %s; backends %s)", len(self.sessions),
-                 sorted(s.partition_id for s in self.sessions.values()),
-                 dict(sorted(collections.Counter(s.backend for s in self.sessions.values())
-                             .items())))
+        self._join(claims)
+        if expire:
+            now = time.monotonic()
+            for node in [n for n, h in self._hellos.items() if h.expires < now]:
+                log.warning("hello: node %s did not answer in time; it is not sampled", node)
+                del self._hellos[node]
 
     def _edge_graphs(self) -> dict[str, bytes]:
         """The train-step graphs of every node kind in the run (``edge.graphs``), for nodes on
@@ -227,128 +367,227 @@ class ColaStrategy(Strategy):
                  len(graphs), sum(map(len, graphs.values())) / 1e3, time.monotonic() - started)
         return graphs
 
-    def _open_hello(self, node: int, reply: Message, run_id: int,
-                    transcript: bytes) -> NodeSession:
+    def _open_hello(self, node: int, reply: Message, transcript: bytes
+                    ) -> tuple[int, HelloClaim, dict, SecureChannel]:
+        """A hello reply, opened, with the node's signature of its claim checked."""
         hello = HelloReply.from_record(reply.content)
-        channel = SecureChannel(self.exchange, hello.node_public, role="server", run_id=run_id,
-                                node_id=node, transcript=transcript)
+        channel = SecureChannel(self.exchange, hello.node_public, role="server",
+                                run_id=self.run_id, node_id=node, transcript=transcript)
         claim, parts = open_bundle(channel, hello.sealed, KIND_HELLO, HelloClaim,
                                    limits=self._reply_limits(None, upload=True))
+        verify_node_claim(bytes.fromhex(claim.identity), transcript, hello.node_public,
+                          bytes.fromhex(claim.signature))
+        return node, claim, parts, channel
+
+    def _join(self, claims: list[tuple[int, HelloClaim, dict, SecureChannel]]) -> None:
+        """Admit opened hellos. A node that proves it holds a partition's identity takes its
+        session back (its adapters and batches as the server holds them); a new partition
+        gets a session from the node's first adapters and batches. A partition held by
+        another identity is refused, and so is every node of a partition that several new
+        nodes claim at once (claims are not proof: the first has no right over a later one)."""
+        fresh = collections.defaultdict(list)
+        for node, claim, parts, channel in claims:
+            identity = bytes.fromhex(claim.identity)
+            session = self.members.get(claim.partition_id)
+            if session is None:
+                fresh[claim.partition_id].append((node, claim, parts, channel))
+            elif session.identity != identity:
+                self._refuse_hello(node, f"ProtocolError: partition {claim.partition_id} is "
+                                         "held by another node identity in this run")
+            else:
+                previous = session.node_id
+                session.node_id, session.channel = node, channel
+                log.info("hello: partition %d is back on node %s%s, at its state #%d",
+                         claim.partition_id, node,
+                         f" (was node {previous})" if previous not in (None, node) else "",
+                         session.acknowledged)
+        for partition, nodes in fresh.items():
+            if len(nodes) > 1:
+                for node, *_ in nodes:
+                    self._refuse_hello(node, f"ProtocolError: partition {partition} is claimed "
+                                             "by several nodes; two nodes may not hold one "
+                                             "partition")
+                continue
+            node, claim, parts, channel = nodes[0]
+            try:  # the isolation boundary: whatever a node sent, it fails alone
+                self.members[partition] = self._new_session(node, claim, parts, channel)
+            except Exception as err:
+                self._refuse_hello(node, f"{type(err).__name__}: {err}")
+
+    def _refuse_hello(self, node: int, why: str) -> None:
+        self.refused_at_hello[node] = why
+        log.warning("hello: refused node %s: %s", node, why)
+
+    def _new_session(self, node: int, claim: HelloClaim, parts: dict,
+                     channel: SecureChannel) -> NodeSession:
+        """A new partition's session, from the node's checked first adapters and batches."""
         task, upload = self.plan.task, self.plan.data_mode == "upload"
         batches = [PART_TRAIN] if upload else [batch_part(i) for i in range(self.plan.interval)]
         evals = [eval_part(i) for i in range(task.eval_batches)]
         expect_parts(parts, [PART_ADAPTERS, *batches, *evals], f"node {node}'s hello")
         session = NodeSession(
-            node, claim.partition_id, channel, self.plan.specs_for(claim.partition_id),
+            claim.partition_id, bytes.fromhex(claim.identity),
+            self.plan.specs_for(claim.partition_id),
             self._checked_adapters(parts[PART_ADAPTERS], claim.partition_id), [],
-            [self._checked_batch(parts[name], name) for name in evals],
-            num_examples=claim.num_examples, backend=claim.backend)
+            [self._checked_batch(parts[name], name) for name in evals], node_id=node,
+            channel=channel, acknowledged=claim.state, num_examples=claim.num_examples,
+            backend=claim.backend)
         if upload:
-            train = self._checked_batch(parts[PART_TRAIN], PART_TRAIN, upload=True)
-            session.stream = ClientData(train=train, eval_batches=[]).batches(
-                task.batch_size, seed=self.plan.batch_seed(claim.partition_id))
+            session.train = self._checked_batch(parts[PART_TRAIN], PART_TRAIN, upload=True)
+            session.draw_pending(self.plan)
         else:
             session.pending = [self._checked_batch(parts[name], name) for name in batches]
         return session
-
-    def _refuse_contested_partitions(self) -> None:
-        """Two nodes may not hold one partition. Claims are not proof (nodes have no long-term
-        identity of their own), so the first claim has no right over a later one: every node
-        claiming a contested partition is refused, and none takes another's place."""
-        claims = collections.defaultdict(list)
-        for node, session in self.sessions.items():
-            claims[session.partition_id].append(node)
-        for partition, nodes in claims.items():
-            if len(nodes) > 1:
-                log.warning("hello: refused nodes %s: ProtocolError: they all claim partition %d;"
-                            " two nodes may not hold one partition", sorted(nodes), partition)
-                for node in nodes:
-                    del self.sessions[node]
-                    self.refused_at_hello[node] = f"ProtocolError: partition {partition} is " \
-                                                  "claimed by several nodes"
 
     # ----------------------------------------------------------------------------------------
     # the four hooks
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self._round_started = time.perf_counter()
-        active = [n for n, s in self.sessions.items() if not s.quarantined]
-        if len(active) < self.config.strategy.min_train_nodes:
-            raise RunStopped(f"round {server_round}: {len(active)} nodes remain outside "
-                             "quarantine, fewer than strategy.min-train-nodes = "
-                             f"{self.config.strategy.min_train_nodes}")
-        available = set(grid.get_node_ids())
-        nodes = sorted(n for n in active if n in available)
-        count = max(1, round(len(nodes) * self.config.strategy.fraction_train))
-        sampled = sorted(self._rng.sample(nodes, count)) if count < len(nodes) else nodes
-        for node in sampled:
-            session = self.sessions[node]
-            if session.stream is not None:  # upload mode: the server draws the batches
-                session.pending = [next(session.stream) for _ in range(self.plan.interval)]
-        self._refused = []
-        chunks = self._adaptation(server_round, sampled)
-        messages, self._bytes_down, self._sampled = [], 0, sampled
-        for node, data in chunks.items():
-            session = self.sessions[node]
-            parts = {adaptation_part(i): encode_adaptation(d, dtype=self.plan.wire_dtype)
-                     for i, d in enumerate(data)}
-            # "acknowledged": the last node message the server accepted, so that a node whose
-            # reply was lost resumes from the state the server holds
-            order = TrainOrder(round=server_round, acknowledged=session.channel.state.received)
-            sealed = seal_bundle(session.channel, KIND_TRAIN, order, parts)
-            self._bytes_down += len(sealed)
-            messages.append(Message(Sealed(sealed).to_record(), dst_node_id=node,
-                                    message_type=MessageType.TRAIN, group_id=str(server_round)))
-        return messages
+                        grid: Grid) -> Iterator[Message]:
+        """Each sampled node's sealed TRAIN message, yielded as soon as the pass of its group
+        (``strategy.max-server-batch`` samples) is done: the server never holds more than one
+        group's adaptation data."""
+        self._refused, self._bytes_down = [], 0
+        sampled = sorted((self.sessions[n] for n in self._sampled),
+                         key=lambda s: s.partition_id)
+        collaborators = {str(s.node_id): s for s in sampled}  # ``col`` mode's shared model
+        for group in self._groups(sampled):
+            chunks = self._adaptation(server_round, group, collaborators)
+            for session in group:
+                data = chunks.pop(session.node_id, None)
+                if data is None:
+                    continue
+                parts = {adaptation_part(i): encode_adaptation(d, dtype=self.plan.wire_dtype)
+                         for i, d in enumerate(data)}
+                del data
+                order = TrainOrder(round=server_round, acknowledged=session.acknowledged)
+                sealed = seal_bundle(session.channel, KIND_TRAIN, order, parts)
+                del parts
+                self._bytes_down += len(sealed)
+                yield Message(Sealed(sealed).to_record(), dst_node_id=session.node_id,
+                              message_type=MessageType.TRAIN, group_id=str(server_round),
+                              ttl=self.config.strategy.timeout)
 
-    def _adaptation(self, server_round: int, sampled: list[int]
-                    ) -> dict[int, list[AdaptationData]]:
-        """Each sampled node's adaptation data, in shared passes. A pass that raises is run
+    def _sample(self, grid: Grid, server_round: int) -> list[int]:
+        """The node ids trained this round: ``strategy.fraction-train`` of the connected nodes
+        outside quarantine, drawn by partition (so that a resumed run draws as the first
+        would). Waits up to ``strategy.wait-for-nodes`` for ``strategy.min-train-nodes``."""
+        strategy = self.config.strategy
+        since = time.monotonic()
+        while True:
+            available = set(grid.get_node_ids())
+            ready = {s.partition_id: s.node_id for s in self.members.values()
+                     if s.node_id in available and not s.quarantined}
+            if len(ready) >= strategy.min_train_nodes:
+                break
+            waited = time.monotonic() - since
+            if waited >= strategy.wait_for_nodes:
+                raise RunStopped(
+                    f"round {server_round}: {len(ready)} nodes available outside quarantine "
+                    f"after waiting {waited:.0f} s (strategy.wait-for-nodes), fewer than "
+                    f"strategy.min-train-nodes = {strategy.min_train_nodes}")
+            if int(waited) % 30 == 0:
+                log.info("round %d: %d of %d nodes available; waiting up to %.0f s more",
+                         server_round, len(ready), strategy.min_train_nodes,
+                         strategy.wait_for_nodes - waited)
+            time.sleep(1.0)
+            self._admit(grid)
+        partitions = sorted(ready)
+        count = max(1, round(len(partitions) * strategy.fraction_train))
+        if count < len(partitions):
+            partitions = sorted(self._rng.sample(partitions, count))
+        return [ready[p] for p in partitions]
+
+    def _groups(self, sessions: list[NodeSession]) -> Iterator[list[NodeSession]]:
+        """Consecutive groups of at most ``strategy.max-server-batch`` samples per chunk (a
+        node larger than that is a group of its own)."""
+        group, filled = [], 0
+        limit = self.config.strategy.max_server_batch
+        for session in sessions:
+            size = max(len(next(iter(b.values()))) for b in session.pending)
+            if group and filled + size > limit:
+                yield group
+                group, filled = [], 0
+            group.append(session)
+            filled += size
+        if group:
+            yield group
+
+    def _adaptation(self, server_round: int, group: list[NodeSession],
+                    collaborators: dict[str, NodeSession]) -> dict[int, list[AdaptationData]]:
+        """Each node's adaptation data in a group, in shared passes. A pass that raises is run
         again node by node, and the nodes whose data breaks it alone are refused this round."""
-        chunks: dict[int, list[AdaptationData]] = {node: [] for node in sampled}
+        chunks: dict[int, list[AdaptationData]] = {s.node_id: [] for s in group}
         for i in range(self.plan.interval):
             live = list(chunks)
             try:
-                out = self._compute(live, i)
+                out = self._compute(live, i, collaborators)
             except Exception as err:
                 log.warning("round %d: the shared pass failed (%s: %s); retrying node by node",
                             server_round, type(err).__name__, err)
                 out = {}
                 for node in live:
                     try:
-                        out.update(self._compute([node], i))
+                        out.update(self._compute([node], i, collaborators))
                     except Exception as alone:
                         self._fault(node, server_round, alone, "its batch breaks the pass")
                         del chunks[node]
+                        collaborators.pop(str(node), None)
                 if len(out) < len(live):  # one shared pass of the others, as a clean round
-                    out = self._compute(list(out), i)  # (``col`` mode: their shared model)
+                    out = self._compute(list(out), i, collaborators)
             for node, data in out.items():
                 chunks[node].append(data)
         return chunks
 
-    def _compute(self, nodes: list[int], chunk: int) -> dict[int, AdaptationData]:
+    def _compute(self, nodes: list[int], chunk: int, collaborators: dict[str, NodeSession]
+                 ) -> dict[int, AdaptationData]:
         if not nodes:
             return {}
+        sessions = {str(n): self.sessions[n] for n in nodes}
+        adapters = {str(n): s.adapters for n, s in sessions.items()}
+        specs = {str(n): s.specs for n, s in sessions.items()}
+        if self.config.strategy.mode == "col":
+            adapters.update({n: s.adapters for n, s in collaborators.items()})
+            specs.update({n: s.specs for n, s in collaborators.items()})
         out = self.engine.compute(
-            {str(n): _as_torch(self.sessions[n].pending[chunk]) for n in nodes},
-            {str(n): self.sessions[n].adapters for n in nodes},
-            specs={str(n): self.sessions[n].specs for n in nodes},
-            mode=self.config.strategy.mode,
-        )
+            {n: _as_torch(s.pending[chunk]) for n, s in sessions.items()}, adapters,
+            specs=specs, mode=self.config.strategy.mode)
         return {n: out[str(n)] for n in nodes}
+
+    def _exchange(self, grid: Grid, messages: Iterator[Message], timeout: float
+                  ) -> Iterator[Message]:
+        """Send each message as it comes and yield replies as they arrive, with at most
+        ``strategy.max-inflight-mb`` of payloads unanswered; each node has ``timeout`` seconds
+        from its message to answer."""
+        cap = self.config.strategy.max_inflight_mb * 1e6
+        inflight: dict[str, tuple[int, float]] = {}  # message id -> (bytes, expires)
+        for message in messages:
+            size = message.content.array_records[SEALED].count_bytes()
+            while inflight and sum(b for b, _ in inflight.values()) + size > cap:
+                yield from _pull(grid, inflight, wait=True)
+            node = message.metadata.dst_node_id
+            [message_id] = grid.push_messages([message])
+            del message
+            if not message_id:
+                log.warning("the message to node %s could not be sent", node)
+                continue
+            inflight[message_id] = (size, time.monotonic() + timeout)
+            yield from _pull(grid, inflight, wait=False)
+        while inflight:
+            yield from _pull(grid, inflight, wait=True)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        reports, bytes_up, failed = [], 0, len(self._refused)
+        """Check every reply as it arrives; apply the accepted ones when all are in (so that
+        in ``col`` mode every node of the round trains against the same model)."""
+        reports, bytes_up = [], 0
         for reply in replies:
             node = reply.metadata.src_node_id
             session = self.sessions.get(node)
             if session is None or session.quarantined or node not in self._sampled:
                 continue
             if reply.has_error():
-                failed += 1
-                log.warning("round %d: node %s failed: %s", server_round, node,
+                log.warning("round %d: %s failed: %s", server_round, session.node,
                             node_error(reply.error.reason))
                 continue
             before = dataclasses.replace(session.channel.state)
@@ -358,26 +597,23 @@ class ColaStrategy(Strategy):
                                         limits=self._reply_limits(session, upload=False))
             except Exception as err:
                 session.channel.state = before
-                failed += 1
-                log.warning("round %d: node %s: a reply that does not open was refused (not "
-                            "counted against the node): %s: %s", server_round, node,
+                log.warning("round %d: %s: a reply that does not open was refused (not "
+                            "counted against the node): %s: %s", server_round, session.node,
                             type(err).__name__, err)
                 continue
             try:  # the isolation boundary: whatever a node sent, it fails alone
-                report, adapters, pending = self._read_train_reply(session, plaintext,
-                                                                   server_round)
+                session.incoming = self._read_train_reply(session, plaintext, server_round)
             except Exception as err:
                 # not applied, so not acknowledged: the node resumes from the state we hold
                 session.channel.state = before
-                failed += 1
                 self._fault(node, server_round, err, "reply refused")
                 continue
-            session.adapters, session.pending = adapters, pending
-            session.rounds_trained += 1
-            session.failures = 0
             bytes_up += len(sealed)
-            reports.append(report)
-        failed = max(failed, len(self._sampled) - len(reports))  # no reply at all counts too
+            reports.append(session.incoming[0])
+        for session in self.members.values():
+            if session.incoming is not None:
+                self._apply(session)
+        failed = len(self._sampled) - len(reports)  # refused, errors, late or never sent
         record = {
             "round": server_round,
             "nodes": len(reports),
@@ -395,6 +631,18 @@ class ColaStrategy(Strategy):
         return None, MetricRecord({k: v for k, v in record.items()
                                    if k != "round" and not _isnan(v)})
 
+    def _apply(self, session: NodeSession) -> None:
+        report, adapters, pending = session.incoming
+        session.incoming = None
+        session.adapters, session.acknowledged = adapters, report.state
+        if session.train is not None:  # upload mode: the server draws the next batches
+            session.draw_pending(self.plan)
+        else:
+            session.pending = pending
+        session.rounds_trained += 1
+        session.failures = 0
+        session.version += 1
+
     def _read_train_reply(self, session: NodeSession, plaintext: bytes, server_round: int):
         """An opened TRAIN reply, checked: the round it answers, its parts, the adapters and
         the next batches."""
@@ -402,12 +650,11 @@ class ColaStrategy(Strategy):
         if report.round != server_round:
             raise ProtocolError(f"the reply answers round {report.round}, this is round "
                                 f"{server_round}")
-        upload = session.stream is not None
+        upload = session.train is not None
         batches = [] if upload else [batch_part(i) for i in range(self.plan.interval)]
         expect_parts(parts, [PART_ADAPTERS, *batches], f"node {session.node_id}'s reply")
         adapters = self._checked_adapters(parts[PART_ADAPTERS], session.partition_id)
-        pending = session.pending if upload else [self._checked_batch(parts[name], name)
-                                                  for name in batches]
+        pending = [] if upload else [self._checked_batch(parts[name], name) for name in batches]
         return report, adapters, pending
 
     def _fault(self, node: int, server_round: int, err: BaseException, what: str) -> None:
@@ -418,12 +665,69 @@ class ColaStrategy(Strategy):
         session.last_error = f"round {server_round}: {what}: {type(err).__name__}: {err}"
         if node not in self._refused:
             self._refused.append(node)
-        log.warning("round %d: node %s (partition %d): %s: %s: %s", server_round, node,
-                    session.partition_id, what, type(err).__name__, err)
+        log.warning("round %d: %s: %s: %s: %s", server_round, session.node, what,
+                    type(err).__name__, err)
         if session.failures >= self.config.strategy.max_failures and not session.quarantined:
             session.quarantined = True
-            log.error("node %s (partition %d) quarantined for the rest of the run after %d "
-                      "refusals in a row", node, session.partition_id, session.failures)
+            log.error("%s quarantined for the rest of the run after %d refusals in a row",
+                      session.node, session.failures)
+
+    # ----------------------------------------------------------------------------------------
+    # checkpoints
+
+    def _after_round(self, server_round: int) -> None:
+        """Checkpoint (every ``checkpoint.every`` rounds and after the last), then results."""
+        every, last = self.config.checkpoint.every, self.config.num_server_rounds
+        if self.checkpoint is not None and every and (
+                server_round % every == 0 or server_round == last):
+            started = time.perf_counter()
+            path = self.checkpoint.save(server_round, self._checkpoint_state(), {
+                p: (s.version, s.tensors) for p, s in self.members.items()})
+            log.info("round %d: checkpoint %s (%.2f s)", server_round, path,
+                     time.perf_counter() - started)
+        if self.on_round is not None:
+            self.on_round(self)
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        version, internal, gauss = self._rng.getstate()
+        return {"lineage": self.lineage, "server": public_bytes(self.identity).hex(),
+                "plan": self.plan.with_graphs({}).to_dict(), "rounds": self.rounds,
+                "rng": [version, list(internal), gauss],
+                "refused-at-hello": {str(n): why for n, why in self.refused_at_hello.items()},
+                "members": {str(p): s.record() for p, s in self.members.items()}}
+
+    def _resume(self) -> None:
+        """Take the run back from the newest checkpoint: every partition's session, detached
+        until its node answers a hello and proves its identity."""
+        state, tensors = self.checkpoint.load()
+        where = self.checkpoint.folder
+        if state.get("server") != public_bytes(self.identity).hex():
+            raise ConfigError(f"the checkpoint in {where} was made by another server identity; "
+                              "resume it with the key that made it (wire.server-key)")
+        plan = self.plan.with_graphs({}).to_dict()
+        if state.get("plan") != plan:
+            changed = sorted(k for k in plan if plan[k] != state.get("plan", {}).get(k))
+            raise ConfigError(f"the run config differs from the checkpoint's in {changed}; a "
+                              "resumed run keeps its task, adapters, optimizer and data "
+                              "settings (only num-server-rounds and strategy.* may change)")
+        self.lineage, self.last_round = int(state["lineage"]), int(state["round"])
+        self.rounds = state["rounds"]
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+        self.refused_at_hello = {}  # node ids of the old run mean nothing in this one
+        for key, record in state["members"].items():
+            partition = int(key)
+            adapters, batches, train = unflatten_state(tensors(partition), ("pending", "eval"))
+            self.members[partition] = NodeSession(
+                partition, bytes.fromhex(record["identity"]), self.plan.specs_for(partition),
+                adapters, batches["pending"], batches["eval"],
+                acknowledged=record["acknowledged"], train=train, drawn=record["drawn"],
+                num_examples=record["num-examples"], backend=record["backend"],
+                rounds_trained=record["rounds-trained"], failures=record["failures"],
+                quarantined=record["quarantined"], last_error=record["last-error"],
+                history=record["history"], version=record["version"])
+        log.warning("resuming the run of %s after round %d: %d partitions, lineage %d",
+                    where, self.last_round, len(self.members), self.lineage)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -478,7 +782,7 @@ class ColaStrategy(Strategy):
         last = server_round == self.config.num_server_rounds
         if server_round % every and not last and server_round != 0:
             return None
-        active = [s for s in self.sessions.values() if not s.quarantined]
+        active = [s for s in self.members.values() if not s.quarantined]
         held_out, server = {}, {}
         for session in active:
             try:
@@ -487,8 +791,8 @@ class ColaStrategy(Strategy):
                     server[session.partition_id] = self._accuracy(session, self.server_test)
             except Exception as err:
                 held_out.pop(session.partition_id, None)
-                log.warning("round %d: evaluation of node %s failed: %s: %s", server_round,
-                            session.node_id, type(err).__name__, err)
+                log.warning("round %d: evaluation of %s failed: %s: %s", server_round,
+                            session.node, type(err).__name__, err)
         if not held_out:
             return None
         metrics: dict[str, float] = {}
@@ -515,7 +819,7 @@ class ColaStrategy(Strategy):
         correct = counted = 0
         for batch in batches:
             if self.config.strategy.mode == "col":
-                members = {n: s for n, s in self.sessions.items() if not s.quarantined}
+                members = {n: s for n, s in self.members.items() if not s.quarantined}
                 logits = self.engine.predict_col(
                     _as_torch(batch), {str(n): s.adapters for n, s in members.items()},
                     specs={str(n): s.specs for n, s in members.items()})
@@ -577,6 +881,26 @@ def node_error(reason: str) -> str:
     lines = [line.strip() for line in str(reason).strip().splitlines() if line.strip()]
     gist = lines[-1] if lines else "no reason given"
     return gist if len(gist) <= 1200 else gist[:1197] + "..."
+
+
+def _pull(grid: Grid, inflight: dict[str, tuple[int, float]], *, wait: bool
+          ) -> Iterator[Message]:
+    """The replies to ``inflight`` messages that have arrived (removing them); with ``wait``,
+    poll until one arrives or the earliest deadline passes, when the late are given up."""
+    delay = 0.02
+    while True:
+        replies = list(grid.pull_messages(list(inflight))) if inflight else []
+        for reply in replies:
+            if inflight.pop(reply.metadata.reply_to_message_id, None) is not None:
+                yield reply
+        now = time.monotonic()
+        late = [m for m, (_, expires) in inflight.items() if expires <= now]
+        for message_id in late:
+            del inflight[message_id]
+        if replies or late or not wait or not inflight:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def _run_id(grid: Grid) -> int:

@@ -119,6 +119,8 @@ class ServerEngine:
         is ``{layer name: {param name: tensor}}`` as returned by ``GradientLearner.adapter_state``
         (layers it omits are not adapted for that client). ``specs[c]`` is only needed for MLP
         adapters with a non-default activation; otherwise the family is read off the state.
+        ``adapters`` may name clients without a batch in this call: in ``col`` mode they still
+        count in the collaborative model (a round computed in several calls trains one model).
         """
         mode = mode or self.mode
         if mode not in MODES:
@@ -140,8 +142,10 @@ class ServerEngine:
             for client in batches:
                 with self._merged(_delta_weights(client, prepared[client])):
                     results.update(self._run_pass([client], batches, sizes, {}))
-        elif mode == "col":
-            with self._merged(_mean_delta_weights(prepared)):
+        elif mode == "col":  # the collaborative model: every client in ``adapters``
+            everyone = {client: prepared.get(client) or self._prepare(
+                client, state, (specs or {}).get(client)) for client, state in adapters.items()}
+            with self._merged(_mean_delta_weights(everyone)):
                 for group in self._pack(batches, sizes):
                     results.update(self._run_pass(group, batches, sizes, {}))
         else:

@@ -117,6 +117,30 @@ def verify_transcript(identity_public: bytes, transcript: bytes, signature: byte
         ) from None
 
 
+NODE_CLAIM_CONTEXT = b"cola-fed node claim v1\x00"
+
+
+def sign_node_claim(identity: Ed25519PrivateKey, transcript_digest: bytes,
+                    node_public: bytes) -> bytes:
+    """A node's Ed25519 signature binding its long-term identity to one session: the hello it
+    answers (by transcript hash) and the exchange key it answers with. A restarted node proves
+    with it that it is the node that held its partition."""
+    return identity.sign(NODE_CLAIM_CONTEXT + bytes(transcript_digest) + bytes(node_public))
+
+
+def verify_node_claim(identity_public: bytes, transcript_digest: bytes, node_public: bytes,
+                      signature: bytes) -> None:
+    """Check :func:`sign_node_claim`; :class:`AuthenticationError` if it does not hold."""
+    if len(identity_public) != 32 or len(signature) != SIGNATURE_BYTES:
+        raise MalformedPayloadError("a node identity key is 32 bytes and a signature 64")
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes(identity_public)).verify(
+            bytes(signature), NODE_CLAIM_CONTEXT + bytes(transcript_digest) + bytes(node_public))
+    except (InvalidSignature, ValueError):
+        raise AuthenticationError("the node's claim is not signed by the identity it names; "
+                                  "refused") from None
+
+
 def transcript_hash(transcript: bytes) -> bytes:
     """SHA-256 of the signed hello transcript: bound into every key of the session."""
     return hashlib.sha256(bytes(transcript)).digest()
