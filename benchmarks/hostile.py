@@ -101,15 +101,16 @@ def protocol_fuzz(cases: int, seed: int) -> dict[str, dict[str, int]]:
     from cola_fed.wire import public_bytes
 
     base = json.loads(HelloTranscript(1, 2, 3, public_bytes(strategy.identity), bytes(32),
-                                      strategy.plan).encode())
+                                      strategy.plan, lineage=1).encode())
     rng = random.Random(seed)
     junk = [None, True, -1, 2**70, 1e308, "", "x" * 5000, [], {}, [[]], {"a": 1}, "nan", 0.5]
     results = {}
     controls = {"hello claim": (HelloClaim, {"partition-id": 1, "num-examples": 5,
-                                             "backend": "torch"}),
+                                             "backend": "torch", "state": 1,
+                                             "identity": "ab" * 32, "signature": "cd" * 64}),
                 "train order": (TrainOrder, {"round": 1, "acknowledged": 1}),
                 "train report": (TrainReport, {"round": 1, "loss": 1.0, "num-examples": 5,
-                                               "grad-norm": 0.1, "step": 1})}
+                                               "grad-norm": 0.1, "step": 1, "state": 2})}
     targets = {"transcript fields": (HelloTranscript, base),
                **{f"{k} fields": v for k, v in controls.items()}}
     for name, (kind, valid) in targets.items():

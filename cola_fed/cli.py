@@ -91,7 +91,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
     # turn SIGTERM into an exit, so that the SuperLink this run started is stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    out = simulate(args.name, output_dir=args.out, num_supernodes=args.nodes)
+    out = simulate(args.name, output_dir=args.out, num_supernodes=args.nodes,
+                   resume=args.resume)
     metrics = json.loads((out / "metrics.json").read_text())
     if metrics.get("stopped-early"):
         print(f"the run stopped early: {metrics['stopped-early']}", file=sys.stderr)
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", help="results folder (default: results/NAME)")
     simulate.add_argument("--nodes", type=int, help="SuperNodes (default: "
                           "strategy.min-available-nodes)")
+    simulate.add_argument("--resume", action="store_true", help="go on from the checkpoint "
+                          "in the results folder (a run that was killed)")
     simulate.set_defaults(run=_simulate)
     export = sub.add_parser("export-peft", help="turn a node's Low Rank adapters into a PEFT "
                             "LoRA adapter folder")

@@ -53,7 +53,7 @@ def transcript(p: Plan | None = None) -> HelloTranscript:
     identity = Ed25519PrivateKey.from_private_bytes(bytes(32))
     return HelloTranscript(run_id=2**64 - 1, node_id=2**63 + 5, hello_id=7,
                            identity=public_bytes(identity), exchange_key=bytes(range(32)),
-                           plan=p or plan())
+                           plan=p or plan(), lineage=2**64 - 9)
 
 
 def test_plan_and_transcript_round_trip():
@@ -74,16 +74,20 @@ def test_node_local_settings_cannot_travel_in_a_plan():
 
 
 def test_control_messages_round_trip_and_refuse_out_of_range():
-    for message in (HelloClaim(3, 100, "onnx"), TrainOrder(2, 5),
-                    TrainReport(2, 0.5, 16, 1.25, 3)):
+    for message in (HelloClaim(3, 100, "onnx", 2, "ab" * 32, "cd" * 64), TrainOrder(2, 5),
+                    TrainReport(2, 0.5, 16, 1.25, 3, 4)):
         assert type(message).decode(message.encode()) == message
+    for identity, signature in (("AB" * 32, "cd" * 64), ("ab" * 31, "cd" * 64),
+                                ("ab" * 32, "cd" * 63 + "zz")):
+        with pytest.raises(ProtocolError, match="hex digits"):
+            HelloClaim(3, 100, "onnx", 2, identity, signature)
     with pytest.raises(ProtocolError, match="round"):
         TrainOrder.decode(b'{"acknowledged":1,"round":0}')
     with pytest.raises(ProtocolError):
         HelloClaim.decode(b'{"backend":"torch","num-examples":1,"partition-id":true}')
     with pytest.raises(PayloadError):
         TrainReport.decode(b'{"grad-norm":0,"loss":Infinity,"num-examples":1,"round":1,'
-                           b'"step":1}')
+                           b'"state":1,"step":1}')
 
 
 def test_node_caps_from_node_config():
@@ -137,7 +141,8 @@ def test_fuzz_transcript_bytes(data):
 @given(kind=st.sampled_from([HelloClaim, TrainOrder, TrainReport]),
        raw=st.dictionaries(st.sampled_from(["round", "acknowledged", "loss", "grad-norm",
                                             "num-examples", "step", "partition-id", "backend",
-                                            "x"]), JSON, max_size=7))
+                                            "state", "identity", "signature", "x"]), JSON,
+                           max_size=9))
 def test_fuzz_control_messages(kind, raw):
     with contextlib.suppress(ProtocolError, PayloadError):
         kind.decode(json.dumps(raw).encode())
@@ -164,7 +169,11 @@ def test_fuzz_records(clear, graphs, extra):
 
 
 GOOD_SESSION = NodeSession(node_key=bytes(32), transcript=b"{}", partition_id=1,
-                           backend="torch").to_record()
+                           backend="torch", latest=2, states={1: 0, 2: 1}).to_record()
+
+
+def test_stored_session_round_trips():
+    assert NodeSession.from_record(GOOD_SESSION).states == {1: 0, 2: 1}
 
 
 @FUZZ

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import tomli_w
 
 from cola_fed.config import RunConfig, flatten, tomllib
 from cola_fed.errors import ColaError, ConfigError
+from cola_fed.federation.node_store import STATE_DIR_ENV
 
 PROJECT = Path(__file__).resolve().parents[2]
 SIMULATIONS = PROJECT / "simulations"
@@ -47,19 +49,26 @@ def resolve(name: str) -> Path:
 
 def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes: int | None = None,
              overrides: dict[str, Any] | None = None, timeout: float = 3600,
-             stream: bool = True) -> Path:
-    """Run simulation ``name``; return its results folder (metrics.json, curve, adapters)."""
+             stream: bool = True, resume: bool = False) -> Path:
+    """Run simulation ``name``; return its results folder (metrics.json, curve, adapters,
+    checkpoint). With ``resume``, go on from the folder's checkpoint: the simulated nodes find
+    their states in ``<results>/node-state`` (see docs/operations.md)."""
     path = resolve(name)
     values = flatten(tomllib.loads(path.read_text()))
     values.update(overrides or {})
     out = Path(output_dir or values.get("output-dir") or f"results/{path.stem}").resolve()
     values["output-dir"] = str(out)
+    if resume:
+        values["checkpoint.resume"] = True
     config = RunConfig.from_flat(values)  # fail early, with a clear message
     if config.wire.server_key and not Path(config.wire.server_key).expanduser().is_file():
         raise ConfigError(f"wire.server-key: no file {config.wire.server_key!r} (a typo? create "
                           f"one with: cola-fed keygen --out {config.wire.server_key})")
     nodes = num_supernodes or config.strategy.min_available_nodes
-    (out / "metrics.json").unlink(missing_ok=True)  # a stale file must not pass for this run
+    node_state = out / "node-state"
+    if not resume:  # a fresh run: the nodes' states of an earlier one are not resumed
+        shutil.rmtree(node_state, ignore_errors=True)
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="cola-flwr-") as home:
         run_config = Path(home) / "run-config.toml"
         run_config.write_text(tomli_w.dumps(values))
@@ -73,6 +82,8 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
                # simulated nodes trust the simulation's server on first use, and forget it
                # with the simulation: no trust state carries over to other runs or keys
                "COLA_FED_KNOWN_SERVERS": str(Path(home) / "known-servers.json"),
+               # each simulated node keeps its state in partition-<id> here, for --resume
+               STATE_DIR_ENV: str(node_state),
                # flwr starts flower-superlink and flwr-simulation from PATH
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         command = [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT),
@@ -84,7 +95,8 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
                                     stderr=subprocess.STDOUT, text=True)
         finally:
             stop_processes_on_ports(http_port, control_port)
-        if result.returncode != 0 or not (out / "metrics.json").is_file():
+        metrics = out / "metrics.json"  # a stale file must not pass for this run
+        if result.returncode != 0 or not metrics.is_file() or metrics.stat().st_mtime < started:
             tail = "" if stream else f"\n{(result.stdout or '')[-3000:]}"
             raise ColaError(f"simulation {path.stem!r} failed (exit {result.returncode}){tail}")
     return out

@@ -310,6 +310,7 @@ class ColaStrategy(Strategy):
             log.info("%d nodes connected since the hello round; sending %d a hello",
                      len(newcomers), min(room, len(newcomers)))
             self._send_hellos(grid, newcomers[:room], self.config.strategy.timeout)
+            self._collect_hellos(grid)  # the quick ones train this round already
 
     def _send_hellos(self, grid: Grid, nodes: list[int], timeout: float) -> None:
         hello_id = time.time_ns()  # above any earlier hello of this server: replays refused

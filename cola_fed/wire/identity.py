@@ -225,7 +225,8 @@ def _open_regular(path: Path, what: str) -> tuple[int, os.stat_result]:
 def _read_fd(fd: int, path: Path, what: str, limit: int) -> bytes:
     """Read at most ``limit`` bytes from ``fd`` and close it; a larger file is refused."""
     with os.fdopen(fd, "rb") as handle:
-        data = handle.read(limit + 1)
+        # never more than the file holds: a large ``limit`` must not allocate ``limit`` bytes
+        data = handle.read(min(limit, os.fstat(fd).st_size) + 1)
     if len(data) > limit:
         raise ConfigError(f"{what} {path} is larger than {limit:,} bytes; it is not a file "
                           f"cola-fed wrote")

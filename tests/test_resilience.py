@@ -1,0 +1,384 @@
+"""Real federations: a server killed and resumed, nodes that drop out, straggle, restart or
+join late, and rounds that never hold every node's payload at once.
+
+Nodes are real client handlers over ``LocalGrid`` (in-process, or a server process of its own
+for the kill tests). With ``strategy.max-server-batch`` equal to the batch size every node's
+pass is its own, so a node's adapters are bit-for-bit those of the same steps in any other run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from federation_runs import DIGITS, run_with_state
+from flwr.app import MessageType
+
+from cola_fed.config import RunConfig
+from cola_fed.errors import ConfigError
+from cola_fed.federation.checkpoint import Checkpoint
+from cola_fed.federation.local_grid import LocalGrid
+from cola_fed.federation.server import build_strategy, run_server
+from cola_fed.wire import encode_adapter_state
+from cola_fed.wire.identity import load_or_create_identity
+
+SOLO = {"strategy.max-server-batch": 16}  # one node per pass: adapters exactly reproducible
+HERE = Path(__file__).parent
+
+
+def adapters_of(strategy) -> dict[int, dict]:
+    return {p: s.adapters for p, s in strategy.members.items()}
+
+
+def assert_same(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for layer, params in want.items():
+        for name, value in params.items():
+            np.testing.assert_array_equal(got[layer][name], value, err_msg=f"{layer}/{name}")
+
+
+def snapshots(overrides: dict, nodes: int, rounds: int) -> dict[int, dict[int, dict]]:
+    """A clean run's adapters of every partition after each round: {round: {partition: ...}}."""
+    seen: dict[int, dict[int, dict]] = {}
+    config = RunConfig.from_flat({**DIGITS, **overrides, "num-server-rounds": rounds})
+    strategy = build_strategy(config)
+    strategy.on_round = lambda s: seen.update({s.last_round: adapters_of(s)})
+    strategy.start(LocalGrid(nodes), num_rounds=rounds, timeout=30)
+    return seen
+
+
+# --------------------------------------------------------------------------------------------
+# the server: checkpoint, kill, resume
+
+
+def server_process(out: Path, run_id: int, rounds: int, *, resume: bool = False,
+                   delay: float = 0.0) -> subprocess.Popen:
+    args = [sys.executable, str(HERE / "federation_runs.py"), str(out), str(run_id), "3",
+            str(rounds), str(delay)] + (["--resume"] if resume else [])
+    return subprocess.Popen(args, env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def latest_round(out: Path) -> int:
+    try:
+        return int((out / "checkpoint" / "LATEST").read_text().split("-")[1].split(".")[0])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def test_a_server_killed_mid_run_resumes_to_the_adapters_of_an_uninterrupted_run(tmp_path):
+    rounds = 6
+    clean, _ = run_with_state(tmp_path / "clean", 11, 3, rounds)
+
+    out = tmp_path / "killed"
+    server = server_process(out, 21, rounds, delay=0.15)
+    deadline = time.monotonic() + 120
+    while latest_round(out) < 2 and server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(server.pid, signal.SIGKILL)  # mid-round, mid-write: wherever it is
+    server.wait()
+    killed_at = latest_round(out)
+    assert 2 <= killed_at < rounds, f"the server was not killed mid-run ({killed_at})"
+
+    resumed = server_process(out, 31, rounds, resume=True)  # a new run id, as a new flwr run
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["last-round"] == rounds and metrics["stopped-early"] is None
+    assert [r["round"] for r in metrics["rounds"]] == list(range(rounds + 1))
+    for partition, session in clean.members.items():
+        assert metrics["nodes"][str(partition)]["rounds-trained"] == rounds
+        got = (out / "adapters" / f"partition-{partition}.safetensors").read_bytes()
+        assert got == encode_adapter_state(session.adapters), f"partition {partition}"
+
+
+def test_results_and_checkpoints_are_written_every_round(tmp_path):
+    strategy, _ = run_with_state(tmp_path, 7, 2, 3)
+    checkpoint = tmp_path / "checkpoint"
+    assert (checkpoint / "LATEST").read_text() == "round-3.json"
+    names = sorted(p.name for p in checkpoint.iterdir())
+    assert names == sorted(["LATEST", "round-3.json", "partition-0-v3.safetensors",
+                            "partition-1-v3.safetensors"]), names  # older versions pruned
+    assert all(p.stat().st_mode & 0o077 == 0 for p in checkpoint.iterdir())
+    # no key material: neither the identity nor the run's exchange key, in any file
+    from cola_fed.federation.node_store import raw_private
+    from cola_fed.wire import exchange_key_for_run
+
+    secrets = [raw_private(strategy.identity),
+               exchange_key_for_run(strategy.identity, 7).private_bytes_raw()]
+    for path in checkpoint.iterdir():
+        data = path.read_bytes()
+        assert not any(s in data for s in secrets) and not any(s.hex() in data.decode(
+            "latin-1") for s in secrets), path
+
+
+def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint_whole(tmp_path,
+                                                                          monkeypatch):
+    strategy, _ = run_with_state(tmp_path, 7, 2, 2)
+    import cola_fed.federation.checkpoint as checkpoint_module
+
+    real = checkpoint_module.write_private_file
+
+    def dies_on_the_round_file(path, data, **kwargs):
+        if Path(path).name.startswith("round-"):
+            raise KeyboardInterrupt  # the process dies here
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "write_private_file", dies_on_the_round_file)
+    strategy.members[0].version += 1
+    with pytest.raises(KeyboardInterrupt):
+        strategy._after_round(3)
+    state, tensors = Checkpoint(tmp_path / "checkpoint").load()
+    assert state["round"] == 2 and tensors(0)  # round 2, whole
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        run_with_state(tmp_path / "none", 7, 2, 2, resume=True)
+    run_with_state(tmp_path, 7, 2, 2)
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in \['optimizer'\]"):
+        run_with_state(tmp_path, 8, 2, 3, resume=True, overrides={"optimizer.lr": 0.5})
+    other = tmp_path / "other-identity.pem"
+    load_or_create_identity(other)
+    with pytest.raises(ConfigError, match="another server identity"):
+        run_with_state(tmp_path, 8, 2, 3, resume=True,
+                       overrides={"wire.server-key": str(other)})
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["last-round"] == 2  # a refused resume overwrote nothing
+
+
+def test_a_resumed_run_can_go_on_beyond_its_first_length(tmp_path):
+    run_with_state(tmp_path, 7, 2, 2)
+    strategy, _ = run_with_state(tmp_path, 8, 2, 4, resume=True)
+    assert all(s.rounds_trained == 4 for s in strategy.members.values())
+    want = snapshots({}, 2, 4)[4]
+    for partition, adapters in adapters_of(strategy).items():
+        for layer, params in want[partition].items():  # the default pass packs both nodes
+            for name, value in params.items():
+                np.testing.assert_allclose(adapters[layer][name], value, rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------------
+# nodes: dropouts, stragglers, restarts, late joiners
+
+
+def test_thirty_percent_dropouts_lose_no_adapter_and_every_node_follows_its_own_steps():
+    rounds, nodes = 10, 6
+    rng = random.Random(7)
+    clean = snapshots(SOLO, nodes, rounds)
+
+    def drop_out(node, msg):  # the node never gets it: its process is down
+        return None if msg.metadata.message_type == MessageType.TRAIN and rng.random() < 0.15 \
+            else msg
+
+    def drop_back(node, reply):  # the node trained, but its reply is lost
+        return None if reply.metadata.message_type == MessageType.TRAIN and rng.random() < 0.15 \
+            else reply
+
+    config = RunConfig.from_flat({**DIGITS, **SOLO, "num-server-rounds": rounds,
+                                  "strategy.timeout": 0.3})
+    strategy = build_strategy(config)
+    strategy.start(LocalGrid(nodes, message_filter=drop_out, reply_filter=drop_back),
+                   num_rounds=rounds, timeout=0.3)
+    assert strategy.stopped is None and len(strategy.members) == nodes
+    trained = [s.rounds_trained for s in strategy.members.values()]
+    assert sum(trained) < rounds * nodes * 0.85 and min(trained) > 0, trained
+    failed = sum(r["failed"] for r in strategy.rounds if "failed" in r)
+    assert failed == rounds * nodes - sum(trained)
+    for partition, session in strategy.members.items():
+        assert_same(session.adapters, clean[session.rounds_trained][partition])
+
+
+def test_a_straggler_is_skipped_until_it_answers_in_time():
+    rounds = 4
+    clean = snapshots(SOLO, 2, rounds)
+    grid = LocalGrid(2)
+    trains = []
+
+    def watch(node, msg):
+        if msg.metadata.message_type == MessageType.TRAIN and node == 1001:
+            trains.append(msg)  # slow in its first two rounds, then in time
+            grid.delays[1001] = 5.0 if len(trains) <= 2 else 0.0
+        return msg
+
+    grid.message_filter = watch
+    config = RunConfig.from_flat({**DIGITS, **SOLO, "num-server-rounds": rounds,
+                                  "strategy.timeout": 0.5})
+    strategy = build_strategy(config)
+    strategy.start(grid, num_rounds=rounds, timeout=0.5)
+    assert [r["failed"] for r in strategy.rounds[1:]] == [1, 1, 0, 0]
+    assert strategy.members[1].rounds_trained == rounds - 2
+    assert_same(strategy.members[1].adapters, clean[rounds - 2][1])
+    assert_same(strategy.members[0].adapters, clean[rounds][0])
+
+
+def restart_after(grid: LocalGrid, node: int, trains: int, *, new_id: int | None = None,
+                  node_config: dict | None = None) -> None:
+    """Replace ``node``'s process (its context.state is lost) once it has had ``trains`` TRAIN
+    messages: under ``new_id`` (a new SuperNode registration) or the same id."""
+    seen = []
+    previous = grid.message_filter
+
+    def watch(dst, msg):
+        if previous is not None:
+            msg = previous(dst, msg)
+        if msg is not None and msg.metadata.message_type == MessageType.TRAIN and dst == node:
+            seen.append(1)
+            if len(seen) == trains + 1:
+                old = grid.disconnect(node)
+                context = grid.connect(new_id or node, old.node_config["partition-id"],
+                                       old.node_config["num-partitions"],
+                                       **(node_config or {}))
+                if new_id is None:
+                    return msg  # the same node id: the message reaches the new process
+                del context
+                return None  # the old id is gone: the message is lost
+        return msg
+
+    grid.message_filter = watch
+
+
+@pytest.mark.parametrize("new_id", [None, 2001], ids=["same-node-id", "new-node-id"])
+def test_a_restarted_node_goes_on_from_its_state_dir(tmp_path, new_id):
+    rounds = 5
+    clean = snapshots(SOLO, 2, rounds)
+    grid = LocalGrid(2)
+    state = {"state-dir": str(tmp_path / "node-1")}
+    grid.contexts[1001].node_config.update(state)
+    restart_after(grid, 1001, 2, new_id=new_id, node_config=state)
+    config = RunConfig.from_flat({**DIGITS, **SOLO, "num-server-rounds": rounds})
+    strategy = build_strategy(config)
+    strategy.start(grid, num_rounds=rounds, timeout=0.5)
+    session = strategy.members[1]
+    assert session.node_id == (new_id or 1001)
+    lost = 0 if new_id is None else 1  # the message to the old id, and the round it joined in
+    assert session.rounds_trained == rounds - lost
+    assert_same(session.adapters, clean[rounds - lost][1])
+    assert oct((tmp_path / "node-1").stat().st_mode & 0o777) == "0o700"
+    assert all(p.stat().st_mode & 0o077 == 0 for p in (tmp_path / "node-1").iterdir())
+
+
+def test_a_restarted_node_without_its_state_cannot_take_its_partition_back(tmp_path):
+    grid = LocalGrid(2)
+    restart_after(grid, 1001, 1, new_id=2001)  # no state-dir: a new identity
+    config = RunConfig.from_flat({**DIGITS, **SOLO, "num-server-rounds": 3})
+    strategy = build_strategy(config)
+    strategy.start(grid, num_rounds=3, timeout=0.5)
+    assert "held by another node identity" in strategy.refused_at_hello[2001]
+    assert strategy.members[1].node_id == 1001 and strategy.members[1].rounds_trained == 1
+
+
+def test_a_node_that_connects_late_joins_at_the_next_round():
+    rounds = 4
+    clean = snapshots(SOLO, 3, rounds)
+    grid = LocalGrid(2)
+    for context in grid.contexts.values():
+        context.node_config["num-partitions"] = 3
+    seen = []
+
+    def watch(node, msg):
+        if msg.metadata.message_type == MessageType.TRAIN:
+            seen.append(node)
+            if len(seen) == 2:  # after round 1
+                grid.connect(3000, 2, 3)
+        return msg
+
+    grid.message_filter = watch
+    config = RunConfig.from_flat({**DIGITS, **SOLO, "num-server-rounds": rounds,
+                                  "strategy.max-joins-per-round": 1})
+    strategy = build_strategy(config)
+    strategy.start(grid, num_rounds=rounds, timeout=5)
+    late = strategy.members[2]
+    assert late.node_id == 3000 and late.rounds_trained == rounds - 1
+    assert [r["nodes"] for r in strategy.rounds[1:]] == [2, 3, 3, 3]
+    assert_same(late.adapters, clean[rounds - 1][2])
+
+
+def test_too_few_nodes_for_too_long_stops_the_run_with_every_result_written(tmp_path):
+    grid = LocalGrid(2)
+    seen = []
+
+    def watch(node, msg):
+        if msg.metadata.message_type == MessageType.TRAIN:
+            seen.append(node)
+            if len(seen) == 4:  # after round 2, both nodes go away
+                grid.disconnect(1000), grid.disconnect(1001)
+                return None
+        return msg
+
+    grid.message_filter = watch
+    strategy = run_server(grid, {**DIGITS, "num-server-rounds": 6, "output-dir": str(tmp_path),
+                                 "strategy.wait-for-nodes": 1.0, "strategy.timeout": 1.0})
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "after waiting 1 s (strategy.wait-for-nodes)" in metrics["stopped-early"]
+    assert metrics["last-round"] == 2 and strategy.last_round == 2
+    assert [n["rounds-trained"] for n in metrics["nodes"].values()] == [2, 1]
+    assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == [
+        "partition-0.safetensors", "partition-1.safetensors"]
+    assert (tmp_path / "checkpoint" / "LATEST").read_text() == "round-2.json"
+
+
+# --------------------------------------------------------------------------------------------
+# bounded server memory
+
+
+class Recorder(LocalGrid):
+    """A LocalGrid that logs when payloads are computed, sent and answered."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.events: list[str] = []
+        self.outstanding: set[str] = set()
+        self.most_outstanding = 0
+
+    def push_messages(self, messages):
+        ids = list(super().push_messages(messages))
+        for message_id, message in zip(ids, messages, strict=True):
+            if message.metadata.message_type == MessageType.TRAIN:
+                self.events.append("send")
+                self.outstanding.add(message_id)
+        self.most_outstanding = max(self.most_outstanding, len(self.outstanding))
+        return ids
+
+    def pull_messages(self, message_ids):
+        replies = list(super().pull_messages(message_ids))
+        self.outstanding -= {r.metadata.reply_to_message_id for r in replies}
+        return replies
+
+
+def recorded_run(nodes: int, overrides: dict, **grid_options) -> Recorder:
+    grid = Recorder(nodes, **grid_options)
+    config = RunConfig.from_flat({**DIGITS, **overrides, "num-server-rounds": 1})
+    strategy = build_strategy(config)
+    compute = strategy.engine.compute
+
+    def logged(batches, *args, **kwargs):
+        grid.events.append(f"pass of {len(batches)}")
+        return compute(batches, *args, **kwargs)
+
+    strategy.engine.compute = logged
+    strategy.start(grid, num_rounds=1, timeout=5)
+    assert all(s.rounds_trained == 1 for s in strategy.members.values())
+    return grid
+
+
+def test_each_payload_is_sent_as_soon_as_its_group_pass_is_done():
+    grid = recorded_run(4, {"strategy.max-server-batch": 32})  # two nodes of 16 a pass
+    train = grid.events[grid.events.index("send") - 1:]
+    assert train == ["pass of 2", "send", "send", "pass of 2", "send", "send"]
+
+
+def test_in_flight_payloads_stay_under_the_cap():
+    every = recorded_run(4, SOLO, delays={n: 1.0 for n in range(1000, 1004)})
+    assert every.most_outstanding == 4  # nothing answers before all are sent
+    capped = recorded_run(4, {**SOLO, "strategy.max-inflight-mb": 0.001},
+                          delays={n: 0.1 for n in range(1000, 1004)})
+    assert capped.most_outstanding == 1  # each waits for the previous answer
