@@ -49,7 +49,7 @@ def federation(grid_options: dict, *, victim_config: dict | None = None):
     grid = LocalGrid(3, **grid_options)
     grid.contexts[HOSTILE].node_config.update(victim_config or {})
     try:
-        strategy.start(grid, num_rounds=ROUNDS, timeout=30)
+        strategy.start(grid, num_rounds=ROUNDS, timeout=3)
     except Exception as err:  # an abort: what this benchmark exists to find
         return strategy, grid, repr(err)
     return strategy, grid, None

@@ -23,7 +23,7 @@ def run(overrides: dict, nodes: int, rounds: int, **grid_options):
     config = RunConfig.from_flat({**DIGITS, **overrides, "num-server-rounds": rounds})
     strategy = build_strategy(config)
     grid = LocalGrid(nodes, **grid_options)
-    strategy.start(grid, num_rounds=rounds, timeout=30)
+    strategy.start(grid, num_rounds=rounds, timeout=3)
     return strategy, grid
 
 

@@ -27,7 +27,8 @@ def test_pyproject_defaults_and_every_simulation_parse():
 
     keys = {f.name.replace("_", "-") for f in dataclasses.fields(RunConfig)
             if not dataclasses.is_dataclass(getattr(config, f.name))}
-    for section in ("task", "adapter", "optimizer", "strategy", "data", "wire", "edge"):
+    for section in ("task", "adapter", "optimizer", "strategy", "data", "wire", "edge",
+                    "checkpoint"):
         keys |= {f"{section}.{f.name.replace('_', '-')}"
                  for f in dataclasses.fields(getattr(config, section))}
     assert keys == set(flat)

@@ -4,7 +4,9 @@ virtual environment that has only the base install (``pip install .``: no torch)
 
 It checks that the run completes, that every node's adapters changed, and that the SuperLink's
 database holds none of the clients' text, neither as text nor as the token arrays a plaintext
-batch would carry. Every process is started in its own session and stopped by PID.
+batch would carry. In one more run, a SuperNode is SIGKILLed mid-run and comes back with its
+state directory, and another connects after round 1. Every process is started in its own
+session and stopped by PID.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -246,3 +249,192 @@ def deploy(tmp_path: Path, *, secure: bool, node_bin: Path = BIN,
         state = decode_adapter_state(path.read_bytes())
         assert any(np.abs(p["B"]).max() > 0 for p in state.values())  # B starts at zero
     return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Nodes that come and go while a run goes on, in one run of the digits task (rounds of seconds;
+# every ClientApp call still runs in a fresh flwr-clientapp process): a SuperNode killed and
+# started again with its state directory, and a SuperNode that connects after round 1.
+#
+# What Flower 1.42 does here: a SuperNode without SuperNode authentication gets a new node id
+# from the SuperLink at every start, so the restarted node joins as a newcomer and proves its
+# identity. A SIGKILLed SuperNode says no goodbye: the SuperLink keeps its old node id online
+# until its heartbeat expires (a heartbeat every ~24 s, each good for 2 x 30 s: 36 to 60 s
+# after the kill), and the server waits for a message to it until then (the SuperLink answers
+# for an offline node at once) or until ``strategy.timeout``. A timeout of 60 s costs nothing
+# more, and leaves a newcomer's hello (which lives as long) time to be answered and collected.
+
+
+class Federation:
+    """A SuperLink (insecure, SQLite), SuperNodes started and killed at will, and one `flwr run`
+    of the project in the background, all on loopback."""
+
+    def __init__(self, tmp_path: Path, run_config: dict[str, object]) -> None:
+        self.tmp, self.procs = tmp_path, Processes(tmp_path)
+        self.out = tmp_path / "out"
+        self.port = free_port()
+        self.nodes: dict[str, subprocess.Popen] = {}
+        (tmp_path / "cli").mkdir()
+        (tmp_path / "cli" / "config.toml").write_text(
+            f'[superlink]\ndefault = "test"\n[superlink.test]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
+        config = {"task.name": "digits", "task.batch-size": 16, "task.eval-batches": 1,
+                  "edge.graphs": False, "strategy.evaluate-every": 1,
+                  "output-dir": str(self.out), **run_config}
+        (tmp_path / "run.toml").write_text("".join(
+            f"{key} = {json.dumps(value)}\n" for key, value in config.items()))
+        self.run: subprocess.Popen | None = None
+
+    def __enter__(self) -> Federation:
+        link = self.procs.start("superlink", [
+            str(BIN / "flower-superlink"), "--disable-runtime-dependency-installation",
+            "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+            "--database", str(self.tmp / "state.db")], home="link")
+        wait_for_port(self.port, link)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.procs.stop()
+
+    def start_node(self, name: str, node_config: str, home: str | None = None) -> None:
+        self.nodes[name] = self.procs.start(name, [
+            str(BIN / "flower-supernode"), "--insecure", "--superlink",
+            f"127.0.0.1:{self.port}", "--port", str(free_port()),
+            "--node-config", node_config], home=home or name)
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL: no goodbye to the SuperLink, which keeps the node online until its
+        heartbeat expires."""
+        proc = self.nodes.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def start_run(self) -> None:
+        self.run = self.procs.start("run", [
+            str(BIN / "flwr"), "run", str(ROOT), "test", "--stream",
+            "--run-config", str(self.tmp / "run.toml")], home="cli")
+
+    def metrics(self) -> dict | None:
+        try:
+            return json.loads((self.out / "metrics.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def wait_for_round(self, server_round: int, seconds: float = 180) -> dict:
+        """The metrics once round ``server_round`` is done (results are written per round)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            metrics = self.metrics()
+            if metrics is not None and metrics["last-round"] >= server_round:
+                return metrics
+            assert self.run.poll() is None, self.log("run")[-3000:]
+            time.sleep(0.2)
+        raise TimeoutError(f"round {server_round} not done in {seconds} s:\n"
+                           + self.log("run")[-3000:])
+
+    def finish(self, seconds: float = 300) -> dict:
+        """Wait for `flwr run` to end; the final metrics."""
+        try:
+            self.run.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the run did not end:\n" + self.log("run")[-3000:]) from None
+        metrics = self.metrics()
+        assert metrics is not None, self.log("run")[-3000:]
+        return metrics
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+
+CHURN_ROUNDS = 6
+
+
+@dataclass
+class Churn:
+    metrics: dict  # the final metrics.json
+    before: dict  # metrics.json after the round the SuperNode was killed in
+    adapters_before: bytes  # partition 1's adapters then
+    log: str  # the ServerApp's log, as `flwr run --stream` printed it
+    nodes: dict[str, str]  # SuperNode name -> its log
+    adapters: dict[str, bytes]  # the adapter files written, by name
+
+
+@pytest.fixture(scope="module")
+def churn(tmp_path_factory) -> Churn:
+    """Nodes 0 and 1 start a run of three partitions; after round 1, node 1's SuperNode is
+    SIGKILLed (with its ClientApp) and started again with the same state-dir, and a SuperNode
+    for partition 2 connects for the first time."""
+    tmp = tmp_path_factory.mktemp("churn")
+    config = {"num-server-rounds": CHURN_ROUNDS, "strategy.min-available-nodes": 2,
+              "strategy.timeout": 60.0, "strategy.wait-for-nodes": 120.0}
+    nodes = [f'partition-id={i} num-partitions=3 state-dir="{tmp / f"state{i}"}"'
+             for i in range(3)]
+    with Federation(tmp, config) as fed:
+        for i in range(2):
+            fed.start_node(f"node{i}", nodes[i])
+        fed.start_run()
+        killed_in = fed.wait_for_round(1)["last-round"] + 1
+        fed.kill_node("node1")  # in round 2, or between rounds 1 and 2
+        fed.start_node("node1-restarted", nodes[1], home="node1")
+        fed.start_node("node2", nodes[2])
+        before = fed.wait_for_round(killed_in)  # the killed process can add nothing after
+        adapters_before = (fed.out / "adapters" / "partition-1.safetensors").read_bytes()
+        metrics = fed.finish()
+        return Churn(metrics, before, adapters_before, fed.log("run"),
+                     {name: fed.log(name) for name in ("node1", "node1-restarted", "node2")},
+                     {p.name: p.read_bytes() for p in (fed.out / "adapters").iterdir()})
+
+
+def node_id(log: str) -> int:
+    """The node id the SuperLink gave a SuperNode, from the SuperNode's log."""
+    [line] = [line for line in log.splitlines() if "SuperNode ID:" in line]
+    return int(line.rsplit(":", 1)[1])
+
+
+def round_after(log: str, text: str) -> int:
+    """The round of the first round result logged after the first line with ``text``."""
+    lines = log.splitlines()
+    start = next(i for i, line in enumerate(lines) if text in line)
+    return next(int(line.split("round ", 1)[1].split("/", 1)[0]) for line in lines[start:]
+                if f"/{CHURN_ROUNDS}: " in line)
+
+
+def test_a_run_with_nodes_coming_and_going_completes_with_every_partition(churn):
+    metrics = churn.metrics
+    assert metrics["last-round"] == CHURN_ROUNDS and metrics["stopped-early"] is None
+    assert sorted(metrics["nodes"]) == ["0", "1", "2"]  # none lost
+    assert sorted(churn.adapters) == [f"partition-{p}.safetensors" for p in range(3)]
+    assert metrics["nodes"]["0"]["rounds-trained"] == CHURN_ROUNDS  # never held up
+    assert all(n["last-error"] == "" for n in metrics["nodes"].values())  # nothing refused
+    assert metrics["refused-at-hello"] == {}
+    assert metrics["rounds"][-1]["nodes"] == 3
+    assert sum(r["nodes"] for r in metrics["rounds"][1:]) == sum(
+        n["rounds-trained"] for n in metrics["nodes"].values())
+
+
+def test_a_supernode_killed_mid_run_comes_back_with_its_state_dir(churn):
+    """The restarted SuperNode gets a new node id, proves with the identity in its state-dir
+    that it held partition 1, takes it back and trains in every round from then on."""
+    old_id, new_id = (node_id(churn.nodes[n]) for n in ("node1", "node1-restarted"))
+    assert new_id != old_id  # Flower gave the new process a new node id
+    back = f"hello: partition 1 is back on node {new_id} (was node {old_id})"
+    assert back in churn.log
+    assert any(r["failed"] for r in churn.metrics["rounds"][1:])  # the rounds it missed
+    trained_before = churn.before["nodes"]["1"]["rounds-trained"]
+    trained = churn.metrics["nodes"]["1"]["rounds-trained"]
+    assert trained_before >= 1  # it trained before it was killed
+    assert trained == trained_before + CHURN_ROUNDS + 1 - round_after(churn.log, back)
+    assert trained_before < trained < CHURN_ROUNDS
+    assert churn.adapters["partition-1.safetensors"] != churn.adapters_before
+    assert "hello: partition 1 goes on from its state" in churn.nodes["node1-restarted"]
+
+
+def test_a_supernode_that_connects_after_round_one_joins_the_run(churn):
+    """A SuperNode for a partition the run has not seen connects after round 1: it gets a hello
+    at a later round, joins, and trains in every round from the one it joined in."""
+    assert "nodes connected since the hello round; sending" in churn.log
+    assert "hello: partition 2 joins on the torch backend" in churn.nodes["node2"]
+    late = churn.metrics["nodes"]["2"]
+    joined = late["history"][0]["round"]  # evaluated from the round it joined in
+    assert 2 <= joined <= CHURN_ROUNDS
+    assert late["rounds-trained"] == CHURN_ROUNDS + 1 - joined

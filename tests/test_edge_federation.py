@@ -68,29 +68,28 @@ def test_an_onnx_node_is_refused_clearly_when_the_server_ships_no_graphs(caplog)
     grid.contexts[1000].node_config["backend"] = "onnx"
     config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 1, "edge.graphs": False})
     strategy = build_strategy(config)
-    strategy.start(grid, num_rounds=1, timeout=30)
+    strategy.start(grid, num_rounds=1, timeout=3)
     assert [s.partition_id for s in strategy.sessions.values()] == [1]
     assert "edge.graphs = true" in caplog.text
 
 
 def test_a_tampered_graph_is_refused_and_nothing_is_cached(graph_cache, caplog):
     def tamper(messages):
-        graphs = [m.content[GRAPHS] for m in messages if GRAPHS in m.content]
-        if graphs:  # every node's hello shares one record: flip one bit of one graph, once
-            name = sorted(graphs[0])[0]
-            model = bytearray(graphs[0][name])
+        for graphs in [m.content[GRAPHS] for m in messages if GRAPHS in m.content]:
+            name = sorted(graphs)[0]  # flip one bit of one graph
+            model = bytearray(graphs[name])
             model[-10] ^= 1
-            graphs[0][name] = bytes(model)
+            graphs[name] = bytes(model)
         return messages
 
     class TamperingGrid(LocalGrid):
-        def send_and_receive(self, messages, *, timeout=None):
-            return super().send_and_receive(tamper(list(messages)), timeout=timeout)
+        def push_messages(self, messages):
+            return super().push_messages(tamper(list(messages)))
 
     grid = TamperingGrid(2)
     grid.contexts[1000].node_config["backend"] = "onnx"
     strategy = build_strategy(RunConfig.from_flat({**DIGITS, "num-server-rounds": 1}))
-    strategy.start(grid, num_rounds=1, timeout=30)
+    strategy.start(grid, num_rounds=1, timeout=3)
     assert [s.partition_id for s in strategy.sessions.values()] == [1]  # the torch node
     assert "does not match the listed" in caplog.text
     assert len(list(graph_cache.glob("*.onnx"))) == 0
@@ -98,17 +97,17 @@ def test_a_tampered_graph_is_refused_and_nothing_is_cached(graph_cache, caplog):
 
 def test_a_graph_altered_in_the_cache_stops_the_node(graph_cache, caplog):
     class AlteringGrid(LocalGrid):
-        def send_and_receive(self, messages, *, timeout=None):
+        def push_messages(self, messages):
             messages = list(messages)
             if messages and messages[0].metadata.message_type == "train":
                 for path in graph_cache.glob("*.onnx"):
                     path.write_bytes(path.read_bytes() + b"\0")
-            return super().send_and_receive(messages, timeout=timeout)
+            return super().push_messages(messages)
 
     grid = AlteringGrid(1)
     grid.contexts[1000].node_config["backend"] = "onnx"
     strategy = build_strategy(RunConfig.from_flat({**DIGITS, "num-server-rounds": 1}))
-    strategy.start(grid, num_rounds=1, timeout=30)
+    strategy.start(grid, num_rounds=1, timeout=3)
     assert "altered on disk" in caplog.text
     assert by_partition(strategy)[0].rounds_trained == 0
 

@@ -56,7 +56,7 @@ def test_cli_exports_a_federated_nodes_adapters(tmp_path):
     root = Path(__file__).resolve().parents[1]
     config = RunConfig.from_toml(root / "simulations" / "digits.toml")
     strategy = build_strategy(config)
-    strategy.start(LocalGrid(4), num_rounds=1, timeout=30)
+    strategy.start(LocalGrid(4), num_rounds=1, timeout=3)
     out = write_results(strategy, tmp_path / "results", seconds=0.0)
     assert main(["export-peft", "--adapters", str(out / "adapters" / "partition-0.safetensors"),
                  "--run-config", str(root / "simulations" / "digits.toml"),

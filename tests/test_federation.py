@@ -84,7 +84,7 @@ def test_a_node_pinning_another_key_refuses_to_join(caplog):
     grid = LocalGrid(2)
     grid.contexts[1001].node_config["server-key-fingerprint"] = "ab" * 32
     with caplog.at_level(logging.WARNING, logger="cola_fed"):
-        strategy.start(grid, num_rounds=1, timeout=30)
+        strategy.start(grid, num_rounds=1, timeout=3)
     assert set(strategy.sessions) == {1000}
     assert "refusing to talk to it" in caplog.text
 
@@ -93,7 +93,7 @@ def test_node_refuses_a_replayed_train_message():
     config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 2})
     strategy = build_strategy(config)
     grid = LocalGrid(1)
-    strategy.start(grid, num_rounds=2, timeout=30)
+    strategy.start(grid, num_rounds=2, timeout=3)
     first_train = next(m for m in grid.delivered if m.metadata.message_type == "train")
     before = grid.contexts[1000].state["cola-session"]["received"]
     replies = grid.send_and_receive([first_train])
@@ -132,7 +132,7 @@ def test_a_node_config_data_path_replaces_the_partition(tmp_path):
     strategy = build_strategy(config)
     grid = LocalGrid(1)
     grid.contexts[1000].node_config["data-path"] = str(path)
-    strategy.start(grid, num_rounds=1, timeout=30)
+    strategy.start(grid, num_rounds=1, timeout=3)
     session = strategy.sessions[1000]
     first = bytes(session.eval_batches[0]["input_ids"][0][:10].astype(np.uint8))
     assert first.startswith(b"local line")

@@ -382,3 +382,23 @@ def test_in_flight_payloads_stay_under_the_cap():
     capped = recorded_run(4, {**SOLO, "strategy.max-inflight-mb": 0.001},
                           delays={n: 0.1 for n in range(1000, 1004)})
     assert capped.most_outstanding == 1  # each waits for the previous answer
+
+
+def test_a_hello_replayed_to_a_restarted_node_resets_nothing(tmp_path):
+    from flwr.app import Context, RecordDict
+
+    from cola_fed.errors import ReplayError
+    from cola_fed.federation.client import handle_hello
+
+    grid = LocalGrid(1)
+    grid.contexts[1000].node_config["state-dir"] = str(tmp_path / "node")
+    strategy = build_strategy(RunConfig.from_flat({**DIGITS, "num-server-rounds": 2}))
+    strategy.start(grid, num_rounds=2, timeout=3)
+    hello = next(m for m in grid.delivered if m.metadata.message_type == MessageType.QUERY)
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "node").iterdir()}
+    restarted = Context(grid.run_id, 1000, dict(grid.contexts[1000].node_config),
+                        RecordDict(), {})
+    with pytest.raises(ReplayError):
+        handle_hello(hello, restarted)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "node").iterdir()} == kept
+    assert not restarted.state  # nothing taken in either

@@ -51,3 +51,62 @@ def test_flwr_run_half_onnx_half_torch_matches_all_torch(tmp_path, monkeypatch):
         for layer, params in theirs.items():
             for name, value in params.items():
                 assert abs(ours[layer][name] - value).max() <= 1e-5, (p, layer, name)
+
+
+def test_a_simulation_killed_mid_run_resumes_to_the_adapters_of_an_uninterrupted_one(
+        tmp_path, monkeypatch):
+    """Every process of a `flwr run` simulation (SuperLink, SuperExec, the ServerApp and its
+    simulated nodes) is killed with SIGKILL after round 2's checkpoint; `cola-fed simulate
+    --resume` then finishes the run, in a new Flower run, with exactly the adapters of a run that
+    was never interrupted."""
+    import os
+    import signal
+    import threading
+    import time
+
+    overrides = {"num-server-rounds": 5, "strategy.min-available-nodes": 2,
+                 "strategy.evaluate-every": 1}
+    clean = sim.simulate("digits", output_dir=tmp_path / "clean", stream=False,
+                         overrides=overrides)
+
+    ports = []
+    real_free_port = sim.free_port
+
+    def recording_free_port():
+        ports.append(real_free_port())
+        return ports[-1]
+
+    monkeypatch.setattr(sim, "free_port", recording_free_port)
+    out = tmp_path / "killed"
+    failed = []
+
+    def doomed_run():
+        try:
+            sim.simulate("digits", output_dir=out, stream=False, overrides=overrides)
+        except sim.ColaError as err:
+            failed.append(err)
+
+    runner = threading.Thread(target=doomed_run)
+    runner.start()
+    pointer = out / "checkpoint" / "LATEST"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (
+            pointer.is_file() and pointer.read_text() not in ("round-0.json", "round-1.json")):
+        time.sleep(0.05)
+    victims = sim.flower_processes_on_ports(*ports)
+    assert victims, "no simulation processes to kill"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    runner.join(timeout=120)
+    assert failed and not runner.is_alive()
+    killed_after = json.loads((out / "metrics.json").read_text())["last-round"]
+    assert 2 <= killed_after < 5
+
+    resumed = sim.simulate("digits", output_dir=out, stream=False, overrides=overrides,
+                           resume=True)
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2, 3, 4, 5]
+    assert all(node["rounds-trained"] == 5 for node in metrics["nodes"].values())
+    for p in range(2):
+        name = f"adapters/partition-{p}.safetensors"
+        assert (resumed / name).read_bytes() == (clean / name).read_bytes(), name

@@ -224,7 +224,9 @@ NODE_TRAIN_ATTACKS: dict[str, tuple[Rewrite, str]] = {
 #: class -> (rewrite of a hostile node's hello reply, what the server's refusal names)
 NODE_HELLO_ATTACKS: dict[str, tuple[Rewrite, str]] = {
     "a partition another node holds": (control_edit(lambda c: json.dumps(
-        {**c, "partition-id": 0}).encode()), "claim partition"),
+        {**c, "partition-id": 0}).encode()), "claimed by several nodes"),
+    "another node's identity (unsigned)": (control_edit(lambda c: json.dumps(
+        {**c, "identity": "ab" * 32}).encode()), "AuthenticationError"),
     "a partition id out of range": (control_edit(lambda c: json.dumps(
         {**c, "partition-id": 2**40}).encode()), "ProtocolError"),
     "an unknown backend": (control_edit(lambda c: json.dumps(

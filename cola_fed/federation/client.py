@@ -154,6 +154,8 @@ def handle_hello(msg: Message, context: Context) -> Message:
 
     states[number] = drawn + len(batches)
     learners[number] = learner.to_bytes()
+    for old in sorted(states)[:-NodeSession.MAX_STATES]:  # hello after hello: keep the newest
+        del states[old], learners[old]
     session = NodeSession(node_key=_raw_key(key), transcript=hello.transcript,
                           partition_id=partition_id, backend=backend, sent=channel.state.sent,
                           received=channel.state.received, latest=number, states=states)

@@ -791,7 +791,7 @@ class NodeSession:
     states: dict[int, int] = field(default_factory=dict)
 
     #: most learner states a node keeps (the server holds one of the newest few)
-    MAX_STATES: ClassVar[int] = 8
+    MAX_STATES: ClassVar[int] = 16
 
     def to_record(self) -> ConfigRecord:
         values = {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()

@@ -167,6 +167,7 @@ class _PendingHello:
     message_id: str
     transcript: bytes  # its hash
     expires: float
+    reply: Message | None = None  # taken as soon as it arrives, opened at the next admission
 
 
 class ColaStrategy(Strategy):
@@ -273,9 +274,9 @@ class ColaStrategy(Strategy):
             self.checkpoint.clear()
 
     def hello(self, grid: Grid, timeout: float) -> None:
-        """Send every connected node a hello and wait up to ``timeout`` for the answers (a
-        fresh run first waits for ``strategy.min-available-nodes`` nodes)."""
-        wanted = self.config.strategy.min_available_nodes if self.last_round == 0 else 1
+        """Wait up to ``timeout`` for ``strategy.min-available-nodes`` nodes, send every
+        connected node a hello and wait up to ``timeout`` for the answers."""
+        wanted = self.config.strategy.min_available_nodes
         deadline = time.monotonic() + timeout
         while len(list(grid.get_node_ids())) < wanted:
             if time.monotonic() > deadline:
@@ -286,10 +287,11 @@ class ColaStrategy(Strategy):
                  fingerprint(public_bytes(self.identity)),
                  f"; resuming at round {self.last_round + 1}" if self.last_round else "")
         self._send_hellos(grid, nodes, timeout)
+        deadline = time.monotonic() + timeout
         while self._hellos and time.monotonic() < deadline:
             self._collect_hellos(grid)
             if self._hellos:
-                time.sleep(0.1)
+                time.sleep(0.2)
         self._collect_hellos(grid, expire=True)
         joined = self.sessions
         if len(joined) < self.config.strategy.min_train_nodes:
@@ -326,18 +328,29 @@ class ColaStrategy(Strategy):
                 self._hellos[node] = _PendingHello(message_id, transcript_hash(hello.transcript),
                                                    time.monotonic() + timeout)
 
+    def _pull_hellos(self, grid: Grid) -> None:
+        """Take the hello replies that have arrived, before their time to live ends (also
+        while a round runs); they are opened at the next admission."""
+        waiting = {h.message_id: n for n, h in self._hellos.items() if h.reply is None}
+        if not waiting:
+            return
+        for reply in grid.pull_messages(list(waiting)):
+            node = waiting.get(reply.metadata.reply_to_message_id)
+            if node is not None:
+                self._hellos[node].reply = reply
+
     def _collect_hellos(self, grid: Grid, *, expire: bool = False) -> None:
         """Open the hello replies that have arrived; with ``expire``, forget hellos that were
         not answered in time (the node may get another one later)."""
-        if not self._hellos:
-            return
-        by_message = {h.message_id: n for n, h in self._hellos.items()}
+        self._pull_hellos(grid)
         claims = []
-        for reply in grid.pull_messages(list(by_message)):
-            node = by_message.get(reply.metadata.reply_to_message_id)
-            if node is None or reply.metadata.src_node_id != node:
+        for node, pending in [(n, h) for n, h in self._hellos.items() if h.reply is not None]:
+            del self._hellos[node]
+            reply = pending.reply
+            if reply.metadata.src_node_id != node:  # the SuperLink's: the node is unavailable
+                log.warning("hello: node %s did not answer: %s", node,
+                            node_error(reply.error.reason) if reply.has_error() else "?")
                 continue
-            pending = self._hellos.pop(node)
             if reply.has_error():
                 self.refused_at_hello[node] = reason = node_error(reply.error.reason)
                 log.warning("hello: node %s failed: %s", node, reason)
@@ -565,7 +578,7 @@ class ColaStrategy(Strategy):
         for message in messages:
             size = message.content.array_records[SEALED].count_bytes()
             while inflight and sum(b for b, _ in inflight.values()) + size > cap:
-                yield from _pull(grid, inflight, wait=True)
+                yield from self._pull(grid, inflight, wait=True)
             node = message.metadata.dst_node_id
             [message_id] = grid.push_messages([message])
             del message
@@ -573,9 +586,30 @@ class ColaStrategy(Strategy):
                 log.warning("the message to node %s could not be sent", node)
                 continue
             inflight[message_id] = (size, time.monotonic() + timeout)
-            yield from _pull(grid, inflight, wait=False)
+            yield from self._pull(grid, inflight, wait=False)
         while inflight:
-            yield from _pull(grid, inflight, wait=True)
+            yield from self._pull(grid, inflight, wait=True)
+
+    def _pull(self, grid: Grid, inflight: dict[str, tuple[int, float]], *, wait: bool
+              ) -> Iterator[Message]:
+        """The replies to ``inflight`` messages that have arrived (removing them); with
+        ``wait``, poll until one arrives or the earliest deadline passes, when the late are
+        given up. Newcomers' hello replies are taken meanwhile."""
+        delay = 0.02
+        while True:
+            replies = list(grid.pull_messages(list(inflight))) if inflight else []
+            for reply in replies:
+                if inflight.pop(reply.metadata.reply_to_message_id, None) is not None:
+                    yield reply
+            self._pull_hellos(grid)
+            now = time.monotonic()
+            late = [m for m, (_, expires) in inflight.items() if expires <= now]
+            for message_id in late:
+                del inflight[message_id]
+            if replies or late or not wait or not inflight:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -882,26 +916,6 @@ def node_error(reason: str) -> str:
     lines = [line.strip() for line in str(reason).strip().splitlines() if line.strip()]
     gist = lines[-1] if lines else "no reason given"
     return gist if len(gist) <= 1200 else gist[:1197] + "..."
-
-
-def _pull(grid: Grid, inflight: dict[str, tuple[int, float]], *, wait: bool
-          ) -> Iterator[Message]:
-    """The replies to ``inflight`` messages that have arrived (removing them); with ``wait``,
-    poll until one arrives or the earliest deadline passes, when the late are given up."""
-    delay = 0.02
-    while True:
-        replies = list(grid.pull_messages(list(inflight))) if inflight else []
-        for reply in replies:
-            if inflight.pop(reply.metadata.reply_to_message_id, None) is not None:
-                yield reply
-        now = time.monotonic()
-        late = [m for m, (_, expires) in inflight.items() if expires <= now]
-        for message_id in late:
-            del inflight[message_id]
-        if replies or late or not wait or not inflight:
-            return
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
 
 
 def _run_id(grid: Grid) -> int:
