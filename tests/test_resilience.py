@@ -45,6 +45,15 @@ def assert_same(got: dict, want: dict) -> None:
             np.testing.assert_array_equal(got[layer][name], value, err_msg=f"{layer}/{name}")
 
 
+def run_on(grid: LocalGrid, rounds: int, *, timeout: float = 0.5, **overrides):
+    """``rounds`` rounds of digits on ``grid``, each node in a pass of its own."""
+    config = RunConfig.from_flat({**DIGITS, **SOLO, "num-server-rounds": rounds,
+                                  "strategy.timeout": timeout, **overrides})
+    strategy = build_strategy(config)
+    strategy.start(grid, num_rounds=rounds, timeout=timeout)
+    return strategy
+
+
 def snapshots(overrides: dict, nodes: int, rounds: int) -> dict[int, dict[int, dict]]:
     """A clean run's adapters of every partition after each round: {round: {partition: ...}}."""
     seen: dict[int, dict[int, dict]] = {}
@@ -183,11 +192,8 @@ def test_thirty_percent_dropouts_lose_no_adapter_and_every_node_follows_its_own_
         return None if reply.metadata.message_type == MessageType.TRAIN and rng.random() < 0.15 \
             else reply
 
-    config = RunConfig.from_flat({**DIGITS, **SOLO, "num-server-rounds": rounds,
-                                  "strategy.timeout": 0.3})
-    strategy = build_strategy(config)
-    strategy.start(LocalGrid(nodes, message_filter=drop_out, reply_filter=drop_back),
-                   num_rounds=rounds, timeout=0.3)
+    strategy = run_on(LocalGrid(nodes, message_filter=drop_out, reply_filter=drop_back),
+                      rounds, timeout=0.3)
     assert strategy.stopped is None and len(strategy.members) == nodes
     trained = [s.rounds_trained for s in strategy.members.values()]
     assert sum(trained) < rounds * nodes * 0.85 and min(trained) > 0, trained
@@ -210,10 +216,7 @@ def test_a_straggler_is_skipped_until_it_answers_in_time():
         return msg
 
     grid.message_filter = watch
-    config = RunConfig.from_flat({**DIGITS, **SOLO, "num-server-rounds": rounds,
-                                  "strategy.timeout": 0.5})
-    strategy = build_strategy(config)
-    strategy.start(grid, num_rounds=rounds, timeout=0.5)
+    strategy = run_on(grid, rounds)
     assert [r["failed"] for r in strategy.rounds[1:]] == [1, 1, 0, 0]
     assert strategy.members[1].rounds_trained == rounds - 2
     assert_same(strategy.members[1].adapters, clean[rounds - 2][1])
@@ -254,9 +257,7 @@ def test_a_restarted_node_goes_on_from_its_state_dir(tmp_path, new_id):
     state = {"state-dir": str(tmp_path / "node-1")}
     grid.contexts[1001].node_config.update(state)
     restart_after(grid, 1001, 2, new_id=new_id, node_config=state)
-    config = RunConfig.from_flat({**DIGITS, **SOLO, "num-server-rounds": rounds})
-    strategy = build_strategy(config)
-    strategy.start(grid, num_rounds=rounds, timeout=0.5)
+    strategy = run_on(grid, rounds)
     session = strategy.members[1]
     assert session.node_id == (new_id or 1001)
     lost = 0 if new_id is None else 1  # the message to the old id, and the round it joined in
@@ -269,9 +270,7 @@ def test_a_restarted_node_goes_on_from_its_state_dir(tmp_path, new_id):
 def test_a_restarted_node_without_its_state_cannot_take_its_partition_back(tmp_path):
     grid = LocalGrid(2)
     restart_after(grid, 1001, 1, new_id=2001)  # no state-dir: a new identity
-    config = RunConfig.from_flat({**DIGITS, **SOLO, "num-server-rounds": 3})
-    strategy = build_strategy(config)
-    strategy.start(grid, num_rounds=3, timeout=0.5)
+    strategy = run_on(grid, 3)
     assert "held by another node identity" in strategy.refused_at_hello[2001]
     assert strategy.members[1].node_id == 1001 and strategy.members[1].rounds_trained == 1
 
@@ -292,10 +291,7 @@ def test_a_node_that_connects_late_joins_at_the_next_round():
         return msg
 
     grid.message_filter = watch
-    config = RunConfig.from_flat({**DIGITS, **SOLO, "num-server-rounds": rounds,
-                                  "strategy.max-joins-per-round": 1})
-    strategy = build_strategy(config)
-    strategy.start(grid, num_rounds=rounds, timeout=5)
+    strategy = run_on(grid, rounds, **{"strategy.max-joins-per-round": 1})
     late = strategy.members[2]
     assert late.node_id == 3000 and late.rounds_trained == rounds - 1
     assert [r["nodes"] for r in strategy.rounds[1:]] == [2, 3, 3, 3]

@@ -10,15 +10,21 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("ray")
 
 
-def test_flwr_run_digits_two_rounds_and_nothing_left_behind(tmp_path, monkeypatch):
-    ports = []
+@pytest.fixture
+def ports(monkeypatch) -> list[int]:
+    """The ports every simulation of the test picks (to find its processes)."""
+    picked = []
     real_free_port = sim.free_port
 
     def recording_free_port():
-        ports.append(real_free_port())
-        return ports[-1]
+        picked.append(real_free_port())
+        return picked[-1]
 
     monkeypatch.setattr(sim, "free_port", recording_free_port)
+    return picked
+
+
+def test_flwr_run_digits_two_rounds_and_nothing_left_behind(tmp_path, ports):
     out = sim.simulate("digits", output_dir=tmp_path / "out", stream=False,
                        overrides={"num-server-rounds": 2, "strategy.min-available-nodes": 2,
                                   "strategy.evaluate-every": 1})
@@ -54,7 +60,7 @@ def test_flwr_run_half_onnx_half_torch_matches_all_torch(tmp_path, monkeypatch):
 
 
 def test_a_simulation_killed_mid_run_resumes_to_the_adapters_of_an_uninterrupted_one(
-        tmp_path, monkeypatch):
+        tmp_path, ports):
     """Every process of a `flwr run` simulation (SuperLink, SuperExec, the ServerApp and its
     simulated nodes) is killed with SIGKILL after round 2's checkpoint; `cola-fed simulate
     --resume` then finishes the run, in a new Flower run, with exactly the adapters of a run that
@@ -68,16 +74,8 @@ def test_a_simulation_killed_mid_run_resumes_to_the_adapters_of_an_uninterrupted
                  "strategy.evaluate-every": 1}
     clean = sim.simulate("digits", output_dir=tmp_path / "clean", stream=False,
                          overrides=overrides)
-
-    ports = []
-    real_free_port = sim.free_port
-
-    def recording_free_port():
-        ports.append(real_free_port())
-        return ports[-1]
-
-    monkeypatch.setattr(sim, "free_port", recording_free_port)
     out = tmp_path / "killed"
+    ports.clear()  # the killed run's
     failed = []
 
     def doomed_run():
