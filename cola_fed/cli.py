@@ -91,8 +91,14 @@ def _simulate(args: argparse.Namespace) -> int:
 
     # turn SIGTERM into an exit, so that the SuperLink this run started is stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    out = simulate(args.name, output_dir=args.out, num_supernodes=args.nodes,
-                   resume=args.resume)
+    try:
+        out = simulate(args.name, output_dir=args.out, num_supernodes=args.nodes,
+                       resume=args.resume)
+    except KeyboardInterrupt:  # every process it started is stopped on the way out
+        again = f"cola-fed simulate {args.name}" + (f" --out {args.out}" if args.out else "")
+        print(f"\ninterrupted; the run's checkpoint of its last round is kept. Go on with: "
+              f"{again} --resume", file=sys.stderr)
+        return 130
     metrics = json.loads((out / "metrics.json").read_text())
     if metrics.get("stopped-early"):
         print(f"the run stopped early: {metrics['stopped-early']}", file=sys.stderr)

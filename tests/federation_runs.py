@@ -28,10 +28,11 @@ def run(overrides: dict, nodes: int, rounds: int, **grid_options):
 
 
 def run_with_state(out: Path, run_id: int, nodes: int, rounds: int, *, delay: float = 0.0,
-                   resume: bool = False, overrides: dict | None = None):
+                   resume: bool = False, overrides: dict | None = None, **grid_options):
     """A run that writes results and checkpoints to ``out``, its nodes keeping their state in
     ``out/node-state``; (strategy, grid)."""
-    grid = LocalGrid(nodes, run_id=run_id, delays={1000 + i: delay for i in range(nodes)})
+    grid = LocalGrid(nodes, run_id=run_id, delays={1000 + i: delay for i in range(nodes)},
+                     **grid_options)
     for i, context in enumerate(grid.contexts.values()):
         context.node_config["state-dir"] = str(out / "node-state" / f"partition-{i}")
     config = {**DIGITS, "num-server-rounds": rounds, "output-dir": str(out),

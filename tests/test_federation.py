@@ -202,3 +202,10 @@ def test_a_reply_that_opens_but_fails_decoding_is_not_acknowledged():
         for name, value in params.items():
             np.testing.assert_allclose(lossy.sessions[1000].adapters[layer][name], value,
                                        rtol=0, atol=1e-6)
+
+
+def test_batches_of_fewer_rows_than_a_layer_is_wide_train():
+    """The decoder caps rows, not widths: 2 samples x 16 tokens = 32 rows < the 64-wide layers
+    (a node once refused every TRAIN message of such a plan)."""
+    strategy, _ = run({"task.batch-size": 2, "task.max-length": 16, "edge.graphs": False}, 2, 1)
+    assert [r["nodes"] for r in strategy.rounds[1:]] == [2]

@@ -109,11 +109,35 @@ def test_a_server_killed_mid_run_resumes_to_the_adapters_of_an_uninterrupted_run
         assert got == encode_adapter_state(session.adapters), f"partition {partition}"
 
 
+def test_a_server_resumes_from_a_checkpoint_rounds_older_than_the_nodes_states(tmp_path):
+    """``checkpoint.every = 3``: the server dies in round 6, its checkpoint holds round 3, and
+    the nodes have trained on since; they kept the state the checkpoint holds."""
+    every = {"checkpoint.every": 3}
+    clean, _ = run_with_state(tmp_path / "clean", 11, 2, 6, overrides=every)
+    trains = []
+
+    def dies_in_round_six(node, msg):
+        if msg.metadata.message_type == MessageType.TRAIN:
+            trains.append(node)
+            if len(trains) == 11:
+                raise KeyboardInterrupt  # the server process ends here
+        return msg
+
+    out = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        run_with_state(out, 21, 2, 6, overrides=every, message_filter=dies_in_round_six)
+    assert (out / "checkpoint" / "LATEST").read_text() == "round-3.json"
+    resumed, _ = run_with_state(out, 31, 2, 6, overrides=every, resume=True)
+    for partition, session in clean.members.items():
+        assert_same(resumed.members[partition].adapters, session.adapters)
+        assert resumed.members[partition].rounds_trained == 6
+
+
 def test_results_and_checkpoints_are_written_every_round(tmp_path):
     strategy, _ = run_with_state(tmp_path, 7, 2, 3)
     checkpoint = tmp_path / "checkpoint"
     assert (checkpoint / "LATEST").read_text() == "round-3.json"
-    names = sorted(p.name for p in checkpoint.iterdir())
+    names = sorted(p.name for p in checkpoint.iterdir() if p.name != ".lock")
     assert names == sorted(["LATEST", "round-3.json", "partition-0-v3.safetensors",
                             "partition-1-v3.safetensors"]), names  # older versions pruned
     assert all(p.stat().st_mode & 0o077 == 0 for p in checkpoint.iterdir())
@@ -153,7 +177,7 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
     with pytest.raises(ConfigError, match="no checkpoint"):
         run_with_state(tmp_path / "none", 7, 2, 2, resume=True)
     run_with_state(tmp_path, 7, 2, 2)
-    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in \['optimizer'\]"):
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in \['optimizer.lr'\]"):
         run_with_state(tmp_path, 8, 2, 3, resume=True, overrides={"optimizer.lr": 0.5})
     other = tmp_path / "other-identity.pem"
     load_or_create_identity(other)
@@ -398,3 +422,17 @@ def test_a_hello_replayed_to_a_restarted_node_resets_nothing(tmp_path):
         handle_hello(hello, restarted)
     assert {p.name: p.read_bytes() for p in (tmp_path / "node").iterdir()} == kept
     assert not restarted.state  # nothing taken in either
+
+
+def test_one_server_at_a_time_and_a_fresh_run_sets_the_old_checkpoint_aside(tmp_path):
+    run_with_state(tmp_path, 7, 2, 2)
+    held = Checkpoint(tmp_path / "checkpoint")
+    held.lock()  # a server still writing the folder (one a killed simulation left going)
+    with pytest.raises(ConfigError, match="another server is writing"):
+        run_with_state(tmp_path, 8, 2, 3, resume=True)
+    held.unlock()
+    run_with_state(tmp_path, 9, 2, 1)  # afresh, without resume
+    assert (tmp_path / "checkpoint.previous" / "LATEST").read_text() == "round-2.json"
+    assert (tmp_path / "checkpoint" / "LATEST").read_text() == "round-1.json"
+    state, _ = Checkpoint(tmp_path / "checkpoint.previous").load()
+    assert state["round"] == 2  # whole: move it back to resume that run

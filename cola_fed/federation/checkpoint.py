@@ -15,9 +15,13 @@ resumes.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,26 @@ class Checkpoint:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Hold the folder for this run: a second server writing the same checkpoint (a run
+        left going by a killed ``cola-fed simulate``, or a resume started twice) is refused."""
+        os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"another server is writing {self.folder} (a run still going, "
+                              "perhaps one a killed `cola-fed simulate` left behind; "
+                              "docs/operations.md says how to find and stop it)") from None
+        self._lock = fd
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the lock
+            self._lock = None
 
     def save(self, round_: int, state: dict[str, Any],
              members: Mapping[int, tuple[int, Callable[[], Tensors]]]) -> Path:
@@ -101,18 +125,26 @@ class Checkpoint:
     def exists(self) -> bool:
         return (self.folder / LATEST).is_file()
 
-    def clear(self) -> None:
-        """Remove an earlier run's checkpoint files (a fresh run does not resume them)."""
-        self._prune(keep=set())
+    def set_aside(self) -> Path | None:
+        """Move an earlier run's checkpoint to ``<folder>.previous`` (replacing an older one
+        there): a fresh run does not resume it, and a forgotten ``--resume`` loses nothing."""
+        if not self.exists():
+            return None
+        aside = self.folder.with_name(f"{self.folder.name}.previous")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.makedirs(aside, mode=0o700)
+        for path in self.folder.iterdir():
+            if _ROUND_FILE.fullmatch(path.name) or _STATE_FILE.fullmatch(path.name) or (
+                    path.name == LATEST):
+                os.replace(path, aside / path.name)
+        return aside
 
     def _prune(self, keep: set[str]) -> None:
-        if not self.folder.is_dir():
-            return
         for path in self.folder.iterdir():
-            ours = _ROUND_FILE.fullmatch(path.name) or _STATE_FILE.fullmatch(path.name) or (
-                path.name == LATEST and not keep)
+            ours = _ROUND_FILE.fullmatch(path.name) or _STATE_FILE.fullmatch(path.name)
             if ours and path.name not in keep:
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     @staticmethod
     def _read(path: Path, limit: int) -> bytes:

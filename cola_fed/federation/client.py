@@ -101,6 +101,9 @@ def check_node_config(node_config: dict) -> None:
     for key in node_config:
         if key in NODE_CONFIG_KEYS:
             continue
+        if "state" in str(key).lower():  # a misspelt state-dir would quietly turn it off
+            raise ConfigError(f"node config {key!r} is not a cola-fed key; did you mean "
+                              "'state-dir'? (docs/configuration.md lists them)")
         close = difflib.get_close_matches(str(key).replace("_", "-").lower(), NODE_CONFIG_KEYS,
                                           n=1, cutoff=0.8)
         if close:
@@ -154,11 +157,14 @@ def handle_hello(msg: Message, context: Context) -> Message:
 
     states[number] = drawn + len(batches)
     learners[number] = learner.to_bytes()
-    for old in sorted(states)[:-NodeSession.MAX_STATES]:  # hello after hello: keep the newest
-        del states[old], learners[old]
+    keep = {prior[0].acknowledged, prior[0].checkpointed} if prior else set()
+    for old in [n for n in sorted(states) if n not in keep][:-NodeSession.MAX_STATES + 2]:
+        del states[old], learners[old]  # hello after hello: the newest, and those named
     session = NodeSession(node_key=_raw_key(key), transcript=hello.transcript,
                           partition_id=partition_id, backend=backend, sent=channel.state.sent,
-                          received=channel.state.received, latest=number, states=states)
+                          received=channel.state.received, latest=number, states=states,
+                          acknowledged=prior[0].acknowledged if prior else number,
+                          checkpointed=prior[0].checkpointed if prior else number)
     _save(context, store, transcript, session, learners)
     log.info("hello: partition %d joins on the %s backend", partition_id, backend)
     return Message(HelloReply(public_bytes(key), sealed).to_record(), reply_to=msg)
@@ -198,10 +204,12 @@ def handle_train(msg: Message, context: Context) -> Message:
     # from a checkpoint), go on from that state, so the step and the batch stream stay
     # consistent with the server and no batch is skipped.
     base, drawn = order.acknowledged, session.states[order.acknowledged]
-    if base != session.latest:
-        log.warning("round %d: the server holds this node's state #%d, not its latest #%d "
-                    "(a reply lost or refused, or a restart); going on from #%d", order.round,
-                    base, session.latest, base)
+    previous_states = dict(session.states)
+    if base != session.latest:  # expected after a hello that found this node's state: INFO
+        log.log(logging.INFO if session.last_round == 0 else logging.WARNING,
+                "round %d: the server holds this node's state #%d, not its latest #%d (a reply "
+                "lost or refused, a restart, or a resumed server); going on from #%d",
+                order.round, base, session.latest, base)
     base_blob = record_to_blob(context.state[learner_key(base)])
     graph_hashes = _graphs_needed(plan, session.partition_id) if session.backend == "onnx" else {}
     learner = _new_learner(plan, session.partition_id, context, session.backend, graph_hashes)
@@ -225,8 +233,16 @@ def handle_train(msg: Message, context: Context) -> Message:
     sealed = _bounded(seal_bundle(channel, KIND_TRAIN, report, parts), caps)
     session.sent, session.received = channel.state.sent, channel.state.received
     session.last_round, session.latest = order.round, number
+    session.acknowledged = base
+    learners = {base: base_blob, number: learner.to_bytes()}
     session.states = {base: drawn, number: drawn + len(batches)}
-    _save(context, store, transcript, session, {base: base_blob, number: learner.to_bytes()})
+    if order.checkpointed in previous_states and order.checkpointed not in learners:
+        # the server's checkpoint holds an older state: kept, for a server that resumes
+        session.states[order.checkpointed] = previous_states[order.checkpointed]
+        learners[order.checkpointed] = bytes(record_to_blob(
+            context.state[learner_key(order.checkpointed)]))
+    session.checkpointed = order.checkpointed
+    _save(context, store, transcript, session, learners)
     return Message(Sealed(sealed).to_record(), reply_to=msg)
 
 
@@ -244,8 +260,6 @@ def _checked_hello(hello: Hello, context: Context, caps: NodeCaps) -> HelloTrans
     if (transcript.run_id, transcript.node_id) != (context.run_id, context.node_id):
         raise ProtocolError(f"a hello for run {transcript.run_id} and node {transcript.node_id} "
                             f"reached node {context.node_id} of run {context.run_id}")
-    if transcript.lineage > transcript.run_id:
-        raise ProtocolError("the hello's lineage is newer than its run")
     config = context.node_config  # only a hello fit to act on teaches trust on first use
     pinned = config.get("server-key-fingerprint") or None
     KnownServers(config.get("known-servers") or None).check(

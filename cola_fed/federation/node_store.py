@@ -56,9 +56,10 @@ class NodeStore:
         """The node config's ``state-dir``; else, under ``$COLA_FED_STATE_DIR`` (set by
         ``cola-fed simulate``), ``partition-<id>``; else none."""
         folder = context.node_config.get("state-dir")
-        if folder:
-            if not isinstance(folder, str):
-                raise ConfigError(f"node config state-dir: expected a path, got {folder!r}")
+        if folder is not None:
+            if not isinstance(folder, str) or not folder.strip():
+                raise ConfigError(f"node config state-dir: expected a folder path, got "
+                                  f"{folder!r}")
             return cls(folder)
         base = os.environ.get(STATE_DIR_ENV)
         partition = context.node_config.get("partition-id")

@@ -22,11 +22,12 @@ travels sealed; ``docs/security.md`` lists what stays in the clear and why it is
 
 Nodes number their learner states: every reply carries one (``HelloClaim.state``,
 ``TrainReport.state``) and every TRAIN order says which one the server holds
-(``TrainOrder.acknowledged``). A node whose latest reply was lost or refused, that restarted, or
-whose server resumed from a checkpoint, continues from the state the server holds: no step is
-applied twice, no batch skipped. ``lineage`` names the run a resumed run continues (its first
-run id), and the node's own long-term identity key signs its claim of a partition, so that a
-restarted node proves it is the one that held it.
+(``TrainOrder.acknowledged``) and which one its latest checkpoint holds
+(``TrainOrder.checkpointed``: the node keeps it). A node whose latest reply was lost or
+refused, that restarted, or whose server resumed from a checkpoint, continues from the state
+the server holds: no step is applied twice, no batch skipped. ``lineage`` names the run a
+resumed run continues (its first run id), and the node's own long-term identity key signs its
+claim of a partition, so that a restarted node proves it is the one that held it.
 
 Every ``from_record``/``decode`` here raises only :class:`ProtocolError` (the message does not
 fit the protocol) or :class:`PayloadError` (a payload inside it is refused).
@@ -694,13 +695,16 @@ class HelloClaim(Control):
 
 @dataclass(frozen=True)
 class TrainOrder(Control):
-    """Sealed in a TRAIN request: the round, and the number of the node's learner state the
-    server holds (the adaptation data was computed at its adapters)."""
+    """Sealed in a TRAIN request: the round, the number of the node's learner state the server
+    holds (the adaptation data was computed at its adapters), and the number of the one its
+    latest checkpoint holds (the node keeps it, for a server that resumes)."""
 
     round: int
     acknowledged: int
+    checkpointed: int
 
-    FIELDS: ClassVar = {"round": (int, 1, _MAX_INT), "acknowledged": (int, 0, _MAX_INT)}
+    FIELDS: ClassVar = {"round": (int, 1, _MAX_INT), "acknowledged": (int, 0, _MAX_INT),
+                        "checkpointed": (int, 0, _MAX_INT)}
 
 
 @dataclass(frozen=True)
@@ -788,6 +792,9 @@ class NodeSession:
     received: int = 0
     last_round: int = 0
     latest: int = 0  # the number of the newest state
+    #: the states the last TRAIN order named: the server's, and its checkpoint's
+    acknowledged: int = 0
+    checkpointed: int = 0
     states: dict[int, int] = field(default_factory=dict)
 
     #: most learner states a node keeps (the server holds one of the newest few)

@@ -53,6 +53,7 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> ColaStrategy:
     finally:  # whatever ends the run, every node's adapters and the round records are kept
         if strategy.members or strategy.rounds:  # (a run that never began overwrites nothing)
             strategy.on_round(strategy)
+            log.info("results in %s", Path(config.output_dir).resolve())
     return strategy
 
 
@@ -79,7 +80,7 @@ def write_results(strategy: ColaStrategy, out: Path, *, seconds: float) -> Path:
         path = adapters / f"partition-{session.partition_id}.safetensors"
         _replace(path, encode_adapter_state(session.adapters))
     plot_learning_curve(strategy.rounds, out / "learning_curve.png")
-    log.info("results in %s", out.resolve())
+    log.debug("results in %s", out.resolve())
     return out
 
 

@@ -24,6 +24,7 @@ import tomli_w
 
 from cola_fed.config import RunConfig, flatten, tomllib
 from cola_fed.errors import ColaError, ConfigError
+from cola_fed.federation.checkpoint import Checkpoint
 from cola_fed.federation.node_store import STATE_DIR_ENV
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -43,7 +44,8 @@ def resolve(name: str) -> Path:
         path = SIMULATIONS / f"{name}.toml"
     if not path.is_file():
         known = sorted(p.stem for p in SIMULATIONS.glob("*.toml"))
-        raise ConfigError(f"no simulation config {name!r}; known: {known}")
+        what = f"file {path.resolve()}" if Path(name).suffix == ".toml" else repr(name)
+        raise ConfigError(f"no simulation config {what}; known: {known}")
     return path
 
 
@@ -66,8 +68,14 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
                           f"one with: cola-fed keygen --out {config.wire.server_key})")
     nodes = num_supernodes or config.strategy.min_available_nodes
     node_state = out / "node-state"
-    if not resume:  # a fresh run: the nodes' states of an earlier one are not resumed
-        shutil.rmtree(node_state, ignore_errors=True)
+    if resume and not Checkpoint(out / "checkpoint").exists():
+        raise ConfigError(f"no checkpoint in {out / 'checkpoint'}: nothing to resume (run "
+                          "without --resume to start afresh, or give the --out of the run "
+                          "to resume)")
+    if not resume and node_state.exists():  # a fresh run; the earlier one's kept aside
+        aside = out / "node-state.previous"
+        shutil.rmtree(aside, ignore_errors=True)
+        node_state.rename(aside)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="cola-flwr-") as home:
         run_config = Path(home) / "run-config.toml"
@@ -98,7 +106,9 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
         metrics = out / "metrics.json"  # a stale file must not pass for this run
         if result.returncode != 0 or not metrics.is_file() or metrics.stat().st_mtime < started:
             tail = "" if stream else f"\n{(result.stdout or '')[-3000:]}"
-            raise ColaError(f"simulation {path.stem!r} failed (exit {result.returncode}){tail}")
+            why = (f"flwr run exited with {result.returncode}" if result.returncode else
+                   "the ServerApp wrote no results; its error is in the log above")
+            raise ColaError(f"simulation {path.stem!r} failed: {why}{tail}")
     return out
 
 

@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import logging
 import random
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +31,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from cola_fed.adapters.init import state_nbytes, state_shapes
 from cola_fed.adapters.spec import AdapterSpec
-from cola_fed.config import RunConfig
+from cola_fed.config import RunConfig, flatten
 from cola_fed.edge.graphs import content_hash, graph_keys
 from cola_fed.errors import AdapterBoundsError, ConfigError, ProtocolError, RunStopped
 from cola_fed.federation.checkpoint import Checkpoint, flatten_state, unflatten_state
@@ -114,8 +115,10 @@ class NodeSession:
     eval_batches: list[dict[str, np.ndarray]]
     node_id: int | None = None
     channel: SecureChannel | None = None
-    #: the number of the node's learner state that ``adapters`` and ``pending`` are
+    #: the number of the node's learner state that ``adapters`` and ``pending`` are, and of
+    #: the one the latest checkpoint holds
     acknowledged: int = 0
+    checkpointed: int = 0
     #: ``upload`` mode: the node's training split, and how many batches the server has drawn
     #: from its seeded batch stream
     train: dict[str, np.ndarray] | None = None
@@ -254,6 +257,9 @@ class ColaStrategy(Strategy):
         except RunStopped as stop:
             self.stopped = str(stop)
             log.error("the run stopped early: %s", stop)
+        finally:
+            if self.checkpoint is not None:
+                self.checkpoint.unlock()
         return Result()
 
     def _begin(self, grid: Grid) -> None:
@@ -265,13 +271,15 @@ class ColaStrategy(Strategy):
         self.lineage = self.run_id
         if self.checkpoint is None:
             return
+        self.checkpoint.lock()
         if self.config.checkpoint.resume:
             self._resume()
-        elif self.checkpoint.exists():
-            log.warning("starting afresh: the checkpoint in %s is replaced (resume it with "
-                        "checkpoint.resume = true, or cola-fed simulate NAME --resume)",
-                        self.checkpoint.folder)
-            self.checkpoint.clear()
+        else:
+            aside = self.checkpoint.set_aside()
+            if aside is not None:
+                log.warning("starting afresh: the checkpoint of the earlier run in this folder "
+                            "was moved to %s (this run does not resume it; "
+                            "checkpoint.resume = true does)", aside)
 
     def hello(self, grid: Grid, timeout: float) -> None:
         """Wait up to ``timeout`` for ``strategy.min-available-nodes`` nodes, send every
@@ -444,7 +452,8 @@ class ColaStrategy(Strategy):
             self.plan.specs_for(claim.partition_id),
             self._checked_adapters(parts[PART_ADAPTERS], claim.partition_id), [],
             [self._checked_batch(parts[name], name) for name in evals], node_id=node,
-            channel=channel, acknowledged=claim.state, num_examples=claim.num_examples,
+            channel=channel, acknowledged=claim.state, checkpointed=claim.state,
+            num_examples=claim.num_examples,
             backend=claim.backend)
         if upload:
             session.train = self._checked_batch(parts[PART_TRAIN], PART_TRAIN, upload=True)
@@ -462,8 +471,8 @@ class ColaStrategy(Strategy):
         (``strategy.max-server-batch`` samples) is done: the server never holds more than one
         group's adaptation data."""
         self._refused, self._bytes_down = [], 0
-        sampled = sorted((self.sessions[n] for n in self._sampled),
-                         key=lambda s: s.partition_id)
+        sessions = self.sessions
+        sampled = sorted((sessions[n] for n in self._sampled), key=lambda s: s.partition_id)
         collaborators = {str(s.node_id): s for s in sampled}  # ``col`` mode's shared model
         for group in self._groups(sampled):
             chunks = self._adaptation(server_round, group, collaborators)
@@ -474,7 +483,8 @@ class ColaStrategy(Strategy):
                 parts = {adaptation_part(i): encode_adaptation(d, dtype=self.plan.wire_dtype)
                          for i, d in enumerate(data)}
                 del data
-                order = TrainOrder(round=server_round, acknowledged=session.acknowledged)
+                order = TrainOrder(round=server_round, acknowledged=session.acknowledged,
+                                   checkpointed=session.checkpointed)
                 sealed = seal_bundle(session.channel, KIND_TRAIN, order, parts)
                 del parts
                 self._bytes_down += len(sealed)
@@ -532,41 +542,44 @@ class ColaStrategy(Strategy):
         """Each node's adaptation data in a group, in shared passes. A pass that raises is run
         again node by node, and the nodes whose data breaks it alone are refused this round."""
         chunks: dict[int, list[AdaptationData]] = {s.node_id: [] for s in group}
+        live = list(group)
         for i in range(self.plan.interval):
-            live = list(chunks)
             try:
                 out = self._compute(live, i, collaborators)
             except Exception as err:
                 log.warning("round %d: the shared pass failed (%s: %s); retrying node by node",
                             server_round, type(err).__name__, err)
                 out = {}
-                for node in live:
+                for session in list(live):
                     try:
-                        out.update(self._compute([node], i, collaborators))
+                        out.update(self._compute([session], i, collaborators))
                     except Exception as alone:
-                        self._fault(node, server_round, alone, "its batch breaks the pass")
-                        del chunks[node]
-                        collaborators.pop(str(node), None)
-                if len(out) < len(live):  # one shared pass of the others, as a clean round
-                    out = self._compute(list(out), i, collaborators)
+                        self._fault(session.node_id, server_round, alone,
+                                    "its batch breaks the pass")
+                        del chunks[session.node_id]
+                        live.remove(session)
+                        collaborators.pop(str(session.node_id), None)
+                if len(out) > len(live):  # one shared pass of the others, as a clean round
+                    out = self._compute(live, i, collaborators)
             for node, data in out.items():
-                chunks[node].append(data)
+                if node in chunks:
+                    chunks[node].append(data)
         return chunks
 
-    def _compute(self, nodes: list[int], chunk: int, collaborators: dict[str, NodeSession]
-                 ) -> dict[int, AdaptationData]:
-        if not nodes:
+    def _compute(self, sessions: list[NodeSession], chunk: int,
+                 collaborators: dict[str, NodeSession]) -> dict[int, AdaptationData]:
+        if not sessions:
             return {}
-        sessions = {str(n): self.sessions[n] for n in nodes}
-        adapters = {str(n): s.adapters for n, s in sessions.items()}
-        specs = {str(n): s.specs for n, s in sessions.items()}
+        by_name = {str(s.node_id): s for s in sessions}
+        adapters = {n: s.adapters for n, s in by_name.items()}
+        specs = {n: s.specs for n, s in by_name.items()}
         if self.config.strategy.mode == "col":
             adapters.update({n: s.adapters for n, s in collaborators.items()})
             specs.update({n: s.specs for n, s in collaborators.items()})
         out = self.engine.compute(
-            {n: _as_torch(s.pending[chunk]) for n, s in sessions.items()}, adapters,
+            {n: _as_torch(s.pending[chunk]) for n, s in by_name.items()}, adapters,
             specs=specs, mode=self.config.strategy.mode)
-        return {n: out[str(n)] for n in nodes}
+        return {s.node_id: out[n] for n, s in by_name.items()}
 
     def _exchange(self, grid: Grid, messages: Iterator[Message], timeout: float
                   ) -> Iterator[Message]:
@@ -615,10 +628,10 @@ class ColaStrategy(Strategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check every reply as it arrives; apply the accepted ones when all are in (so that
         in ``col`` mode every node of the round trains against the same model)."""
-        reports, bytes_up = [], 0
+        reports, bytes_up, sessions = [], 0, self.sessions
         for reply in replies:
             node = reply.metadata.src_node_id
-            session = self.sessions.get(node)
+            session = sessions.get(node)
             if session is None or session.quarantined or node not in self._sampled:
                 continue
             if reply.has_error():
@@ -718,6 +731,8 @@ class ColaStrategy(Strategy):
             started = time.perf_counter()
             path = self.checkpoint.save(server_round, self._checkpoint_state(), {
                 p: (s.version, s.tensors) for p, s in self.members.items()})
+            for session in self.members.values():
+                session.checkpointed = session.acknowledged
             log.info("round %d: checkpoint %s (%.2f s)", server_round, path,
                      time.perf_counter() - started)
         if self.on_round is not None:
@@ -739,12 +754,13 @@ class ColaStrategy(Strategy):
         if state.get("server") != public_bytes(self.identity).hex():
             raise ConfigError(f"the checkpoint in {where} was made by another server identity; "
                               "resume it with the key that made it (wire.server-key)")
-        plan = self.plan.with_graphs({}).to_dict()
-        if state.get("plan") != plan:
-            changed = sorted(k for k in plan if plan[k] != state.get("plan", {}).get(k))
-            raise ConfigError(f"the run config differs from the checkpoint's in {changed}; a "
-                              "resumed run keeps its task, adapters, optimizer and data "
-                              "settings (only num-server-rounds and strategy.* may change)")
+        plan, saved = flatten(self.plan.with_graphs({}).to_dict()), flatten(state.get("plan", {}))
+        if saved != plan:
+            changed = sorted(k for k in plan.keys() | saved.keys() if plan.get(k) != saved.get(k))
+            raise ConfigError(f"the run config differs from the checkpoint's in {changed}: a "
+                              "resumed run keeps what its nodes were told (task, adapters, "
+                              "optimizer, data, wire and edge settings); num-server-rounds, "
+                              "strategy.* and checkpoint.* may change")
         self.lineage, self.last_round = int(state["lineage"]), int(state["round"])
         self.rounds = state["rounds"]
         version, internal, gauss = state["rng"]
@@ -756,7 +772,8 @@ class ColaStrategy(Strategy):
             self.members[partition] = NodeSession(
                 partition, bytes.fromhex(record["identity"]), self.plan.specs_for(partition),
                 adapters, batches["pending"], batches["eval"],
-                acknowledged=record["acknowledged"], train=train, drawn=record["drawn"],
+                acknowledged=record["acknowledged"], checkpointed=record["acknowledged"],
+                train=train, drawn=record["drawn"],
                 num_examples=record["num-examples"], backend=record["backend"],
                 rounds_trained=record["rounds-trained"], failures=record["failures"],
                 quarantined=record["quarantined"], last_error=record["last-error"],
@@ -912,8 +929,14 @@ class ColaStrategy(Strategy):
 
 def node_error(reason: str) -> str:
     """The gist of an error a node reported: its last line (under Flower's simulation engine
-    the reason carries the whole remote traceback), at most 1,200 characters."""
-    lines = [line.strip() for line in str(reason).strip().splitlines() if line.strip()]
+    the reason carries the whole remote traceback, wrapped as ``<class 'X'>:<'...'>``), at
+    most 1,200 characters."""
+    text = str(reason).strip()
+    wrapped = re.fullmatch(r"<class '([\w.]+)'>:<'(.*)'>", text, re.S)
+    if wrapped:
+        text = wrapped.group(2) if "\n" in wrapped.group(2) else \
+            f"{wrapped.group(1).rsplit('.', 1)[-1]}: {wrapped.group(2)}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     gist = lines[-1] if lines else "no reason given"
     return gist if len(gist) <= 1200 else gist[:1197] + "..."
 

@@ -203,8 +203,9 @@ def _tensor_spec(name: str, info: Any, data_size: int,
     """One tensor's entry of the safetensors header, checked: ``(dtype, shape, data offset)``.
 
     The entry must have exactly ``dtype``, ``shape`` and ``data_offsets``, a known dtype, at
-    most four non-negative dimensions within ``limits.max_rows``, and a byte range that lies in
-    the data section and holds exactly that many bytes."""
+    most four non-negative dimensions, the first (rows) within ``limits.max_rows`` and all of
+    them together within ``limits.max_bytes``, and a byte range that lies in the data section
+    and holds exactly that many bytes."""
     if not _NAME.fullmatch(name):
         raise MalformedPayloadError(f"invalid tensor name {_short(name)}")
     if not isinstance(info, dict) or set(info) != _TENSOR_FIELDS:
@@ -217,8 +218,9 @@ def _tensor_spec(name: str, info: Any, data_size: int,
         raise MalformedPayloadError(
             f"tensor {name!r}: dtype {_short(st_dtype)} is not one of {sorted(_ST_DTYPES)}"
         )
-    if not (isinstance(shape, list) and len(shape) <= 4
-            and all(_is_int(s) and 0 <= s <= limits.max_rows for s in shape)
+    if not (isinstance(shape, list) and len(shape) <= 4 and all(_is_int(s) and s >= 0
+                                                                 for s in shape)
+            and (not shape or shape[0] <= limits.max_rows)
             and math.prod(max(s, 1) for s in shape) <= limits.max_bytes):
         # (an empty tensor's other dimensions are bounded too: numpy refuses to shape a view
         # whose dimensions multiply past its index range, even with no element)
