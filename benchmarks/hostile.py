@@ -107,7 +107,8 @@ def protocol_fuzz(cases: int, seed: int) -> dict[str, dict[str, int]]:
     results = {}
     controls = {"hello claim": (HelloClaim, {"partition-id": 1, "num-examples": 5,
                                              "backend": "torch", "state": 1,
-                                             "identity": "ab" * 32, "signature": "cd" * 64}),
+                                             "identity": "ab" * 32, "signature": "cd" * 64,
+                                             "held": [1]}),
                 "train order": (TrainOrder, {"round": 1, "acknowledged": 1,
                                              "checkpointed": 1}),
                 "train report": (TrainReport, {"round": 1, "loss": 1.0, "num-examples": 5,

@@ -74,13 +74,14 @@ def test_node_local_settings_cannot_travel_in_a_plan():
 
 
 def test_control_messages_round_trip_and_refuse_out_of_range():
-    for message in (HelloClaim(3, 100, "onnx", 2, "ab" * 32, "cd" * 64), TrainOrder(2, 5, 4),
+    for message in (HelloClaim(3, 100, "onnx", 2, "ab" * 32, "cd" * 64, [1, 2]),
+                    TrainOrder(2, 5, 4),
                     TrainReport(2, 0.5, 16, 1.25, 3, 4)):
         assert type(message).decode(message.encode()) == message
     for identity, signature in (("AB" * 32, "cd" * 64), ("ab" * 31, "cd" * 64),
                                 ("ab" * 32, "cd" * 63 + "zz")):
         with pytest.raises(ProtocolError, match="hex digits"):
-            HelloClaim(3, 100, "onnx", 2, identity, signature)
+            HelloClaim(3, 100, "onnx", 2, identity, signature, [2])
     with pytest.raises(ProtocolError, match="round"):
         TrainOrder.decode(b'{"acknowledged":1,"round":0}')
     with pytest.raises(ProtocolError):

@@ -8,6 +8,7 @@ pass is its own, so a node's adapters are bit-for-bit those of the same steps in
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -26,7 +27,9 @@ from cola_fed.config import RunConfig
 from cola_fed.errors import ConfigError
 from cola_fed.federation.checkpoint import Checkpoint
 from cola_fed.federation.local_grid import LocalGrid
+from cola_fed.federation.protocol import NodeSession
 from cola_fed.federation.server import build_strategy, run_server
+from cola_fed.federation.strategy import MAX_HELLO_TRIES
 from cola_fed.wire import encode_adapter_state
 from cola_fed.wire.identity import load_or_create_identity
 
@@ -221,8 +224,8 @@ def test_thirty_percent_dropouts_lose_no_adapter_and_every_node_follows_its_own_
     assert strategy.stopped is None and len(strategy.members) == nodes
     trained = [s.rounds_trained for s in strategy.members.values()]
     assert sum(trained) < rounds * nodes * 0.85 and min(trained) > 0, trained
-    failed = sum(r["failed"] for r in strategy.rounds if "failed" in r)
-    assert failed == rounds * nodes - sum(trained)
+    assert sum(r["nodes"] for r in strategy.rounds[1:]) == sum(trained)
+    assert sum(r["failed"] for r in strategy.rounds[1:]) > 0.2 * sum(trained)
     for partition, session in strategy.members.items():
         assert_same(session.adapters, clean[session.rounds_trained][partition])
 
@@ -436,3 +439,123 @@ def test_one_server_at_a_time_and_a_fresh_run_sets_the_old_checkpoint_aside(tmp_
     assert (tmp_path / "checkpoint" / "LATEST").read_text() == "round-1.json"
     state, _ = Checkpoint(tmp_path / "checkpoint.previous").load()
     assert state["round"] == 2  # whole: move it back to resume that run
+
+
+# --------------------------------------------------------------------------------------------
+# what an attacker (or bad luck) does to nodes coming and going
+
+
+def test_a_node_that_lost_the_state_the_server_holds_is_taken_at_the_state_it_has(tmp_path):
+    """A phone that answers its hello and is gone before every TRAIN order, again and again
+    (a new node id each time): its hello states push out the state the server holds. The
+    server sees it in the claim and takes the node's own state: the partition trains again."""
+    grid = LocalGrid(2)
+    state = {"state-dir": str(tmp_path / "phone")}
+    grid.contexts[1001].node_config.update(state)
+    current, churns = [1001], []
+
+    def churn(node, msg):
+        if node == current[0] and msg.metadata.message_type == MessageType.TRAIN and (
+                len(churns) < NodeSession.MAX_STATES + 2):
+            churns.append(node)
+            grid.disconnect(node)
+            current[0] = 5000 + len(churns)
+            grid.connect(current[0], 1, 2, **state)
+            return None
+        return msg
+
+    grid.message_filter = churn
+    strategy = run_on(grid, NodeSession.MAX_STATES + 6, timeout=0.2)
+    phone = strategy.members[1]
+    assert len(churns) == NodeSession.MAX_STATES + 2 and phone.node_id == current[0]
+    assert phone.rounds_trained >= 2 and not phone.quarantined
+
+
+def test_node_ids_that_never_answer_cannot_keep_a_newcomer_out():
+    grid = LocalGrid(2)
+    for i in range(16):  # 16 ids whose hellos are never answered
+        grid.connect(7000 + i, 0, 2)
+    seen = []
+
+    def watch(node, msg):
+        if 7000 <= node < 7016:
+            return None
+        if msg.metadata.message_type == MessageType.TRAIN:
+            seen.append(node)
+            if len(seen) == 2:
+                grid.connect(9000, 2, 3)  # an honest newcomer, after round 1
+        return msg
+
+    for node in (1000, 1001):
+        grid.contexts[node].node_config["num-partitions"] = 3
+    grid.message_filter = watch
+    strategy = run_on(grid, 5, timeout=0.2, **{"strategy.max-joins-per-round": 16})
+    assert strategy.members[2].node_id == 9000 and strategy.members[2].rounds_trained >= 3
+    asked = collections.Counter(m.metadata.dst_node_id for m in grid.delivered)
+    assert all(asked[7000 + i] <= MAX_HELLO_TRIES for i in range(16))  # then left out
+
+
+def test_a_tampered_hello_reply_costs_a_try_not_the_run():
+    tampered = []
+
+    def relay(node, reply):
+        if node == 1001 and reply.metadata.message_type == MessageType.QUERY and not tampered:
+            from cola_fed.federation.protocol import SEALED
+            from cola_fed.federation.records import blob_to_record, record_to_blob
+
+            blob = bytearray(record_to_blob(reply.content[SEALED]))
+            blob[-1] ^= 1
+            reply.content[SEALED] = blob_to_record(bytes(blob))
+            tampered.append(node)
+        return reply
+
+    strategy = run_on(LocalGrid(2, reply_filter=relay), 3)
+    assert tampered and strategy.members[1].node_id == 1001
+    assert strategy.members[1].rounds_trained == 3  # asked again at round 1, joined at once
+    assert strategy.refused_at_hello == {}
+
+
+def test_a_node_that_never_trains_is_asked_less_often():
+    sampled = []
+
+    def silent(node, msg):
+        if msg.metadata.message_type == MessageType.TRAIN and node == 1001:
+            sampled.append(msg.metadata.group_id)
+            return None
+        return msg
+
+    strategy = run_on(LocalGrid(2, message_filter=silent), 12, timeout=0.1)
+    assert strategy.members[0].rounds_trained == 12
+    assert len(sampled) < 9 and strategy.members[1].missed > 3  # not every round held up
+
+
+def test_a_damaged_checkpoint_is_refused_and_overwrites_nothing(tmp_path):
+    run_with_state(tmp_path, 7, 2, 2)
+    metrics = (tmp_path / "metrics.json").read_bytes()
+    adapters = {p.name: p.read_bytes() for p in (tmp_path / "adapters").iterdir()}
+    [state_file] = (tmp_path / "checkpoint").glob("partition-1-*.safetensors")
+    state_file.write_bytes(state_file.read_bytes()[:-40])  # a write cut short
+    with pytest.raises(ConfigError, match="is damaged"):
+        run_with_state(tmp_path, 8, 2, 3, resume=True)
+    assert (tmp_path / "metrics.json").read_bytes() == metrics
+    assert {p.name: p.read_bytes() for p in (tmp_path / "adapters").iterdir()} == adapters
+
+
+def test_files_a_crash_left_behind_are_not_taken_for_checkpoint_states(tmp_path):
+    run_with_state(tmp_path, 7, 2, 2)
+    stray = tmp_path / "checkpoint" / "partition-0-v3.safetensors"  # the next version's name
+    stray.write_bytes(b"from a run that died before its round file")
+    Checkpoint(tmp_path / "checkpoint").load()
+    assert not stray.exists()
+
+
+def test_a_resumed_server_whose_clock_is_behind_is_not_taken_for_a_replay(tmp_path,
+                                                                         monkeypatch):
+    import cola_fed.federation.strategy as strategy_module
+
+    run_with_state(tmp_path, 7, 2, 2)
+    real = strategy_module.time.time_ns
+    monkeypatch.setattr(strategy_module.time, "time_ns", lambda: real() - 3_600 * 10**9)
+    strategy, _ = run_with_state(tmp_path, 8, 2, 3, resume=True)
+    assert strategy.refused_at_hello == {} and all(
+        s.rounds_trained == 3 for s in strategy.members.values())

@@ -96,7 +96,9 @@ class Checkpoint:
         return self.folder / name
 
     def load(self) -> tuple[dict[str, Any], Callable[[int], Tensors]]:
-        """The newest checkpoint's state and a reader of each partition's tensors."""
+        """The newest checkpoint's state and a reader of each partition's tensors. Files it
+        does not name (a write that a crash cut short) are removed: the resumed run writes
+        those versions anew."""
         try:
             name = self._read(self.folder / LATEST, 64).decode("ascii", "replace").strip()
         except FileNotFoundError:
@@ -115,6 +117,8 @@ class Checkpoint:
         if not isinstance(files, dict) or not all(
                 isinstance(f, str) and _STATE_FILE.fullmatch(f) for f in files.values()):
             raise ConfigError(f"checkpoint {self.folder / name} lists damaged state files")
+
+        self._prune(keep={name, *files.values()})
 
         def tensors(partition: int) -> Tensors:
             path = self.folder / files[str(partition)]

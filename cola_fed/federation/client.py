@@ -149,17 +149,18 @@ def handle_hello(msg: Message, context: Context) -> Message:
         batches = _draw(data, plan, partition_id, start=drawn)
         parts.update({batch_part(i): encode_batch(b) for i, b in enumerate(batches)})
     parts.update({eval_part(i): encode_batch(b) for i, b in enumerate(data.eval_batches)})
-    identity = _node_identity(context, store)
-    claim = HelloClaim(partition_id=partition_id, num_examples=data.num_examples,
-                       backend=backend, state=number, identity=public_bytes(identity).hex(),
-                       signature=sign_node_claim(identity, digest, public_bytes(key)).hex())
-    sealed = _bounded(seal_bundle(channel, KIND_HELLO, claim, parts), caps)
-
     states[number] = drawn + len(batches)
     learners[number] = learner.to_bytes()
     keep = {prior[0].acknowledged, prior[0].checkpointed} if prior else set()
     for old in [n for n in sorted(states) if n not in keep][:-NodeSession.MAX_STATES + 2]:
         del states[old], learners[old]  # hello after hello: the newest, and those named
+    identity = _node_identity(context, store)
+    claim = HelloClaim(partition_id=partition_id, num_examples=data.num_examples,
+                       backend=backend, state=number, identity=public_bytes(identity).hex(),
+                       signature=sign_node_claim(identity, digest, public_bytes(key)).hex(),
+                       held=sorted(states))
+    sealed = _bounded(seal_bundle(channel, KIND_HELLO, claim, parts), caps)
+
     session = NodeSession(node_key=_raw_key(key), transcript=hello.transcript,
                           partition_id=partition_id, backend=backend, sent=channel.state.sent,
                           received=channel.state.received, latest=number, states=states,
@@ -279,8 +280,9 @@ def _prior_state(context: Context, store: NodeStore | None, transcript: HelloTra
         return None
     session = NodeSession.from_record(records[STATE_SESSION])
     previous = HelloTranscript.decode(session.transcript)
+    # (a hello of another run names that run: a resumed run's hellos need not be newer)
     if (previous.identity, previous.lineage) != (transcript.identity, transcript.lineage) or (
-            transcript.hello_id <= previous.hello_id):
+            previous.run_id == transcript.run_id and transcript.hello_id <= previous.hello_id):
         raise ReplayError("a second hello for this run that is not a newer one from the same "
                           "server; the session is kept")
     if session.partition_id != partition_id:

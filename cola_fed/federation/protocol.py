@@ -93,6 +93,7 @@ MAX_TRANSCRIPT_BYTES = 2**20
 MAX_CONTROL_BYTES = 2**14
 MAX_GRAPHS = 64
 MAX_PARTITION_ID = 2**31 - 1
+MAX_NODE_STATES = 16  # learner states a node keeps (the server holds one of the newest few)
 _MAX_INT = 2**53  # every integer field of a control message is below this
 
 
@@ -676,16 +677,23 @@ class HelloClaim(Control):
     state: int
     identity: str
     signature: str
+    #: every learner state the node holds (the server may hold one of them)
+    held: list[int]
 
     FIELDS: ClassVar = {"partition-id": (int, 0, MAX_PARTITION_ID),
                         "num-examples": (int, 0, _MAX_INT), "backend": (str, 0, 0),
                         "state": (int, 1, _MAX_INT), "identity": (str, 0, 0),
-                        "signature": (str, 0, 0)}
+                        "signature": (str, 0, 0), "held": (list, 0, 0)}
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ProtocolError(f"HelloClaim.backend: expected one of {BACKENDS}, got "
                                 f"{self.backend!r:.40}")
+        if not (isinstance(self.held, list) and len(self.held) <= MAX_NODE_STATES and all(
+                isinstance(n, int) and not isinstance(n, bool) and 1 <= n < _MAX_INT
+                for n in self.held)):
+            raise ProtocolError(f"HelloClaim.held: expected at most {MAX_NODE_STATES} state "
+                                "numbers")
         for name, size in (("identity", 32), ("signature", SIGNATURE_BYTES)):
             value = getattr(self, name)
             if len(value) != 2 * size or any(c not in "0123456789abcdef" for c in value):
@@ -797,8 +805,7 @@ class NodeSession:
     checkpointed: int = 0
     states: dict[int, int] = field(default_factory=dict)
 
-    #: most learner states a node keeps (the server holds one of the newest few)
-    MAX_STATES: ClassVar[int] = 16
+    MAX_STATES: ClassVar[int] = MAX_NODE_STATES
 
     def to_record(self) -> ConfigRecord:
         values = {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()

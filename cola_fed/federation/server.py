@@ -51,7 +51,7 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> ColaStrategy:
     try:
         strategy.start(grid, num_rounds=config.num_server_rounds, timeout=config.strategy.timeout)
     finally:  # whatever ends the run, every node's adapters and the round records are kept
-        if strategy.members or strategy.rounds:  # (a run that never began overwrites nothing)
+        if strategy.began:  # (a run that never began, or failed to resume, overwrites nothing)
             strategy.on_round(strategy)
             log.info("results in %s", Path(config.output_dir).resolve())
     return strategy

@@ -78,6 +78,14 @@ from cola_fed.wire.crypto import verify_node_claim
 
 log = logging.getLogger("cola_fed")
 
+#: hellos a node may leave unanswered, or answer with an error or a reply that does not open
+#: (a relay can cause each), before it is left out of the run
+MAX_HELLO_TRIES = 3
+#: refusal reasons kept for metrics.json (the newest)
+MAX_REFUSALS_KEPT = 256
+#: rounds in a row a node may send no reply before it is asked less often
+MISSES_BEFORE_BACKOFF = 3
+
 
 def build_plan(layout: Layout, task: Task, config: RunConfig) -> Plan:
     """What every node is told about the run at hello, resolved from the run config."""
@@ -128,6 +136,8 @@ class NodeSession:
     rounds_trained: int = 0
     #: consecutive refused replies or broken passes; reset by an accepted reply
     failures: int = 0
+    #: consecutive rounds it was sampled in and sent no reply that opened (down, late, lost)
+    missed: int = 0
     quarantined: bool = False
     last_error: str = ""  # the latest refusal counted against the node
     history: list[dict[str, float]] = field(default_factory=list)
@@ -160,7 +170,8 @@ class NodeSession:
         return {"identity": self.identity.hex(), "acknowledged": self.acknowledged,
                 "drawn": self.drawn, "num-examples": self.num_examples,
                 "backend": self.backend, "rounds-trained": self.rounds_trained,
-                "failures": self.failures, "quarantined": self.quarantined,
+                "failures": self.failures, "missed": self.missed,
+                "quarantined": self.quarantined,
                 "last-error": self.last_error, "history": self.history,
                 "version": self.version}
 
@@ -219,7 +230,12 @@ class ColaStrategy(Strategy):
         self.checkpoint, self.on_round = checkpoint, on_round
         self.lineage = 0
         self.last_round = 0  # the last round completed
+        self.began = False  # the run has begun (or resumed): its results are worth writing
         self._hellos: dict[int, _PendingHello] = {}
+        self._hello_tries: dict[int, int] = {}  # node id -> hellos it failed to complete
+        self._excluded: set[int] = set()  # node ids never asked again in the run
+        self._admit_rng = random.Random(config.task.seed + 1)
+        self._hello_id = 0
         self._round_started = 0.0
         self._bytes_down = 0
         self._sampled: set[int] = set()
@@ -270,6 +286,7 @@ class ColaStrategy(Strategy):
         self.plan = self.plan.with_graphs({n: content_hash(g) for n, g in self.graphs.items()})
         self.lineage = self.run_id
         if self.checkpoint is None:
+            self.began = True
             return
         self.checkpoint.lock()
         if self.config.checkpoint.resume:
@@ -280,6 +297,7 @@ class ColaStrategy(Strategy):
                 log.warning("starting afresh: the checkpoint of the earlier run in this folder "
                             "was moved to %s (this run does not resume it; "
                             "checkpoint.resume = true does)", aside)
+        self.began = True
 
     def hello(self, grid: Grid, timeout: float) -> None:
         """Wait up to ``timeout`` for ``strategy.min-available-nodes`` nodes, send every
@@ -311,19 +329,27 @@ class ColaStrategy(Strategy):
 
     def _admit(self, grid: Grid) -> None:
         """Newcomers: take the answers to earlier hellos, and send hellos to nodes that
-        connected since (at most ``strategy.max-joins-per-round`` waiting at once)."""
+        connected since: at most ``strategy.max-joins-per-round`` first hellos waiting at
+        once, and as many second or third ones (so that ids that never answer cannot keep
+        the others out), in random order."""
         self._collect_hellos(grid, expire=True)
-        known = set(self.sessions) | set(self.refused_at_hello) | set(self._hellos)
+        known = set(self.sessions) | self._excluded | set(self._hellos)
         newcomers = [n for n in grid.get_node_ids() if n not in known]
-        room = self.config.strategy.max_joins_per_round - len(self._hellos)
-        if newcomers and room > 0:
+        self._admit_rng.shuffle(newcomers)
+        chosen = []
+        for first in (True, False):
+            waiting = sum((n in self._hello_tries) != first for n in self._hellos)
+            room = self.config.strategy.max_joins_per_round - waiting
+            chosen += [n for n in newcomers if (n in self._hello_tries) != first][:max(room, 0)]
+        if chosen:
             log.info("%d nodes connected since the hello round; sending %d a hello",
-                     len(newcomers), min(room, len(newcomers)))
-            self._send_hellos(grid, newcomers[:room], self.config.strategy.timeout)
+                     len(newcomers), len(chosen))
+            self._send_hellos(grid, chosen, self.config.strategy.timeout)
             self._collect_hellos(grid)  # the quick ones train this round already
 
     def _send_hellos(self, grid: Grid, nodes: list[int], timeout: float) -> None:
-        hello_id = time.time_ns()  # above any earlier hello of this server: replays refused
+        # above any earlier hello of the run: a node refuses a replayed one
+        self._hello_id = hello_id = max(time.time_ns(), self._hello_id + 1)
         for node in nodes:
             hello = Hello.signed(self.identity, HelloTranscript(
                 run_id=self.run_id, node_id=node, hello_id=hello_id,
@@ -356,24 +382,23 @@ class ColaStrategy(Strategy):
             del self._hellos[node]
             reply = pending.reply
             if reply.metadata.src_node_id != node:  # the SuperLink's: the node is unavailable
-                log.warning("hello: node %s did not answer: %s", node,
-                            node_error(reply.error.reason) if reply.has_error() else "?")
+                self._refuse_hello(node, "the node did not answer: " + (
+                    node_error(reply.error.reason) if reply.has_error() else "?"), retry=True)
                 continue
-            if reply.has_error():
-                self.refused_at_hello[node] = reason = node_error(reply.error.reason)
-                log.warning("hello: node %s failed: %s", node, reason)
+            if reply.has_error():  # its own error, or one a relay made up: asked again
+                self._refuse_hello(node, node_error(reply.error.reason), retry=True)
                 continue
-            try:  # the isolation boundary: whatever a node sent, it fails alone
+            try:  # a reply that does not open may not be the node's: asked again
                 claims.append(self._open_hello(node, reply, pending.transcript))
             except Exception as err:
-                self.refused_at_hello[node] = f"{type(err).__name__}: {err}"
-                log.warning("hello: refused node %s: %s: %s", node, type(err).__name__, err)
+                self._refuse_hello(node, f"{type(err).__name__}: {err}", retry=True)
         self._join(claims)
         if expire:
             now = time.monotonic()
             for node in [n for n, h in self._hellos.items() if h.expires < now]:
-                log.warning("hello: node %s did not answer in time; it is not sampled", node)
                 del self._hellos[node]
+                self._refuse_hello(node, "the node did not answer in time; it is not sampled",
+                                   retry=True)
 
     def _edge_graphs(self) -> dict[str, bytes]:
         """The train-step graphs of every node kind in the run (``edge.graphs``), for nodes on
@@ -417,28 +442,64 @@ class ColaStrategy(Strategy):
                 self._refuse_hello(node, f"ProtocolError: partition {claim.partition_id} is "
                                          "held by another node identity in this run")
             else:
-                previous = session.node_id
-                session.node_id, session.channel = node, channel
-                log.info("hello: partition %d is back on node %s%s, at its state #%d",
-                         claim.partition_id, node,
-                         f" (was node {previous})" if previous not in (None, node) else "",
-                         session.acknowledged)
+                try:  # the isolation boundary: whatever a node sent, it fails alone
+                    self._take_back(session, node, claim, parts, channel)
+                except Exception as err:
+                    self._refuse_hello(node, f"{type(err).__name__}: {err}")
         for partition, nodes in fresh.items():
             if len(nodes) > 1:
                 for node, *_ in nodes:
                     self._refuse_hello(node, f"ProtocolError: partition {partition} is claimed "
                                              "by several nodes; two nodes may not hold one "
-                                             "partition")
+                                             "partition", retry=True)
                 continue
             node, claim, parts, channel = nodes[0]
             try:  # the isolation boundary: whatever a node sent, it fails alone
                 self.members[partition] = self._new_session(node, claim, parts, channel)
             except Exception as err:
                 self._refuse_hello(node, f"{type(err).__name__}: {err}")
+                continue
+            self._joined(node)
 
-    def _refuse_hello(self, node: int, why: str) -> None:
-        self.refused_at_hello[node] = why
-        log.warning("hello: refused node %s: %s", node, why)
+    def _take_back(self, session: NodeSession, node: int, claim: HelloClaim, parts: dict,
+                   channel: SecureChannel) -> None:
+        """The node that held a partition is back (restarted, or the server resumed). If it
+        no longer holds the learner state the server holds (it lost it), the server takes the
+        checked adapters and batches of the state it has instead: they agree again."""
+        if session.acknowledged not in claim.held:
+            fresh = self._new_session(node, claim, parts, channel)
+            log.warning("hello: the node of partition %d no longer holds its state #%d; "
+                        "taking its state #%d instead", claim.partition_id,
+                        session.acknowledged, claim.state)
+            session.adapters, session.pending = fresh.adapters, fresh.pending
+            session.train, session.drawn, session._stream = fresh.train, fresh.drawn, None
+            session.acknowledged = session.checkpointed = claim.state
+            session.version += 1
+        previous = session.node_id
+        session.node_id, session.channel, session.missed = node, channel, 0
+        self._joined(node)
+        log.info("hello: partition %d is back on node %s%s, at its state #%d",
+                 claim.partition_id, node,
+                 f" (was node {previous})" if previous not in (None, node) else "",
+                 session.acknowledged)
+
+    def _refuse_hello(self, node: int, why: str, *, retry: bool = False) -> None:
+        """A node that did not join: for the run, or (``retry``: no answer, an error or a
+        reply that does not open, which a relay can cause) until it has missed
+        ``MAX_HELLO_TRIES`` hellos."""
+        tries = self._hello_tries[node] = self._hello_tries.get(node, 0) + 1
+        if not retry or tries >= MAX_HELLO_TRIES:
+            self._excluded.add(node)
+        self.refused_at_hello[node] = why if len(why) <= 300 else why[:297] + "..."
+        while len(self.refused_at_hello) > MAX_REFUSALS_KEPT:  # the reasons of the newest
+            del self.refused_at_hello[next(iter(self.refused_at_hello))]
+        log.warning("hello: refused node %s%s: %s", node,
+                    "" if node in self._excluded else f" (try {tries} of {MAX_HELLO_TRIES})",
+                    why)
+
+    def _joined(self, node: int) -> None:
+        self.refused_at_hello.pop(node, None)
+        self._hello_tries.pop(node, None)
 
     def _new_session(self, node: int, claim: HelloClaim, parts: dict,
                      channel: SecureChannel) -> NodeSession:
@@ -501,7 +562,8 @@ class ColaStrategy(Strategy):
         while True:
             available = set(grid.get_node_ids())
             ready = {s.partition_id: s.node_id for s in self.members.values()
-                     if s.node_id in available and not s.quarantined}
+                     if s.node_id in available and not s.quarantined
+                     and self._due(s, server_round)}
             if len(ready) >= strategy.min_train_nodes:
                 break
             waited = time.monotonic() - since
@@ -521,6 +583,14 @@ class ColaStrategy(Strategy):
         if count < len(partitions):
             partitions = sorted(self._rng.sample(partitions, count))
         return [ready[p] for p in partitions]
+
+    @staticmethod
+    def _due(session: NodeSession, server_round: int) -> bool:
+        """A node that missed more than ``MISSES_BEFORE_BACKOFF`` rounds in a row (each held
+        its round up until ``strategy.timeout``) is asked only every 2nd, 4th, ... up to every
+        32nd round, until it answers."""
+        over = session.missed - MISSES_BEFORE_BACKOFF
+        return over <= 0 or server_round % (2 ** min(over, 5)) == 0
 
     def _groups(self, sessions: list[NodeSession]) -> Iterator[list[NodeSession]]:
         """Consecutive groups of at most ``strategy.max-server-batch`` samples per chunk (a
@@ -628,7 +698,7 @@ class ColaStrategy(Strategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check every reply as it arrives; apply the accepted ones when all are in (so that
         in ``col`` mode every node of the round trains against the same model)."""
-        reports, bytes_up, sessions = [], 0, self.sessions
+        reports, bytes_up, sessions, opened = [], 0, self.sessions, set()
         for reply in replies:
             node = reply.metadata.src_node_id
             session = sessions.get(node)
@@ -649,6 +719,7 @@ class ColaStrategy(Strategy):
                             "counted against the node): %s: %s", server_round, session.node,
                             type(err).__name__, err)
                 continue
+            opened.add(node)
             try:  # the isolation boundary: whatever a node sent, it fails alone
                 session.incoming = self._read_train_reply(session, plaintext, server_round)
             except Exception as err:
@@ -658,6 +729,9 @@ class ColaStrategy(Strategy):
                 continue
             bytes_up += len(sealed)
             reports.append(session.incoming[0])
+        for node in self._sampled:  # a node that keeps missing is asked less often
+            if node in sessions:
+                sessions[node].missed = 0 if node in opened else sessions[node].missed + 1
         for session in self.members.values():
             if session.incoming is not None:
                 self._apply(session)
@@ -761,25 +835,46 @@ class ColaStrategy(Strategy):
                               "resumed run keeps what its nodes were told (task, adapters, "
                               "optimizer, data, wire and edge settings); num-server-rounds, "
                               "strategy.* and checkpoint.* may change")
-        self.lineage, self.last_round = int(state["lineage"]), int(state["round"])
-        self.rounds = state["rounds"]
-        version, internal, gauss = state["rng"]
-        self._rng.setstate((version, tuple(internal), gauss))
-        self.refused_at_hello = {}  # node ids of the old run mean nothing in this one
-        for key, record in state["members"].items():
-            partition = int(key)
-            adapters, batches, train = unflatten_state(tensors(partition), ("pending", "eval"))
-            self.members[partition] = NodeSession(
-                partition, bytes.fromhex(record["identity"]), self.plan.specs_for(partition),
-                adapters, batches["pending"], batches["eval"],
-                acknowledged=record["acknowledged"], checkpointed=record["acknowledged"],
-                train=train, drawn=record["drawn"],
-                num_examples=record["num-examples"], backend=record["backend"],
-                rounds_trained=record["rounds-trained"], failures=record["failures"],
-                quarantined=record["quarantined"], last_error=record["last-error"],
-                history=record["history"], version=record["version"])
+        try:  # everything is read before anything is taken: a damaged checkpoint changes nothing
+            members = {int(key): self._restored(int(key), record, tensors(int(key)))
+                       for key, record in state["members"].items()}
+            version, internal, gauss = state["rng"]
+            rng = (int(version), tuple(int(i) for i in internal), gauss)
+            lineage, last_round, rounds = int(state["lineage"]), int(state["round"]), \
+                list(state["rounds"])
+        except Exception as err:
+            raise ConfigError(f"the checkpoint in {where} is damaged ({type(err).__name__}: "
+                              f"{err}); resume from a copy of it, or start afresh") from None
+        self._rng.setstate(rng)
+        self.members, self.lineage, self.last_round, self.rounds = (members, lineage,
+                                                                    last_round, rounds)
         log.warning("resuming the run of %s after round %d: %d partitions, lineage %d",
                     where, self.last_round, len(self.members), self.lineage)
+
+    def _restored(self, partition: int, record: dict[str, Any],
+                  tensors: dict[str, np.ndarray]) -> NodeSession:
+        """A partition's session from its checkpoint record and tensors, checked as a node's
+        would be (shapes, norms, the task's input contract)."""
+        adapters, batches, train = unflatten_state(tensors, ("pending", "eval"))
+        layout = self.engine.layout
+        expected = state_shapes(layout, assign_specs(layout, self.plan.specs_for(partition)))
+        got = {layer: {name: tuple(v.shape) for name, v in params.items()}
+               for layer, params in adapters.items()}
+        if got != {layer: {name: tuple(shape) for name, shape in params.items()}
+                   for layer, params in expected.items()}:
+            raise ValueError(f"partition {partition}'s adapters do not fit the plan")
+        for name, batch in [(f"pending{i}", b) for i, b in enumerate(batches["pending"])] + [
+                (f"eval{i}", b) for i, b in enumerate(batches["eval"])]:
+            self.contract.check(batch, batch_size=self.plan.task.batch_size, what=name)
+        return NodeSession(
+            partition, bytes.fromhex(record["identity"]), self.plan.specs_for(partition),
+            adapters, batches["pending"], batches["eval"],
+            acknowledged=int(record["acknowledged"]), checkpointed=int(record["acknowledged"]),
+            train=train, drawn=int(record["drawn"]), num_examples=int(record["num-examples"]),
+            backend=str(record["backend"]), rounds_trained=int(record["rounds-trained"]),
+            failures=int(record["failures"]), missed=int(record["missed"]),
+            quarantined=bool(record["quarantined"]), last_error=str(record["last-error"]),
+            history=list(record["history"]), version=int(record["version"]))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
