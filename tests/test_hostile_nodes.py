@@ -132,7 +132,8 @@ def test_repeated_faults_quarantine_the_node_and_the_run_goes_on(caplog):
 
 def test_the_run_stops_early_with_every_result_written(tmp_path, caplog):
     config = {**DIGITS, "num-server-rounds": 5, "strategy.max-failures": 1,
-              "strategy.min-train-nodes": 2, "output-dir": str(tmp_path / "out")}
+              "strategy.min-train-nodes": 2, "strategy.wait-for-nodes": 1.0,
+              "output-dir": str(tmp_path / "out")}
     grid = LocalGrid(2, handlers={HOSTILE: hostile_node(scale(1e20))})
     with caplog.at_level(logging.WARNING, logger="cola_fed"):
         strategy = run_server(grid, config)
