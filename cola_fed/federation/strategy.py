@@ -239,7 +239,6 @@ class ColaStrategy(Strategy):
         self._round_started = 0.0
         self._bytes_down = 0
         self._sampled: set[int] = set()
-        self._refused: list[int] = []
         self._rng = random.Random(config.task.seed)
 
     @property
@@ -531,7 +530,7 @@ class ColaStrategy(Strategy):
         """Each sampled node's sealed TRAIN message, yielded as soon as the pass of its group
         (``strategy.max-server-batch`` samples) is done: the server never holds more than one
         group's adaptation data."""
-        self._refused, self._bytes_down = [], 0
+        self._bytes_down = 0
         sessions = self.sessions
         sampled = sorted((sessions[n] for n in self._sampled), key=lambda s: s.partition_id)
         collaborators = {str(s.node_id): s for s in sampled}  # ``col`` mode's shared model
@@ -785,8 +784,6 @@ class ColaStrategy(Strategy):
         session = self.sessions[node]
         session.failures += 1
         session.last_error = f"round {server_round}: {what}: {type(err).__name__}: {err}"
-        if node not in self._refused:
-            self._refused.append(node)
         log.warning("round %d: %s: %s: %s: %s", server_round, session.node, what,
                     type(err).__name__, err)
         if session.failures >= self.config.strategy.max_failures and not session.quarantined:
