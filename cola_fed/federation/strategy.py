@@ -613,6 +613,7 @@ class ColaStrategy(Strategy):
         chunks: dict[int, list[AdaptationData]] = {s.node_id: [] for s in group}
         live = list(group)
         for i in range(self.plan.interval):
+            before = len(live)
             try:
                 out = self._compute(live, i, collaborators)
             except Exception as err:
@@ -628,7 +629,7 @@ class ColaStrategy(Strategy):
                         del chunks[session.node_id]
                         live.remove(session)
                         collaborators.pop(str(session.node_id), None)
-                if len(out) > len(live):  # one shared pass of the others, as a clean round
+                if len(live) < before:  # one shared pass of the others, as a clean round
                     out = self._compute(live, i, collaborators)
             for node, data in out.items():
                 if node in chunks:
