@@ -29,12 +29,8 @@ import numpy as np
 from cola_fed.errors import MalformedPayloadError
 from cola_fed.gl.data import AdaptationData
 from cola_fed.wire import (
+    DECODERS,
     DEFAULT_LIMITS,
-    decode_adaptation,
-    decode_adapter_state,
-    decode_batch,
-    decode_bundle,
-    decode_metrics,
     encode_adaptation,
     encode_adapter_state,
     encode_batch,
@@ -42,13 +38,6 @@ from cola_fed.wire import (
     encode_metrics,
 )
 
-DECODERS: dict[str, Callable[[Any], Any]] = {
-    "adaptation": decode_adaptation,
-    "adapter-state": decode_adapter_state,
-    "batch": decode_batch,
-    "metrics": decode_metrics,
-    "bundle": decode_bundle,
-}
 KINDS = tuple(DECODERS)
 _HOLE = "@@hole@@"  # a placeholder string value, replaced by a raw JSON literal when rendered
 JsonPath = tuple[Any, ...]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,11 +22,8 @@ from hypothesis import strategies as st
 from cola_fed import AdaptationData
 from cola_fed.errors import MalformedPayloadError
 from cola_fed.wire import (
+    DECODERS,
     decode_adaptation,
-    decode_adapter_state,
-    decode_batch,
-    decode_bundle,
-    decode_metrics,
     encode_adaptation,
     encode_adapter_state,
     encode_batch,
@@ -36,13 +32,6 @@ from cola_fed.wire import (
 )
 from cola_fed.wire.strict_json import dumps_canonical, loads_strict
 
-DECODERS: dict[str, Callable[[Any], Any]] = {
-    "adaptation": decode_adaptation,
-    "adapter-state": decode_adapter_state,
-    "batch": decode_batch,
-    "metrics": decode_metrics,
-    "bundle": decode_bundle,
-}
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -31,7 +31,7 @@ from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
 from cola_fed.errors import ConfigError
-from cola_fed.wire.identity import _open_regular, _read_fd, write_private_file
+from cola_fed.wire.identity import read_private_file, write_private_file
 
 log = logging.getLogger("cola_fed")
 
@@ -100,14 +100,14 @@ class Checkpoint:
         does not name (a write that a crash cut short) are removed: the resumed run writes
         those versions anew."""
         try:
-            name = self._read(self.folder / LATEST, 64).decode("ascii", "replace").strip()
+            name = _read(self.folder / LATEST, 64).decode("ascii", "replace").strip()
         except FileNotFoundError:
             raise ConfigError(f"no checkpoint in {self.folder}: nothing to resume (run without "
                               "--resume / checkpoint.resume to start afresh)") from None
         if not _ROUND_FILE.fullmatch(name):
             raise ConfigError(f"checkpoint pointer {self.folder / LATEST} is damaged")
         try:
-            state = json.loads(self._read(self.folder / name, MAX_FILE_BYTES))
+            state = json.loads(_read(self.folder / name, MAX_FILE_BYTES))
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"checkpoint {self.folder / name} is missing or damaged: "
                               f"{err}") from None
@@ -122,7 +122,7 @@ class Checkpoint:
 
         def tensors(partition: int) -> Tensors:
             path = self.folder / files[str(partition)]
-            return load_tensors(self._read(path, MAX_FILE_BYTES))
+            return load_tensors(_read(path, MAX_FILE_BYTES))
 
         return state, tensors
 
@@ -149,11 +149,6 @@ class Checkpoint:
             if ours and path.name not in keep:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-
-    @staticmethod
-    def _read(path: Path, limit: int) -> bytes:
-        fd, _ = _open_regular(path, "checkpoint")
-        return _read_fd(fd, path, "checkpoint", limit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,6 +189,10 @@ def unflatten_state(flat: Tensors, kinds: tuple[str, ...]
             raise ConfigError(f"a checkpoint state holds an unknown tensor {name!r}")
     ordered = {kind: [items[i] for i in sorted(items)] for kind, items in batches.items()}
     return adapters, ordered, train or None
+
+
+def _read(path: Path, limit: int) -> bytes:
+    return read_private_file(path, what="checkpoint", limit=limit)
 
 
 def _contiguous(tensors: Tensors) -> Tensors:

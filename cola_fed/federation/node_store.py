@@ -30,7 +30,7 @@ from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from google.protobuf.message import DecodeError
 
 from cola_fed.errors import ConfigError
-from cola_fed.wire.identity import _open_regular, _read_fd, write_private_file
+from cola_fed.wire.identity import read_private_file, write_private_file
 
 log = logging.getLogger("cola_fed")
 
@@ -74,7 +74,7 @@ class NodeStore:
         """The node's long-term identity key, created on first use."""
         path = self.folder / IDENTITY_FILE
         try:
-            raw = self._read(path, "node identity", 64)
+            raw = read_private_file(path, what="node identity", limit=64)
         except FileNotFoundError:
             key = Ed25519PrivateKey.generate()
             write_private_file(path, raw_private(key), what="node identity")
@@ -98,7 +98,7 @@ class NodeStore:
         """The session records saved for this server and lineage, if any."""
         path = self._run_file(server_identity, lineage)
         try:
-            return _parse(self._read(path, "node state", MAX_STATE_BYTES), path)
+            return self.read(path)
         except FileNotFoundError:
             return None
 
@@ -110,16 +110,11 @@ class NodeStore:
         return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
     def read(self, path: Path) -> RecordDict:
-        return _parse(self._read(path, "node state", MAX_STATE_BYTES), path)
+        return _parse(read_private_file(path, what="node state", limit=MAX_STATE_BYTES), path)
 
     def _run_file(self, server_identity: bytes, lineage: int) -> Path:
         server = hashlib.sha256(bytes(server_identity)).hexdigest()[:16]
         return self.folder / f"run-{server}-{int(lineage)}.state"
-
-    @staticmethod
-    def _read(path: Path, what: str, limit: int) -> bytes:
-        fd, _ = _open_regular(path, what)
-        return _read_fd(fd, path, what, limit)
 
 
 def _parse(data: bytes, path: Path) -> RecordDict:

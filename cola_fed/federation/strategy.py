@@ -60,7 +60,7 @@ from cola_fed.federation.protocol import (
     seal_bundle,
 )
 from cola_fed.gl.data import AdaptationData
-from cola_fed.gl.engine import ServerEngine
+from cola_fed.gl.engine import Deltas, ServerEngine
 from cola_fed.gl.layout import Layout, assign_specs
 from cola_fed.tasks.base import ClientData, Task
 from cola_fed.wire import (
@@ -238,6 +238,7 @@ class ColaStrategy(Strategy):
         self._hello_id = 0
         self._round_started = 0.0
         self._bytes_down = 0
+        self._col_model: tuple[frozenset[str], Deltas] | None = None  # this round's
         self._sampled: set[int] = set()
         self._rng = random.Random(config.task.seed)
 
@@ -530,7 +531,7 @@ class ColaStrategy(Strategy):
         """Each sampled node's sealed TRAIN message, yielded as soon as the pass of its group
         (``strategy.max-server-batch`` samples) is done: the server never holds more than one
         group's adaptation data."""
-        self._bytes_down = 0
+        self._bytes_down, self._col_model = 0, None
         sessions = self.sessions
         sampled = sorted((sessions[n] for n in self._sampled), key=lambda s: s.partition_id)
         collaborators = {str(s.node_id): s for s in sampled}  # ``col`` mode's shared model
@@ -641,15 +642,24 @@ class ColaStrategy(Strategy):
         if not sessions:
             return {}
         by_name = {str(s.node_id): s for s in sessions}
-        adapters = {n: s.adapters for n, s in by_name.items()}
-        specs = {n: s.specs for n, s in by_name.items()}
-        if self.config.strategy.mode == "col":
-            adapters.update({n: s.adapters for n, s in collaborators.items()})
-            specs.update({n: s.specs for n, s in collaborators.items()})
         out = self.engine.compute(
-            {n: _as_torch(s.pending[chunk]) for n, s in by_name.items()}, adapters,
-            specs=specs, mode=self.config.strategy.mode)
+            {n: _as_torch(s.pending[chunk]) for n, s in by_name.items()},
+            {n: s.adapters for n, s in by_name.items()},
+            specs={n: s.specs for n, s in by_name.items()}, mode=self.config.strategy.mode,
+            collaborative=self._collaborative(collaborators))
         return {s.node_id: out[n] for n, s in by_name.items()}
+
+    def _collaborative(self, collaborators: dict[str, NodeSession]) -> Deltas | None:
+        """``col`` mode: the round's model, the mean delta W of its sampled nodes, formed once
+        for all its groups (and again only when a node whose batch breaks a pass leaves)."""
+        if self.config.strategy.mode != "col":
+            return None
+        key = frozenset(collaborators)
+        if self._col_model is None or self._col_model[0] != key:
+            self._col_model = key, self.engine.collaborative_deltas(
+                {n: s.adapters for n, s in collaborators.items()},
+                specs={n: s.specs for n, s in collaborators.items()})
+        return self._col_model[1]
 
     def _exchange(self, grid: Grid, messages: Iterator[Message], timeout: float
                   ) -> Iterator[Message]:

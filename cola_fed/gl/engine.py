@@ -44,6 +44,8 @@ Batch = Mapping[str, torch.Tensor]
 AdapterState = Mapping[str, Mapping[str, Any]]
 # per layer: the adapter family and its parameters, ready to run
 PreparedAdapters = dict[str, tuple[Adapter, Params]]
+# per layer: a weight delta and an optional bias delta, to merge into the frozen layer
+Deltas = dict[str, tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @dataclass
@@ -112,6 +114,7 @@ class ServerEngine:
         *,
         specs: Mapping[str, SpecLike] | None = None,
         mode: str | None = None,
+        collaborative: Deltas | None = None,
     ) -> dict[str, AdaptationData]:
         """Adaptation data of every client's batch at that client's current adapters.
 
@@ -119,8 +122,9 @@ class ServerEngine:
         is ``{layer name: {param name: tensor}}`` as returned by ``GradientLearner.adapter_state``
         (layers it omits are not adapted for that client). ``specs[c]`` is only needed for MLP
         adapters with a non-default activation; otherwise the family is read off the state.
-        ``adapters`` may name clients without a batch in this call: in ``col`` mode they still
-        count in the collaborative model (a round computed in several calls trains one model).
+        In ``col`` mode the collaborative model is the mean ``delta W`` of the clients in
+        this call, or ``collaborative`` (from :meth:`collaborative_deltas`) when a round's
+        clients are computed in several calls against one model.
         """
         mode = mode or self.mode
         if mode not in MODES:
@@ -142,16 +146,21 @@ class ServerEngine:
             for client in batches:
                 with self._merged(_delta_weights(client, prepared[client])):
                     results.update(self._run_pass([client], batches, sizes, {}))
-        elif mode == "col":  # the collaborative model: every client in ``adapters``
-            everyone = {client: prepared.get(client) or self._prepare(
-                client, state, (specs or {}).get(client)) for client, state in adapters.items()}
-            with self._merged(_mean_delta_weights(everyone)):
+        elif mode == "col":
+            with self._merged(collaborative or _mean_delta_weights(prepared)):
                 for group in self._pack(batches, sizes):
                     results.update(self._run_pass(group, batches, sizes, {}))
         else:
             for group in self._pack(batches, sizes):
                 results.update(self._run_pass(group, batches, sizes, prepared))
         return {client: results[client] for client in batches}
+
+    def collaborative_deltas(self, adapters: Mapping[str, AdapterState], *,
+                             specs: Mapping[str, SpecLike] | None = None) -> Deltas:
+        """The ``col`` mode model of ``adapters``: per layer, the mean ``delta W`` (and bias)
+        over the clients that adapt it."""
+        return _mean_delta_weights({c: self._prepare(c, state, (specs or {}).get(c))
+                                    for c, state in adapters.items()})
 
     @torch.no_grad()
     def predict(

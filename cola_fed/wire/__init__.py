@@ -4,6 +4,7 @@ Torch-free: edge clients use this package with numpy, safetensors and cryptograp
 """
 
 from cola_fed.wire.codec import (
+    DECODERS,
     DEFAULT_LIMITS,
     FORMAT_VERSION,
     WIRE_DTYPES,
@@ -32,6 +33,7 @@ from cola_fed.wire.crypto import (
 )
 
 __all__ = [
+    "DECODERS",
     "DEFAULT_LIMITS",
     "FORMAT_VERSION",
     "PROTOCOL_VERSION",

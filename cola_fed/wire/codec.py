@@ -705,3 +705,13 @@ def decode_bundle(blob: bytes, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, 
         raise MalformedPayloadError("the bundle's parts do not match its header")
     tensors = _read(checked.blob, specs, checked.starts, copy=False)
     return {name: memoryview(tensors[f"part/{name}"]) for name in parts}
+
+
+#: the strict decoder of each payload kind
+DECODERS: dict[str, Callable[..., Any]] = {
+    "adaptation": decode_adaptation,
+    "adapter-state": decode_adapter_state,
+    "batch": decode_batch,
+    "metrics": decode_metrics,
+    "bundle": decode_bundle,
+}

@@ -233,6 +233,14 @@ def _read_fd(fd: int, path: Path, what: str, limit: int) -> bytes:
     return data
 
 
+def read_private_file(path: str | Path, *, what: str, limit: int) -> bytes:
+    """The bytes of a file this user owns, read without following a link: at most ``limit``
+    bytes (a larger file is refused). :class:`FileNotFoundError` when there is none."""
+    path = Path(path)
+    fd, _ = _open_regular(path, what)
+    return _read_fd(fd, path, what, limit)
+
+
 # --------------------------------------------------------------------------------------------
 # the server's identity
 
