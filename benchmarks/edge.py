@@ -164,7 +164,7 @@ def fedavg_lora_client_step() -> None:
     from peft import LoraConfig, get_peft_model
 
     from cola_fed.config import TaskConfig
-    from cola_fed.tasks.base import get_task
+    from cola_fed.tasks import get_task
 
     task = get_task(TaskConfig(batch_size=32, max_length=48, eval_batches=4))
     data = task.client_data(0, 4)

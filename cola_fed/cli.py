@@ -119,13 +119,13 @@ def _simulate(args: argparse.Namespace) -> int:
 def _export_peft(args: argparse.Namespace) -> int:
     from cola_fed.config import RunConfig
     from cola_fed.export import export_peft
-    from cola_fed.tasks.base import get_task
+    from cola_fed.tasks import get_task
     from cola_fed.wire import decode_adapter_state
 
     config = RunConfig.from_toml(args.run_config) if args.run_config else RunConfig()
     task = get_task(config.task)
     adapters = decode_adapter_state(Path(args.adapters).read_bytes())
-    base_path = None
+    base_path = config.task.model or None
     if config.task.name == "text-classification":
         from cola_fed.tasks.text_classification import minilm_path
 
@@ -142,11 +142,12 @@ def _export_edge(args: argparse.Namespace) -> int:
     from cola_fed.edge.graphs import graph_keys
     from cola_fed.federation.strategy import build_plan
     from cola_fed.gl.targets import find_targets
-    from cola_fed.tasks.base import get_task
+    from cola_fed.tasks import get_task
 
     config = RunConfig.from_toml(args.run_config) if args.run_config else RunConfig()
     task = get_task(config.task)
-    layout, _ = find_targets(task.build_model(), list(task.targets))
+    model = task.build_model()
+    layout, _ = find_targets(model, task.adapted_targets(model, config.adapter.target_list))
     plan = build_plan(layout, task, config)
     keys = graph_keys(layout, plan.all_specs(), plan.optimizer).values()
     out = Path(args.out)
@@ -181,9 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", help="write the result as JSON here")
     demo.set_defaults(run=_demo)
-    simulate = sub.add_parser("simulate", help="run simulations/NAME.toml on Flower's local "
+    simulate = sub.add_parser("simulate", help="run a simulation config on Flower's local "
                               "simulation engine and stop every process it started")
-    simulate.add_argument("name", help="a name in simulations/ or a path to a .toml file")
+    simulate.add_argument("name", help="a built-in simulation (default, digits, ...: "
+                          "cola_fed/simulations/NAME.toml) or the path of a .toml file")
     simulate.add_argument("--out", help="results folder (default: results/NAME)")
     simulate.add_argument("--nodes", type=int, help="SuperNodes (default: "
                           "strategy.min-available-nodes)")

@@ -23,23 +23,47 @@ except ImportError:  # Python 3.10
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.errors import ConfigError
 from cola_fed.gl.optim_spec import OptimizerSpec
+from cola_fed.tasks.registry import check_task_name
 
-TASKS = ("text-classification", "digits", "causal-lm")
 PARTITIONERS = ("iid", "dirichlet")
 DATA_MODES = ("stream", "upload")
 
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """What is learned, from which local data.
+    """What is learned, from which local data (docs/tasks.md has a guide to every key).
 
     Parameters
     ----------
     name : str
-        ``text-classification`` (MiniLM-L6 on Rotten Tomatoes, or a local CSV/JSONL),
-        ``digits`` or ``causal-lm``.
+        A built-in task (``text-classification``: MiniLM-L6 on Rotten Tomatoes; ``digits``;
+        ``byte-lm``: a tiny random GPT-2 over bytes), a generic Hugging Face task
+        (``sequence-classification``, ``causal-lm``: the model is ``model``), a task a package
+        registers, or a ``package.module:Class`` path (:mod:`cola_fed.tasks.registry`).
+    model : str
+        The model of a generic task: a local model folder, a model id already in the local
+        Hugging Face cache, a ``.gguf`` file, or ``pkg:<package>/<path>`` (a file an installed
+        package ships). Never downloaded.
     data_path : str
-        A local data file; empty for the task's bundled offline data.
+        The data: a CSV, JSONL, Parquet file or a ``datasets.save_to_disk`` folder (or
+        ``pkg:<package>/<path>``); empty for the task's bundled offline data. Simulated nodes
+        read it; deployed nodes read their own node config ``data-path``.
+    text_column, label_column : str
+        The columns holding the text and, for classification, the label.
+    prompt_column, response_column : str
+        Instruction tuning (``causal-lm``): the prompt and the response; the loss counts the
+        response tokens only. Empty ``response_column``: plain text from ``text_column``.
+    template : str
+        A prompt template with ``{column}`` placeholders (e.g. ``"Question: {q}\nAnswer: "``);
+        it replaces the text column (or the prompt column in instruction tuning).
+    label_names : str
+        Comma-separated label values in class order, for string labels; empty: labels are
+        integers in ``[0, num_labels)``.
+    num_labels : int
+        Classes of a sequence-classification task (``label_names`` sets it when given).
+    pad_id, eos_id : int
+        Token ids of padding and end of sequence; -1: the model's own (padding falls back to
+        the end-of-sequence token).
     batch_size : int
         Samples per client batch.
     max_length : int
@@ -48,35 +72,73 @@ class TaskConfig:
         Held-out batches each node sends for personalised evaluation.
     partitioner : str
         ``iid`` or ``dirichlet`` (label skew, concentration ``dirichlet_alpha``).
+    partition_by : str
+        A column whose distinct values are the nodes: each value is one node's data (natural
+        partitions, like the users of a service); overrides ``partitioner``.
     dirichlet_alpha : float
         Concentration of the Dirichlet partitioner; smaller is more skewed.
     server_test_size : int
         Samples held out from every node for a server-held test set (0: none). Each node's
         adapters are then also evaluated on it.
+    rouge_prompts : int
+        ``causal-lm``: score greedy generations on this many server-held test prompts with
+        ROUGE-L, before the first and after the last round (0: off; needs
+        ``server_test_size``).
+    max_new_tokens : int
+        Most tokens generated per prompt for ROUGE-L.
     seed : int
         Seeds partitioning, shuffling and the model's fresh head.
     """
 
     name: str = "text-classification"
+    model: str = ""
     data_path: str = ""
+    text_column: str = "text"
+    label_column: str = "label"
+    prompt_column: str = ""
+    response_column: str = ""
+    template: str = ""
+    label_names: str = ""
+    num_labels: int = 2
+    pad_id: int = -1
+    eos_id: int = -1
     batch_size: int = 16
     max_length: int = 64
     eval_batches: int = 4
     partitioner: str = "iid"
+    partition_by: str = ""
     dirichlet_alpha: float = 0.5
     server_test_size: int = 0
+    rouge_prompts: int = 0
+    max_new_tokens: int = 32
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _one_of("task.name", self.name, TASKS)
+        check_task_name(self.name)
         _one_of("task.partitioner", self.partitioner, PARTITIONERS)
-        for key in ("batch_size", "max_length", "eval_batches"):
+        for key in ("batch_size", "max_length", "eval_batches", "num_labels",
+                    "max_new_tokens"):
             _positive(f"task.{key.replace('_', '-')}", getattr(self, key))
-        if not isinstance(self.server_test_size, int) or self.server_test_size < 0:
-            raise ConfigError(f"task.server-test-size: expected an integer >= 0, got "
-                              f"{self.server_test_size!r}")
+        for key in ("server_test_size", "rouge_prompts"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"task.{key.replace('_', '-')}: expected an integer >= 0, "
+                                  f"got {value!r}")
+        for key in ("pad_id", "eos_id"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+                raise ConfigError(f"task.{key.replace('_', '-')}: expected a token id >= 0, or "
+                                  f"-1 for the model's own, got {value!r}")
+        if self.rouge_prompts and not self.server_test_size:
+            raise ConfigError("task.rouge-prompts: needs a server-held test set; set "
+                              "task.server-test-size too")
         if self.dirichlet_alpha <= 0:
             raise ConfigError(f"task.dirichlet-alpha: must be > 0, got {self.dirichlet_alpha}")
+
+    @property
+    def labels(self) -> list[str]:
+        """``label_names`` as a list (empty: integer labels)."""
+        return [n.strip() for n in self.label_names.split(",") if n.strip()]
 
 
 @dataclass(frozen=True)
@@ -88,9 +150,14 @@ class AdapterConfig:
     ``"0:mlp,3:linear"`` gives partitions 0 and 3 those kinds and every other node ``kind``.
     Empty: every node uses ``kind``. The task's fresh head, if it has one, always gets a Linear
     adapter with bias.
+
+    ``targets`` names the adapted layers, comma-separated (a name matches a module's full name
+    or its last dotted parts, as PEFT's ``target_modules``: ``"q_proj,v_proj"``); empty: the
+    task's defaults (for Hugging Face models, by ``model_type``).
     """
 
     kind: str = "lowrank"
+    targets: str = ""
     kinds: str = ""
     rank: int = 8
     hidden: int = 128
@@ -101,6 +168,11 @@ class AdapterConfig:
         for kind in [self.kind, *per_partition_values("adapter.kinds", self.kinds)]:
             AdapterSpec(kind=kind)  # validates the name
         self.spec_for(0)  # validates the sizes
+
+    @property
+    def target_list(self) -> list[str]:
+        """``targets`` as a list (empty: the task's defaults)."""
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
 
     @property
     def all_specs(self) -> list[AdapterSpec]:
@@ -379,6 +451,24 @@ def _mapping(key: str, entries: list[str]) -> dict[int, str]:
                               f"got {entry!r}")
         mapping[int(pid)] = choice.strip()
     return mapping
+
+
+def default_flat_config() -> dict[str, Any]:
+    """Every run config key at its default, as Flower's flat run config (``{"adapter.rank": 8,
+    ...}``): the keys are the dataclasses' fields, so this is the one list of keys, which
+    pyproject.toml's ``[tool.flwr.app.config]`` and docs/configuration.md must match (the tests
+    check both)."""
+    defaults = RunConfig()
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(defaults):
+        value = getattr(defaults, f.name)
+        key = f.name.replace("_", "-")
+        if dataclasses.is_dataclass(value):
+            for sub in dataclasses.fields(value):
+                flat[f"{key}.{sub.name.replace('_', '-')}"] = getattr(value, sub.name)
+        else:
+            flat[key] = value
+    return flat
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:

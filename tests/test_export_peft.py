@@ -52,14 +52,14 @@ def test_cli_exports_a_federated_nodes_adapters(tmp_path):
     from cola_fed.config import RunConfig
     from cola_fed.federation.local_grid import LocalGrid
     from cola_fed.federation.server import build_strategy, write_results
+    from cola_fed.federation.simulate import SIMULATIONS
 
-    root = Path(__file__).resolve().parents[1]
-    config = RunConfig.from_toml(root / "simulations" / "digits.toml")
+    config = RunConfig.from_toml(SIMULATIONS / "digits.toml")
     strategy = build_strategy(config)
     strategy.start(LocalGrid(4), num_rounds=1, timeout=3)
     out = write_results(strategy, tmp_path / "results", seconds=0.0)
     assert main(["export-peft", "--adapters", str(out / "adapters" / "partition-0.safetensors"),
-                 "--run-config", str(root / "simulations" / "digits.toml"),
+                 "--run-config", str(SIMULATIONS / "digits.toml"),
                  "--out", str(tmp_path / "lora")]) == 0
 
     session = next(s for s in strategy.sessions.values() if s.partition_id == 0)

@@ -16,7 +16,7 @@ from cola_fed.federation.records import blob_to_record, record_to_blob
 from cola_fed.federation.server import build_strategy, write_results
 from cola_fed.gl.engine import ServerEngine
 from cola_fed.gl.learner import GradientLearner
-from cola_fed.tasks.base import get_task
+from cola_fed.tasks import get_task
 
 pytest.importorskip("sklearn")
 
@@ -102,7 +102,7 @@ def test_node_refuses_a_replayed_train_message():
 
 
 def test_causal_lm_task_runs_over_the_protocol():
-    strategy, _ = run({"task.name": "causal-lm", "task.max-length": 32, "optimizer.lr": 0.01},
+    strategy, _ = run({"task.name": "byte-lm", "task.max-length": 32, "optimizer.lr": 0.01},
                       nodes=2, rounds=2)
     assert all(s.rounds_trained == 2 for s in strategy.sessions.values())
     assert 0.0 <= strategy.rounds[-1]["accuracy-mean"] <= 1.0
@@ -127,7 +127,7 @@ def test_upload_mode_trains_on_the_same_batches_as_stream_mode(interval):
 def test_a_node_config_data_path_replaces_the_partition(tmp_path):
     path = tmp_path / "mine.txt"
     path.write_text("\n".join(f"local line number {i} of this node's own text" for i in range(80)))
-    config = RunConfig.from_flat({**DIGITS, "task.name": "causal-lm", "task.max-length": 32,
+    config = RunConfig.from_flat({**DIGITS, "task.name": "byte-lm", "task.max-length": 32,
                                   "num-server-rounds": 1})
     strategy = build_strategy(config)
     grid = LocalGrid(1)

@@ -163,7 +163,7 @@ def test_results_hold_this_run_only(tmp_path):
 
 
 def test_token_ids_beyond_the_vocabulary_are_refused(caplog):
-    overrides = {"task.name": "causal-lm", "task.max-length": 32}
+    overrides = {"task.name": "byte-lm", "task.max-length": 32}
     edit = batch_edit(lambda b: {**b, "input_ids": b["input_ids"] + 300})
     with caplog.at_level(logging.WARNING, logger="cola_fed"):
         strategy, _ = run(overrides, nodes=2, rounds=2,

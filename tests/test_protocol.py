@@ -32,21 +32,18 @@ from cola_fed.federation.protocol import (
 )
 from cola_fed.federation.strategy import build_plan
 from cola_fed.gl.layout import LayerInfo, Layout
+from cola_fed.tasks import get_task
 from cola_fed.wire import public_bytes
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-class Head:
-    head = "head"
-
-
 def plan(**overrides) -> Plan:
     config = RunConfig.from_flat({"task.name": "digits", "adapter.kinds": "lowrank,linear,mlp",
                                   "edge.backends": "0:onnx,2:torch", **overrides})
     layout = Layout((LayerInfo("fc1", 64, 64), LayerInfo("head", 64, 10)))
-    return build_plan(layout, Head(), config).with_graphs({"g": "ab" * 32})
+    return build_plan(layout, get_task(config.task), config).with_graphs({"g": "ab" * 32})
 
 
 def transcript(p: Plan | None = None) -> HelloTranscript:

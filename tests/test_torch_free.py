@@ -47,7 +47,7 @@ def test_package_imports_without_torch():
 def test_client_app_imports_without_torch():
     code = NO_TORCH + textwrap.dedent(
         """
-        from client_app.app import app
+        from cola_fed.apps import client_app
         import cola_fed.wire, cola_fed.federation.client, cola_fed.tasks.base
         import cola_fed.edge.ort_learner, cola_fed.edge.graphs
         assert "torch" not in sys.modules

@@ -1,4 +1,4 @@
-"""A node's store of verified train-step graphs, addressed by content hash. Torch-free.
+"""A node's store of verified train-step graphs and task files, by content hash. Torch-free.
 
 A node on the ONNX backend receives its graphs at hello, checks each one against the SHA-256 the
 server lists for it and for what it contains (``graph_check``: only the exporter's operators, no
@@ -21,62 +21,71 @@ from cola_fed.edge.graphs import content_hash
 from cola_fed.errors import PayloadError
 
 
-def default_cache_dir() -> Path:
-    """``$COLA_FED_CACHE/graphs``, else ``$XDG_CACHE_HOME/cola-fed/graphs`` (``~/.cache``)."""
+def default_cache_dir(kind: str = "graphs") -> Path:
+    """``$COLA_FED_CACHE/<kind>``, else ``$XDG_CACHE_HOME/cola-fed/<kind>`` (an absolute
+    ``$XDG_CACHE_HOME`` only, as the XDG specification asks), else ``~/.cache/cola-fed/<kind>``."""
     if os.environ.get("COLA_FED_CACHE"):
-        return Path(os.environ["COLA_FED_CACHE"]) / "graphs"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cola-fed" / "graphs"
+        return Path(os.environ["COLA_FED_CACHE"]).expanduser() / kind
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "cola-fed" / kind
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class GraphCache:
-    """Verified graphs in ``directory``, one file ``<sha256>.onnx`` each."""
+class ContentCache:
+    """Verified files in ``directory``, one ``<sha256><suffix>`` each, checked on the way in
+    and again on the way out (:meth:`check`): what a node uses is what was checked."""
+
+    #: what the files are, for messages; the file suffix; the default folder under the cache
+    what, suffix, kind = "file", "", "files"
 
     def __init__(self, directory: str | Path | None = None) -> None:
-        self.directory = Path(directory) if directory else default_cache_dir()
+        self.directory = Path(directory) if directory else default_cache_dir(self.kind)
 
-    def put(self, name: str, model: bytes, expected_hash: str) -> None:
-        """Store ``model`` if its hash is ``expected_hash`` and it passes ``check_graph``; else
-        raise (``PayloadError``, ``GraphError``) and store nothing."""
+    def check(self, name: str, data: bytes) -> None:
+        """Refuse content that is not what ``name`` must be (raise); the default accepts."""
+
+    def put(self, name: str, data: bytes, expected_hash: str) -> None:
+        """Store ``data`` if its hash is ``expected_hash`` and it passes :meth:`check`; else
+        raise (``PayloadError``, or what ``check`` raises) and store nothing."""
         path = self._path(name, expected_hash)
-        got = content_hash(model)
+        got = content_hash(data)
         if got != expected_hash:
-            raise PayloadError(f"train-step graph {name!r}: sha256 {got[:16]}... does not match "
+            raise PayloadError(f"{self.what} {name!r}: sha256 {got[:16]}... does not match "
                                f"the listed {expected_hash[:16]}...; refused")
-        check_graph(model, name=name)
+        self.check(name, data)
         if self.has(name, expected_hash):
             return
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_atomically(path, model)  # concurrent nodes on one machine share the cache
+        _write_atomically(path, data)  # concurrent nodes on one machine share the cache
 
     def get(self, name: str, expected_hash: str) -> bytes:
-        """The stored bytes of graph ``name``, checked again against ``expected_hash`` and by
-        ``check_graph``: what reaches ONNX Runtime is what was checked."""
+        """The stored bytes of ``name``, checked again against ``expected_hash`` and by
+        :meth:`check`."""
         path = self._path(name, expected_hash)
         try:
-            model = path.read_bytes()
+            data = path.read_bytes()
         except OSError:
-            raise PayloadError(f"train-step graph {name!r} ({expected_hash[:16]}...) is not in "
-                               f"the graph cache {self.directory}; the node must rejoin the "
+            raise PayloadError(f"{self.what} {name!r} ({expected_hash[:16]}...) is not in "
+                               f"the cache {self.directory}; the node must rejoin the "
                                "run to receive it again") from None
-        if content_hash(model) != expected_hash:
-            raise PayloadError(f"train-step graph {name!r} in {path} was altered on disk; "
+        if content_hash(data) != expected_hash:
+            raise PayloadError(f"{self.what} {name!r} in {path} was altered on disk; "
                                "delete it and rejoin the run")
-        check_graph(model, name=name)
-        return model
+        self.check(name, data)
+        return data
 
     def has(self, name: str, expected_hash: str) -> bool:
-        """Whether the graph is stored intact: its file exists and its bytes still hash to
+        """Whether the file is stored intact: it exists and its bytes still hash to
         ``expected_hash``. An altered file is deleted (so that ``put`` stores it again)."""
         path = self._path(name, expected_hash)
         try:
-            model = path.read_bytes()
+            data = path.read_bytes()
         except OSError:
             return False
-        if content_hash(model) != expected_hash:
+        if content_hash(data) != expected_hash:
             with contextlib.suppress(OSError):
                 path.unlink()
             return False
@@ -85,9 +94,42 @@ class GraphCache:
     def _path(self, name: str, expected_hash: object) -> Path:
         """The file of a hash; anything but 64 lower-case hex digits (a path, say) is refused."""
         if not isinstance(expected_hash, str) or not _SHA256.fullmatch(expected_hash):
-            raise PayloadError(f"train-step graph {name!r}: the listed hash {expected_hash!r} "
+            raise PayloadError(f"{self.what} {name!r}: the listed hash {expected_hash!r} "
                                "is not a SHA-256 hex digest; refused")
-        return self.directory / f"{expected_hash}.onnx"
+        return self.directory / f"{expected_hash}{self.suffix}"
+
+
+class GraphCache(ContentCache):
+    """Verified train-step graphs, checked by :func:`~cola_fed.edge.graph_check.check_graph`
+    (only the exporter's operators, no external data, no subgraphs)."""
+
+    what, suffix, kind = "train-step graph", ".onnx", "graphs"
+
+    def check(self, name: str, data: bytes) -> None:
+        check_graph(data, name=name)
+
+
+class TaskFileCache(ContentCache):
+    """A task's node files (its ``tokenizer.json``), each checked to load as what it is."""
+
+    what, suffix, kind = "task file", "", "files"
+
+    def check(self, name: str, data: bytes) -> None:
+        if name == "tokenizer.json":
+            from tokenizers import Tokenizer
+
+            try:
+                Tokenizer.from_str(data.decode("utf-8"))
+            except Exception as err:  # the library's errors are untyped
+                raise PayloadError(f"task file {name!r} is not a tokenizer: {err}"[:300]
+                                   ) from None
+        else:
+            raise PayloadError(f"task file {name!r} is not one a node knows how to check")
+
+    def path(self, name: str, expected_hash: str) -> Path:
+        """The stored, checked file of ``name`` (for libraries that read a path)."""
+        self.get(name, expected_hash)
+        return self._path(name, expected_hash)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -6,6 +6,8 @@ Runtime (``OrtLearner``, from the train-step graphs the server ships at hello). 
 
 - ``partition-id``, ``num-partitions``: this node's share of the task's data;
 - ``data-path``: a local data file that replaces the partition;
+- ``allow-tasks``: ``package.module:Class`` task paths this node may import when the server
+  names one (a task registered on the node needs no allowing);
 - ``server-key-fingerprint``: the server identity to pin; without it the node trusts the first
   identity it sees for ``federation`` (default ``default``) and remembers it in
   ``known-servers`` (default ``$COLA_FED_HOME/known-servers.json``);
@@ -31,6 +33,7 @@ import difflib
 import functools
 import importlib.util
 import logging
+import os
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -39,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from cola_fed.config import TaskConfig
-from cola_fed.edge.cache import GraphCache
+from cola_fed.edge.cache import GraphCache, TaskFileCache
 from cola_fed.edge.graphs import graph_keys
 from cola_fed.errors import ConfigError, ProtocolError, ReplayError
 from cola_fed.federation.node_store import NodeStore, raw_private
@@ -68,7 +71,9 @@ from cola_fed.federation.protocol import (
     seal_bundle,
 )
 from cola_fed.federation.records import blob_to_record, record_to_blob
-from cola_fed.tasks.base import ClientData, get_task
+from cola_fed.tasks import get_task
+from cola_fed.tasks.base import ClientData
+from cola_fed.tasks.registry import node_allowed_paths
 from cola_fed.wire import (
     ChannelState,
     SecureChannel,
@@ -92,7 +97,9 @@ STATE_IDENTITY = "cola-node-identity"  # ConfigRecord: the node's identity, with
 #: every node config key cola-fed reads (others may belong to other apps of the SuperNode)
 NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "server-key-fingerprint",
                     "federation", "known-servers", "backend", "graph-cache", "onnx-threads",
-                    "state-dir", *NodeCaps.keys())
+                    "state-dir", "allow-tasks", *NodeCaps.keys())
+#: the data file simulated nodes partition (``cola-fed simulate`` sets it from task.data-path)
+DATA_PATH_ENV = "COLA_FED_DATA_PATH"
 
 
 def check_node_config(node_config: dict) -> None:
@@ -126,6 +133,7 @@ def handle_hello(msg: Message, context: Context) -> Message:
     prior = _prior_state(context, store, transcript, partition_id)
     backend = prior[0].backend if prior else _choose_backend(context, plan, partition_id)
     graph_hashes = _receive_graphs(hello, context, plan, partition_id) if backend == "onnx" else {}
+    _receive_files(hello, plan)
 
     key = X25519PrivateKey.generate()
     digest = transcript_hash(hello.transcript)
@@ -395,6 +403,17 @@ def _graph_cache(context: Context) -> GraphCache:
     return GraphCache(context.node_config.get("graph-cache") or None)
 
 
+def _receive_files(hello: Hello, plan: Plan) -> None:
+    """Check the task files the signed plan lists (the tokenizer) against their hashes and
+    what they must be, and cache them; a file not listed is ignored."""
+    cache = TaskFileCache()
+    for name, digest in plan.files.items():
+        if not cache.has(name, digest):
+            if name not in hello.files:
+                raise ProtocolError(f"task file {name!r} is listed but was not shipped")
+            cache.put(name, bytes(hello.files[name]), digest)
+
+
 def _new_learner(plan: Plan, partition_id: int, context: Context, backend: str,
                  graph_hashes: dict[str, str]) -> Any:
     """A fresh learner with the run's seeded initial adapters, on this node's backend."""
@@ -416,20 +435,33 @@ def _new_learner(plan: Plan, partition_id: int, context: Context, backend: str,
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_client_data(task: TaskConfig, partition_id: int, num_partitions: int) -> ClientData:
-    return get_task(task).client_data(partition_id, num_partitions)
+def _cached_client_data(config: TaskConfig, files: tuple[tuple[str, str], ...],
+                        allowed: frozenset[str], partition_id: int,
+                        num_partitions: int) -> ClientData:
+    task = get_task(config, allowed_paths=allowed)
+    if set(task.node_files) - {name for name, _ in files}:
+        raise ProtocolError(f"task {config.name!r} needs the files {list(task.node_files)}, "
+                            f"but the plan lists {[name for name, _ in files]}")
+    cache = TaskFileCache()
+    task.files = {name: cache.path(name, digest) for name, digest in files}
+    return task.client_data(partition_id, num_partitions)
 
 
 def _client_data(plan: Plan, context: Context, partition_id: int,
                  num_partitions: int) -> ClientData:
-    """This node's data: its partition of the task's bundled data, or, when the node config
-    names a ``data-path``, all of that local file. The path never comes from the server."""
+    """This node's data: all of the local file its node config names (``data-path``), else its
+    partition of the simulation's data file (``$COLA_FED_DATA_PATH``, set by ``cola-fed
+    simulate``) or of the task's bundled data. The path never comes from the server."""
     task = plan.task
     local = context.node_config.get("data-path")
     if local:
         task = dataclasses.replace(task, data_path=str(local))
         partition_id, num_partitions = 0, 1
-    return _cached_client_data(task, partition_id, num_partitions)
+    elif os.environ.get(DATA_PATH_ENV):
+        task = dataclasses.replace(task, data_path=os.environ[DATA_PATH_ENV])
+    return _cached_client_data(task, tuple(sorted(plan.files.items())),
+                               node_allowed_paths(context.node_config), partition_id,
+                               num_partitions)
 
 
 def _draw(data: ClientData, plan: Plan, partition_id: int, start: int) -> list:

@@ -2,6 +2,7 @@
 
 ```
 round 0  QUERY  server -> node  cola{identity, transcript, signature}  graphs{<name>: ONNX bytes}
+                                files{<name>: bytes} (a task's node files: its tokenizer)
                                 transcript = canonical JSON {protocol, run-id, lineage, node-id,
                                 hello-id, identity, exchange-key, plan}, signed by the server
                                 identity
@@ -49,7 +50,6 @@ from cola_fed.config import (
     BACKENDS,
     DATA_MODES,
     PARTITIONERS,
-    TASKS,
     TaskConfig,
     per_partition_values,
 )
@@ -57,6 +57,7 @@ from cola_fed.errors import ConfigError, PayloadError, ProtocolError
 from cola_fed.federation.records import blob_to_record, record_to_blob
 from cola_fed.gl.layout import MODULE_TYPES, LayerInfo, Layout, assign_specs
 from cola_fed.gl.optim_spec import OPTIMIZERS, OptimizerSpec
+from cola_fed.tasks.registry import is_task_name
 from cola_fed.wire import SecureChannel, decode_bundle, encode_bundle
 from cola_fed.wire.codec import WIRE_DTYPES, Limits
 from cola_fed.wire.crypto import PROTOCOL_VERSION, SIGNATURE_BYTES, sign_transcript
@@ -65,6 +66,11 @@ from cola_fed.wire.strict_json import dumps_canonical, loads_strict
 # record names in a Flower RecordDict
 CLEAR = "cola"  # ConfigRecord: what travels in the clear
 GRAPHS = "graphs"  # ConfigRecord: train-step graphs by name (hello only)
+FILES = "files"  # ConfigRecord: the task's node files by name (hello only)
+
+#: files a task's node side may need from the server (``Task.node_files``)
+TASK_FILES = ("tokenizer.json",)
+MAX_TASK_FILE_BYTES = 64 * 2**20
 SEALED = "sealed"  # ArrayRecord: one sealed blob
 
 # message kinds, bound into every seal
@@ -209,9 +215,11 @@ def _index(value: Any, options: int, where: str) -> int:
     return _in_range(value, 0, options - 1, where)
 
 
-_TASK_FIELDS = {"name": str, "batch_size": int, "max_length": int, "eval_batches": int,
-                "partitioner": str, "dirichlet_alpha": float, "server_test_size": int,
-                "seed": int}
+_TASK_FIELDS = {"name": str, "text_column": str, "label_column": str, "prompt_column": str,
+                "response_column": str, "template": str, "label_names": str, "num_labels": int,
+                "pad_id": int, "eos_id": int, "batch_size": int, "max_length": int,
+                "eval_batches": int, "partitioner": str, "partition_by": str,
+                "dirichlet_alpha": float, "server_test_size": int, "seed": int}
 _SPEC_FIELDS = {"kind": str, "rank": int, "bias": bool, "hidden": int, "depth": int,
                 "growth": int, "activation": str}
 _OPTIMIZER_FIELDS = {"name": str, "lr": float, "weight_decay": float, "betas": list,
@@ -241,6 +249,7 @@ class Plan:
     backends: tuple[str, ...] = ("",)
     backend_assignment: Assignment = field(default_factory=Assignment)
     graphs: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
 
     def specs_for(self, partition_id: int) -> dict[str, AdapterSpec]:
         """Layer selector -> adapter spec of the node with this partition id."""
@@ -270,6 +279,9 @@ class Plan:
     def with_graphs(self, graphs: Mapping[str, str]) -> Plan:
         return dataclasses.replace(self, graphs=dict(graphs))
 
+    def with_files(self, files: Mapping[str, str]) -> Plan:
+        return dataclasses.replace(self, files=dict(files))
+
     # ---- encoding
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,6 +299,7 @@ class Plan:
             "backends": list(self.backends),
             "backend-assignment": self.backend_assignment.to_dict(),
             "graphs": dict(sorted(self.graphs.items())),
+            "files": dict(sorted(self.files.items())),
         }
 
     @classmethod
@@ -294,7 +307,7 @@ class Plan:
         raw = _take(raw, {"layout": list, "task": dict, "node-specs": list,
                           "spec-assignment": dict, "optimizer": dict, "interval": int,
                           "wire-dtype": str, "data-mode": str, "backends": list,
-                          "backend-assignment": dict, "graphs": dict}, "plan")
+                          "backend-assignment": dict, "graphs": dict, "files": dict}, "plan")
         node_specs = tuple(_node_specs(s, f"plan.node-specs[{i}]")
                            for i, s in enumerate(raw["node-specs"][:64]))
         if not node_specs or len(raw["node-specs"]) > 64:
@@ -318,7 +331,8 @@ class Plan:
             backends=tuple(backends),
             backend_assignment=Assignment.from_dict(raw["backend-assignment"], len(backends),
                                                     "plan.backend-assignment"),
-            graphs=_graph_hashes(raw["graphs"]),
+            graphs=_hashes(raw["graphs"], "plan.graphs", MAX_GRAPHS),
+            files=_file_hashes(raw["files"]),
         )
 
 
@@ -340,8 +354,9 @@ def _layout(raw: list) -> Layout:
 
 def _task(raw: dict) -> TaskConfig:
     raw = _take(raw, _TASK_FIELDS, "plan.task")
-    if raw["name"] not in TASKS or raw["partitioner"] not in PARTITIONERS:
-        raise ProtocolError(f"plan.task: unknown task {raw['name']!r:.40} or partitioner")
+    if not is_task_name(raw["name"]) or raw["partitioner"] not in PARTITIONERS:
+        raise ProtocolError(f"plan.task: malformed task name {raw['name']!r:.40} or unknown "
+                            "partitioner")
     return _validated(lambda: TaskConfig(**{**raw, "dirichlet_alpha":
                                             float(raw["dirichlet_alpha"])}), "plan.task")
 
@@ -376,14 +391,22 @@ def _optimizer(raw: dict) -> OptimizerSpec:
     return _validated(lambda: OptimizerSpec(**values), "plan.optimizer")
 
 
-def _graph_hashes(raw: dict) -> dict[str, str]:
-    if len(raw) > MAX_GRAPHS:
-        raise ProtocolError(f"plan.graphs: more than {MAX_GRAPHS} graphs")
+def _hashes(raw: dict, where: str, most: int) -> dict[str, str]:
+    if len(raw) > most:
+        raise ProtocolError(f"{where}: more than {most} entries")
     for name, digest in raw.items():
         if not (isinstance(digest, str) and len(digest) == 64
                 and all(c in "0123456789abcdef" for c in digest)):
-            raise ProtocolError(f"plan.graphs[{name:.60}]: expected a SHA-256 hex digest")
+            raise ProtocolError(f"{where}[{name:.60}]: expected a SHA-256 hex digest")
     return dict(raw)
+
+
+def _file_hashes(raw: dict) -> dict[str, str]:
+    unknown = sorted(set(raw) - set(TASK_FILES))
+    if unknown:
+        raise ProtocolError(f"plan.files: unknown task file(s) {unknown!r:.80}; expected "
+                            f"some of {TASK_FILES}")
+    return _hashes(raw, "plan.files", len(TASK_FILES))
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,29 +566,33 @@ def _key32(text: str, where: str) -> bytes:
 
 @dataclass(frozen=True)
 class Hello:
-    """Round 0, server -> node: the signed transcript and the train-step graphs it lists."""
+    """Round 0, server -> node: the signed transcript, and the train-step graphs and task
+    files whose hashes its plan lists."""
 
     identity: bytes
     transcript: bytes
     signature: bytes
     graphs: Mapping[str, bytes] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict)
 
     @classmethod
     def signed(cls, identity_key, transcript: HelloTranscript,
-               graphs: Mapping[str, bytes]) -> Hello:
+               graphs: Mapping[str, bytes], files: Mapping[str, bytes] | None = None) -> Hello:
         data = transcript.encode()
-        return cls(transcript.identity, data, sign_transcript(identity_key, data), dict(graphs))
+        return cls(transcript.identity, data, sign_transcript(identity_key, data), dict(graphs),
+                   dict(files or {}))
 
     def to_record(self) -> RecordDict:
         return RecordDict({
             CLEAR: ConfigRecord({"identity": self.identity, "transcript": self.transcript,
                                  "signature": self.signature}),
             GRAPHS: ConfigRecord(dict(self.graphs)),
+            FILES: ConfigRecord(dict(self.files)),
         })
 
     @classmethod
     def from_record(cls, content: RecordDict, *, max_graph_bytes: int = 16 * 2**20) -> Hello:
-        _expect_records(content, configs={CLEAR, GRAPHS}, arrays=set(), what="hello")
+        _expect_records(content, configs={CLEAR, GRAPHS, FILES}, arrays=set(), what="hello")
         clear = _config_fields(content[CLEAR], {"identity", "transcript", "signature"}, "hello")
         identity, transcript, signature = (clear["identity"], clear["transcript"],
                                            clear["signature"])
@@ -579,7 +606,13 @@ class Hello:
             if not isinstance(model, bytes) or len(model) > max_graph_bytes:
                 raise ProtocolError(f"hello: graph {name:.60} is not bytes of at most "
                                     f"{max_graph_bytes} bytes")
-        return cls(identity, transcript, signature, graphs)
+        files = dict(content[FILES])
+        for name, data in files.items():
+            if name not in TASK_FILES or not isinstance(data, bytes) or (
+                    len(data) > MAX_TASK_FILE_BYTES):
+                raise ProtocolError(f"hello: file {name:.60} is not one of {TASK_FILES} as "
+                                    f"bytes of at most {MAX_TASK_FILE_BYTES} bytes")
+        return cls(identity, transcript, signature, graphs, files)
 
 
 @dataclass(frozen=True)

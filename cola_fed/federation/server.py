@@ -15,7 +15,7 @@ from cola_fed.config import RunConfig
 from cola_fed.federation.checkpoint import Checkpoint
 from cola_fed.federation.strategy import ColaStrategy
 from cola_fed.gl.engine import ServerEngine
-from cola_fed.tasks.base import get_task
+from cola_fed.tasks import get_task
 from cola_fed.wire import encode_adapter_state
 from cola_fed.wire.identity import load_identity, load_or_create_identity
 
@@ -26,7 +26,8 @@ def build_strategy(config: RunConfig, *, results: bool = False) -> ColaStrategy:
     """The strategy of a run config; with ``results``, it writes checkpoints (per
     ``checkpoint.*``) and the results folder after every round, into ``output-dir``."""
     task = get_task(config.task)
-    engine = ServerEngine(task.build_model(), targets=list(task.targets),
+    model = task.build_model()
+    engine = ServerEngine(model, targets=task.adapted_targets(model, config.adapter.target_list),
                           mode=config.strategy.mode,
                           max_batch_size=config.strategy.max_server_batch)
     # a key named in the config must exist (a typo must not mint a new identity); the default

@@ -4,6 +4,11 @@
 its own ``FLWR_HOME`` and free ports, disables runtime dependency installation, and afterwards
 stops exactly the processes that serve its ports (by PID; never by name), so nothing is left
 behind and parallel runs do not collide.
+
+It needs no source checkout: the experiments are the package's own (``cola_fed/simulations``) or
+any TOML file, and the Flower app it runs is written for the run (:func:`write_app`), a
+pyproject.toml whose components are the installed package's :mod:`cola_fed.apps`: the same
+``[tool.flwr.app]`` as the checkout's pyproject.toml (the tests check).
 """
 
 from __future__ import annotations
@@ -21,14 +26,20 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from flwr.common.config import unflatten_dict
 
-from cola_fed.config import RunConfig, flatten, tomllib
+from cola_fed import __version__
+from cola_fed.config import RunConfig, default_flat_config, flatten, tomllib
 from cola_fed.errors import ColaError, ConfigError
 from cola_fed.federation.checkpoint import Checkpoint
+from cola_fed.federation.client import DATA_PATH_ENV
 from cola_fed.federation.node_store import STATE_DIR_ENV
+from cola_fed.tasks.registry import ALLOW_TASKS_ENV, task_class
 
-PROJECT = Path(__file__).resolve().parents[2]
-SIMULATIONS = PROJECT / "simulations"
+SIMULATIONS = Path(__file__).resolve().parents[1] / "simulations"
+"""The built-in simulation configs, shipped in the package: ``cola-fed simulate NAME``."""
+PUBLISHER = "cola-fed"
+COMPONENTS = {"serverapp": "cola_fed.apps:server_app", "clientapp": "cola_fed.apps:client_app"}
 
 
 def free_port() -> int:
@@ -37,32 +48,75 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def builtin_names() -> list[str]:
+    """The names of the built-in simulations."""
+    return sorted(p.stem for p in SIMULATIONS.glob("*.toml"))
+
+
 def resolve(name: str) -> Path:
-    """A simulation config by name (``simulations/NAME.toml``) or path."""
-    path = Path(name)
-    if path.suffix != ".toml":
-        path = SIMULATIONS / f"{name}.toml"
+    """A simulation config: the path of a TOML file (any name ending in ``.toml``, or any path
+    with a folder in it; relative to the working directory), else the name of a built-in one."""
+    if name.endswith(".toml") or "/" in name or os.sep in name:
+        path = Path(name).expanduser()
+        if path.is_file():
+            return path
+        hint = (f" (for the built-in one, give its name: {path.stem!r})"
+                if path.stem in builtin_names() else "")
+        raise ConfigError(f"no simulation config file {path.absolute()}{hint}; built-in "
+                          f"simulations: {', '.join(builtin_names())}")
+    path = SIMULATIONS / f"{name}.toml"
     if not path.is_file():
-        known = sorted(p.stem for p in SIMULATIONS.glob("*.toml"))
-        what = f"file {path.resolve()}" if Path(name).suffix == ".toml" else repr(name)
-        raise ConfigError(f"no simulation config {what}; known: {known}")
+        raise ConfigError(f"no built-in simulation {name!r}; built-in simulations: "
+                          f"{', '.join(builtin_names())} (or give the path of a .toml file)")
     return path
+
+
+def app_config() -> dict[str, Any]:
+    """The Flower app's run config: every key at its default (:func:`default_flat_config`), the
+    keys the demo sets (``simulations/default.toml``) at the demo's values. pyproject.toml's
+    ``[tool.flwr.app.config]`` is exactly this (tests/test_config.py checks it)."""
+    demo = flatten(tomllib.loads((SIMULATIONS / "default.toml").read_text()))
+    return {**default_flat_config(), **demo}
+
+
+def write_app(folder: Path) -> Path:
+    """Write the Flower app ``flwr run`` takes into ``folder``: only a pyproject.toml, whose
+    components the installed package provides (Flower imports them from ``sys.path``), so no
+    source checkout is needed. Returns ``folder``."""
+    pyproject = {
+        "project": {"name": "cola-fed", "version": __version__, "license": "Apache-2.0",
+                    "description": "ColA on Flower, as cola-fed simulate runs it"},
+        "tool": {"flwr": {"app": {"publisher": PUBLISHER, "components": COMPONENTS,
+                                  "config": unflatten_dict(app_config())}}},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(pyproject))
+    return folder
 
 
 def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes: int | None = None,
              overrides: dict[str, Any] | None = None, timeout: float = 3600,
              stream: bool = True, resume: bool = False) -> Path:
-    """Run simulation ``name``; return its results folder (metrics.json, curve, adapters,
-    checkpoint). With ``resume``, go on from the folder's checkpoint: the simulated nodes find
-    their states in ``<results>/node-state`` (see docs/operations.md)."""
+    """Run simulation ``name`` (see :func:`resolve`); return its results folder (metrics.json,
+    curve, adapters, checkpoint). Keys the file leaves out take the app's defaults
+    (:func:`app_config`). With ``resume``, go on from the folder's checkpoint: the simulated
+    nodes find their states in ``<results>/node-state`` (see docs/operations.md)."""
     path = resolve(name)
-    values = flatten(tomllib.loads(path.read_text()))
-    values.update(overrides or {})
-    out = Path(output_dir or values.get("output-dir") or f"results/{path.stem}").resolve()
-    values["output-dir"] = str(out)
+    try:
+        chosen = flatten(tomllib.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"cannot read simulation config {path}: {err}") from None
+    chosen.update(overrides or {})
+    out = Path(output_dir or chosen.get("output-dir") or f"results/{path.stem}").resolve()
+    values = {**app_config(), **chosen, "output-dir": str(out)}
     if resume:
         values["checkpoint.resume"] = True
+    for key in ("task.data-path", "task.model"):  # the Flower processes run elsewhere
+        local = Path(str(values.get(key) or "")).expanduser()
+        if values.get(key) and local.exists():
+            values[key] = str(local.resolve())
     config = RunConfig.from_flat(values)  # fail early, with a clear message
+    task_class(config.task.name)
     if config.wire.server_key and not Path(config.wire.server_key).expanduser().is_file():
         raise ConfigError(f"wire.server-key: no file {config.wire.server_key!r} (a typo? create "
                           f"one with: cola-fed keygen --out {config.wire.server_key})")
@@ -78,6 +132,7 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
         node_state.rename(aside)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="cola-flwr-") as home:
+        app = write_app(Path(home) / "app")
         run_config = Path(home) / "run-config.toml"
         run_config.write_text(tomli_w.dumps(values))
         http_port, control_port = free_port(), free_port()
@@ -92,9 +147,12 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
                "COLA_FED_KNOWN_SERVERS": str(Path(home) / "known-servers.json"),
                # each simulated node keeps its state in partition-<id> here, for --resume
                STATE_DIR_ENV: str(node_state),
+               # the simulated nodes partition the run's data file, and may import its task
+               DATA_PATH_ENV: config.task.data_path,
+               ALLOW_TASKS_ENV: config.task.name if ":" in config.task.name else "",
                # flwr starts flower-superlink and flwr-simulation from PATH
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-        command = [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT),
+        command = [str(Path(sys.executable).parent / "flwr"), "run", str(app),
                    "--stream", "--federation-config", f"num-supernodes={nodes}",
                    "--run-config", str(run_config)]
         try:

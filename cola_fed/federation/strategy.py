@@ -99,7 +99,7 @@ def build_plan(layout: Layout, task: Task, config: RunConfig) -> Plan:
         node_specs.append(specs)
     backend_assignment, backends = Assignment.from_rule("edge.backends", config.edge.backends,
                                                         "")
-    return Plan(layout=layout, task=dataclasses.replace(config.task, data_path=""),
+    return Plan(layout=layout, task=task.plan_config(),
                 node_specs=tuple(node_specs), spec_assignment=assignment,
                 optimizer=config.optimizer.spec(), interval=config.data.interval,
                 wire_dtype=config.wire.dtype, data_mode=config.data.mode,
@@ -220,8 +220,14 @@ class ColaStrategy(Strategy):
                  on_round: Callable[[ColaStrategy], None] | None = None) -> None:
         self.engine, self.task, self.config = engine, task, config
         self.identity = identity
-        self.plan = build_plan(engine.layout, task, config)
+        #: the task's node files (its tokenizer), shipped at hello under the plan's hashes
+        self.files = {name: task.file(name).read_bytes() for name in task.node_files}
+        self.plan = build_plan(engine.layout, task, config).with_files(
+            {name: content_hash(data) for name, data in self.files.items()})
         self.contract = task.input_contract()
+        if config.task.rouge_prompts and not hasattr(task, "rouge_l"):
+            raise ConfigError(f"task.rouge-prompts: the {task.name} task does not generate "
+                              "text; set it to 0")
         self.members: dict[int, NodeSession] = {}  # by partition id
         self.server_test = task.server_test_batches() if config.task.server_test_size else []
         self.rounds: list[dict[str, Any]] = []
@@ -354,7 +360,7 @@ class ColaStrategy(Strategy):
             hello = Hello.signed(self.identity, HelloTranscript(
                 run_id=self.run_id, node_id=node, hello_id=hello_id,
                 identity=public_bytes(self.identity), exchange_key=public_bytes(self.exchange),
-                plan=self.plan, lineage=self.lineage), self.graphs)
+                plan=self.plan, lineage=self.lineage), self.graphs, self.files)
             message = Message(hello.to_record(), dst_node_id=node,
                               message_type=MessageType.QUERY, group_id="0", ttl=timeout)
             [message_id] = grid.push_messages([message])
@@ -928,7 +934,8 @@ class ColaStrategy(Strategy):
     # evaluation
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Accuracy on every node's held-out batches (and on the server-held test set when
+        """The task's metrics (accuracy, loss; perplexity and ROUGE-L for language models) on
+        every node's held-out batches (and on the server-held test set when
         ``task.server-test-size`` is set) of the model that node trains through: its own
         adapters, or in ``col`` mode the collaborative model. Quarantined nodes are left out
         (of the collaborative model too); a node whose evaluation fails is left out of the
@@ -938,28 +945,33 @@ class ColaStrategy(Strategy):
         if server_round % every and not last and server_round != 0:
             return None
         active = [s for s in self.members.values() if not s.quarantined]
-        held_out, server = {}, {}
+        held_out: dict[int, dict[str, float]] = {}
+        server: dict[int, dict[str, float]] = {}
         for session in active:
             try:
-                held_out[session.partition_id] = self._accuracy(session, session.eval_batches)
+                held_out[session.partition_id] = self._scores(session, session.eval_batches)
                 if self.server_test:
-                    server[session.partition_id] = self._accuracy(session, self.server_test)
+                    server[session.partition_id] = self._scores(session, self.server_test)
+                if self.config.task.rouge_prompts and (server_round == 0 or last):
+                    held_out[session.partition_id]["rouge-l"] = self._rouge(session)
             except Exception as err:
                 held_out.pop(session.partition_id, None)
+                server.pop(session.partition_id, None)
                 log.warning("round %d: evaluation of %s failed: %s: %s", server_round,
                             session.node, type(err).__name__, err)
         if not held_out:
             return None
         metrics: dict[str, float] = {}
-        metrics.update(_spread("accuracy", held_out.values()))
-        if server:
-            metrics.update(_spread("server-accuracy", server.values()))
+        for name in next(iter(held_out.values())):
+            metrics.update(_spread(name, [scores[name] for scores in held_out.values()]))
+        for name in next(iter(server.values()), {}):
+            metrics.update(_spread(f"server-{name}", [scores[name] for scores in server.values()]))
         for session in active:
             if session.partition_id not in held_out:
                 continue
-            entry = {"round": server_round, "accuracy": held_out[session.partition_id]}
-            if session.partition_id in server:
-                entry["server-accuracy"] = server[session.partition_id]
+            entry = {"round": server_round, **held_out[session.partition_id]}
+            entry.update({f"server-{k}": v for k, v in
+                          server.get(session.partition_id, {}).items()})
             session.history.append(entry)
         if self.rounds and self.rounds[-1]["round"] == server_round:
             self.rounds[-1].update(metrics)
@@ -968,31 +980,49 @@ class ColaStrategy(Strategy):
         self._progress(server_round, metrics)
         return MetricRecord(metrics)
 
-    def _accuracy(self, session: NodeSession, batches: list[dict[str, np.ndarray]]) -> float:
-        """Accuracy of the model this node trains through: its own adapters, or in ``col`` mode
-        the collaborative model (the mean delta W of all nodes outside quarantine)."""
-        correct = counted = 0
+    def _scores(self, session: NodeSession, batches: list[dict[str, np.ndarray]]
+                ) -> dict[str, float]:
+        """The task's metrics (accuracy, loss, ...) over ``batches``, of the model this node
+        trains through: its own adapters, or in ``col`` mode the collaborative model (the mean
+        delta W of all nodes outside quarantine)."""
+        sums: dict[str, float] = {}
+        weights: dict[str, float] = {}
         for batch in batches:
-            if self.config.strategy.mode == "col":
-                members = {n: s for n, s in self.members.items() if not s.quarantined}
-                logits = self.engine.predict_col(
-                    _as_torch(batch), {str(n): s.adapters for n, s in members.items()},
-                    specs={str(n): s.specs for n, s in members.items()})
-            else:
-                logits = self.engine.predict(_as_torch(batch), session.adapters,
-                                             spec=session.specs)
-            c, n = self.task.correct(logits, torch.as_tensor(batch["labels"]))
-            correct, counted = correct + c, counted + n
-        return correct / max(counted, 1)
+            labels = torch.as_tensor(batch["labels"])
+            logits = self._predict(session, _as_torch(batch))
+            loss = float(self.engine.loss_fn(logits, labels))
+            for name, (value, weight) in self.task.metrics(logits, labels, loss).items():
+                sums[name] = sums.get(name, 0.0) + value * weight
+                weights[name] = weights.get(name, 0.0) + weight
+        means = {name: sums[name] / max(weights[name], 1e-12) for name in sums}
+        return self.task.finish_metrics(means)
+
+    def _predict(self, session: NodeSession, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the model this node trains through."""
+        if self.config.strategy.mode == "col":
+            members = {n: s for n, s in self.members.items() if not s.quarantined}
+            return self.engine.predict_col(
+                batch, {str(n): s.adapters for n, s in members.items()},
+                specs={str(n): s.specs for n, s in members.items()})
+        return self.engine.predict(batch, session.adapters, spec=session.specs)
+
+    def _rouge(self, session: NodeSession) -> float:
+        """ROUGE-L of greedy generations on the first ``task.rouge-prompts`` server-held test
+        samples, through this node's model."""
+        rows = self.task.server_test_rows()[:self.config.task.rouge_prompts]
+        predict = lambda batch: self._predict(session, _as_torch(batch))  # noqa: E731
+        return self.task.rouge_l(predict, rows)
 
     def _progress(self, server_round: int, metrics: dict[str, float]) -> None:
         server = (f"; server test set {metrics['server-accuracy-mean']:.3f} ± "
                   f"{metrics['server-accuracy-std']:.3f}" if "server-accuracy-mean" in metrics
                   else "")
         which = "collaborative model" if self.config.strategy.mode == "col" else "personalised"
+        extra = "".join(f"; {name} {metrics[f'{name}-mean']:.4g}"
+                        for name in ("loss", "perplexity", "rouge-l") if f"{name}-mean" in metrics)
         log.info("round %d: held-out accuracy (%s) %.3f ± %.3f over nodes (min %.3f, max %.3f)"
-                 "%s%s", server_round, which, metrics["accuracy-mean"], metrics["accuracy-std"],
-                 metrics["accuracy-min"], metrics["accuracy-max"], server,
+                 "%s%s%s", server_round, which, metrics["accuracy-mean"], metrics["accuracy-std"],
+                 metrics["accuracy-min"], metrics["accuracy-max"], extra, server,
                  " (base model)" if server_round == 0 else "")
 
     # ----------------------------------------------------------------------------------------

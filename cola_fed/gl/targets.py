@@ -50,10 +50,11 @@ def layer_info(name: str, module: nn.Module) -> LayerInfo:
 def default_targets(model: nn.Module) -> list[str]:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in DEFAULT_TARGETS:
-        return DEFAULT_TARGETS[model_type]
+        return list(DEFAULT_TARGETS[model_type])
     raise TargetError(
-        f"no default targets for model_type {model_type!r}; pass targets=[...] with the names "
-        f"of the layers to adapt (defaults exist for {sorted(DEFAULT_TARGETS)})"
+        f"no default targets for model_type {model_type!r}; set adapter.targets (or pass "
+        f"targets=[...]) to the names of the layers to adapt, e.g. \"q_proj,v_proj\" "
+        f"(defaults exist for {sorted(DEFAULT_TARGETS)})"
     )
 
 

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,8 +16,11 @@ import numpy as np
 from cola_fed.config import TaskConfig
 from cola_fed.errors import ConfigError
 from cola_fed.tasks.contract import InputContract
+from cola_fed.tasks.partition import natural_partition
 
 Batch = dict[str, np.ndarray]
+#: the label of positions the loss ignores (padding, prompts), as Hugging Face models expect
+IGNORE = -100
 
 
 @dataclass
@@ -42,16 +48,69 @@ class ClientData:
 
 
 class Task(ABC):
-    """A learning problem cola-fed can run: server side (torch) and node side (numpy)."""
+    """A learning problem cola-fed can run: server side (torch) and node side (numpy).
+
+    Subclass it, define the abstract methods and :meth:`input_contract`, and register the class
+    (:func:`cola_fed.tasks.register_task`, an entry point, or name it by its
+    ``package.module:Class`` path); docs/tasks.md walks through one.
+    """
 
     name: str
-    #: module names (or suffixes) the adapters attach to
-    targets: tuple[str, ...]
+    #: module names (or suffixes) the adapters attach to; ``None``: the defaults of the model's
+    #: ``model_type`` (``adapter.targets`` overrides either)
+    targets: tuple[str, ...] | None = None
     #: a freshly initialised, frozen head adapted with a Linear adapter with bias (or None)
     head: str | None = None
+    #: files the node side needs from the server's model (e.g. ``tokenizer.json``): the server
+    #: ships them at hello, and the node checks them against the signed plan's hashes
+    node_files: tuple[str, ...] = ()
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
+        #: where each of ``node_files`` is: set by the node from its verified cache, found by
+        #: :meth:`locate_node_files` on the server
+        self.files: dict[str, Path] = {}
+
+    def adapted_targets(self, model: Any, override: list[str] | tuple[str, ...] = ()
+                        ) -> list[str]:
+        """The layers of ``model`` to adapt (server side): ``adapter.targets`` if given, else
+        the task's, else the defaults of the model's ``model_type``. A fresh head is always
+        adapted: it learns only so."""
+        from cola_fed.gl.targets import default_targets
+
+        targets = list(override or self.targets or default_targets(model))
+        if self.head and self.head not in targets:
+            targets.append(self.head)
+        return targets
+
+    def locate_node_files(self) -> dict[str, Path]:
+        """Server side: the path of each of ``node_files`` (from the model)."""
+        return {}
+
+    def file(self, name: str) -> Path:
+        """The path of node file ``name``: shipped (node) or located (server)."""
+        if name not in self.files:
+            self.files.update(self.locate_node_files())
+        if name not in self.files:
+            raise ConfigError(f"task {self.name!r}: the node file {name!r} is missing (the "
+                              "server ships it at hello)")
+        return self.files[name]
+
+    def plan_config(self) -> TaskConfig:
+        """Server side: the config the plan carries, with every value the node side needs
+        resolved from the model (e.g. ``pad_id``); local paths are left out."""
+        return dataclasses.replace(self.config, data_path="", model="")
+
+    def partition_values(self) -> list | None:
+        """The values of ``task.partition-by``, one per sample, or ``None`` if the task has
+        no such column (then ``partition-by`` is refused)."""
+        return None
+
+    def metrics(self, logits: Any, labels: Any, loss: float) -> dict[str, tuple[float, int]]:
+        """Held-out metrics of one batch as ``name -> (value, weight)``; averaged over batches
+        by weight. The default: accuracy (:meth:`correct`) and the loss, both per prediction."""
+        correct, counted = self.correct(logits, labels)
+        return {"accuracy": (correct / max(counted, 1), counted), "loss": (loss, counted)}
 
     @abstractmethod
     def build_model(self) -> Any:
@@ -82,11 +141,26 @@ class Task(ABC):
         """``(correct, counted)`` predictions of a batch, for accuracy."""
         return int((logits.argmax(-1) == labels).sum()), int(labels.shape[0])
 
+    def finish_metrics(self, means: dict[str, float]) -> dict[str, float]:
+        """Metrics derived from the weighted means of :meth:`metrics` (e.g. perplexity)."""
+        return means
+
     def client_data(self, partition_id: int, num_partitions: int) -> ClientData:
         """This node's partition: its first ``eval_batches`` batches held out, the rest to train."""
         labels = self.labels()
         pool = self._pools(len(labels))[1]
-        rows = pool[partition_indices(labels[pool], partition_id, num_partitions, self.config)]
+        if self.config.partition_by and num_partitions > 1:
+            values = self.partition_values()
+            if values is None:
+                raise ConfigError(f"task.partition-by: task {self.name!r} has no columns to "
+                                  "partition by")
+            rows = pool[natural_partition([values[i] for i in pool], partition_id,
+                                          num_partitions)]
+            # file order would hold out the partition's first rows: shuffle, seeded
+            rows = np.random.default_rng(self.config.seed).permutation(rows)
+        else:
+            rows = pool[partition_indices(labels[pool], partition_id, num_partitions,
+                                          self.config)]
         size, held_out = self.config.batch_size, self.config.eval_batches * self.config.batch_size
         if len(rows) < held_out + size:
             raise ConfigError(
@@ -98,6 +172,10 @@ class Task(ABC):
         evals = [{k: v[lo:lo + size] for k, v in encoded.items()}
                  for lo in range(0, held_out, size)]
         return ClientData(train=train, eval_batches=evals)
+
+    def server_test_rows(self) -> np.ndarray:
+        """Rows of the server-held test set (``task.server-test-size``), in a seeded order."""
+        return self._pools(len(self.labels()))[0]
 
     def server_test_batches(self) -> list[Batch]:
         """The server-held test set (``task.server-test-size`` samples no node holds)."""
@@ -145,18 +223,16 @@ def partition_indices(labels: np.ndarray, partition_id: int, num_partitions: int
     return np.asarray(partitioner.load_partition(partition_id)["row"])
 
 
-def get_task(config: TaskConfig) -> Task:
-    """The task named by ``config.name``."""
-    if config.name == "text-classification":
-        from cola_fed.tasks.text_classification import TextClassificationTask
+def next_token_correct(logits: Any, labels: Any) -> tuple[int, int]:
+    """``(correct, counted)`` next-token predictions over the labels that are not ignored."""
+    predicted, target = logits[:, :-1].argmax(-1), labels[:, 1:]
+    valid = target != IGNORE
+    return int(((predicted == target) & valid).sum()), int(valid.sum())
 
-        return TextClassificationTask(config)
-    if config.name == "digits":
-        from cola_fed.tasks.digits import DigitsTask
 
-        return DigitsTask(config)
-    if config.name == "causal-lm":
-        from cola_fed.tasks.causal_lm import CausalLMTask
-
-        return CausalLMTask(config)
-    raise ConfigError(f"task.name: unknown task {config.name!r}")
+def with_perplexity(means: dict[str, float]) -> dict[str, float]:
+    """``means`` and the perplexity of its per-token ``loss`` (exp of the mean, not the mean
+    of exps)."""
+    if "loss" not in means:
+        return means
+    return {**means, "perplexity": math.exp(min(means["loss"], 700.0))}

@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from cola_fed.errors import ConfigError
-from cola_fed.tasks.base import Task
+from cola_fed.tasks.base import IGNORE, Task, next_token_correct, with_perplexity
 from cola_fed.tasks.contract import BATCH, InputContract, TensorContract
 
 PAD = 256
 VOCAB = 257
-#: the label of positions the loss ignores (padding), as Hugging Face models expect
-IGNORE = -100
 
 
 def encode_bytes(texts: list[str], max_length: int) -> dict[str, np.ndarray]:
@@ -32,8 +30,8 @@ def encode_bytes(texts: list[str], max_length: int) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask, "labels": np.where(mask == 1, ids, IGNORE)}
 
 
-class CausalLMTask(Task):
-    name = "causal-lm"
+class ByteLMTask(Task):
+    name = "byte-lm"
     targets = ("c_attn",)
     head = None
 
@@ -78,6 +76,7 @@ class CausalLMTask(Task):
 
     def correct(self, logits, labels) -> tuple[int, int]:
         """Next-byte accuracy over the non-padding positions."""
-        predicted, target = logits[:, :-1].argmax(-1), labels[:, 1:]
-        valid = target != IGNORE
-        return int(((predicted == target) & valid).sum()), int(valid.sum())
+        return next_token_correct(logits, labels)
+
+    def finish_metrics(self, means: dict[str, float]) -> dict[str, float]:
+        return with_perplexity(means)

@@ -1,0 +1,358 @@
+"""Generic Hugging Face tasks, set up by configuration: your model, your data.
+
+``task.model`` names the model (a local folder, a model id in the local Hugging Face cache, a
+``.gguf`` file, or ``pkg:<package>/<path>``; :func:`cola_fed.tasks.models.resolve_model`),
+``task.data-path`` the data (CSV, JSON lines, Parquet or a ``save_to_disk`` folder;
+:mod:`cola_fed.tasks.tables`), and column keys and a prompt template say what to read:
+
+- ``sequence-classification``: text (or a template over columns) -> a label; the model gets a
+  fresh, seeded classification head, adapted by a Linear adapter with bias;
+- ``causal-lm``: plain text, or instruction/response pairs whose loss counts the response
+  tokens only. Metrics: token accuracy, loss and perplexity on held-out text and, with
+  ``task.rouge-prompts``, ROUGE-L of greedy generations on server-held test prompts.
+
+The node side is torch-free: it encodes its rows with the model's ``tokenizer.json`` through
+the ``tokenizers`` library, from the copy the server ships at hello (checked against the signed
+plan's hash). Padding and end-of-sequence ids travel in the plan.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cola_fed.config import TaskConfig
+from cola_fed.errors import ConfigError
+from cola_fed.tasks.base import IGNORE, Task, next_token_correct, with_perplexity
+from cola_fed.tasks.contract import BATCH, InputContract, TensorContract
+from cola_fed.tasks.tables import Table, column, label_ids, read_table, render_column
+
+TOKENIZER = "tokenizer.json"
+#: names of the freshly initialised classification layer, by model family
+HEAD_NAMES = ("classifier", "score", "classifier.out_proj", "classification_head.out_proj")
+
+
+class HuggingFaceTask(Task):
+    """What both generic kinds share: the model folder, the tokenizer, the data table."""
+
+    node_files = (TOKENIZER,)
+
+    # ---- server side
+
+    @functools.cached_property
+    def model_folder(self) -> Path:
+        """The folder ``from_pretrained`` loads (``task.model`` resolved; server side)."""
+        from cola_fed.tasks.models import resolve_model
+
+        if not self.config.model:
+            raise ConfigError(f"task.model: the {self.name} task needs a model: a local "
+                              "folder, a model id in the local Hugging Face cache, a .gguf "
+                              "file or pkg:<package>/<path> (docs/tasks.md)")
+        return resolve_model(self.config.model)
+
+    @functools.cached_property
+    def model_config(self) -> dict[str, Any]:
+        """The model's ``config.json``, read as JSON (no transformers needed)."""
+        path = self.model_folder / "config.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"task.model: cannot read {path}: {err}") from None
+
+    def locate_node_files(self) -> dict[str, Path]:
+        from cola_fed.tasks.models import tokenizer_file
+
+        return {TOKENIZER: tokenizer_file(self.model_folder)}
+
+    def plan_config(self) -> TaskConfig:
+        """The plan's task, with the padding and end-of-sequence ids resolved from the model."""
+        import dataclasses
+
+        pad, eos = self.special_ids
+        return dataclasses.replace(super().plan_config(), pad_id=pad, eos_id=eos)
+
+    @functools.cached_property
+    def special_ids(self) -> tuple[int, int]:
+        """``(pad_id, eos_id)``: configured, else the model's (padding falls back to the end
+        of sequence, as is usual for decoder models), checked against the tokenizer."""
+        pad, eos = self.config.pad_id, self.config.eos_id
+        if min(pad, eos) < 0:  # server side: the model says
+            model_eos = _first_id(self.model_config.get("eos_token_id"))
+            model_pad = _first_id(self.model_config.get("pad_token_id"))
+            eos = eos if eos >= 0 else (model_eos if model_eos is not None else 0)
+            pad = pad if pad >= 0 else (model_pad if model_pad is not None else eos)
+        size = self.tokenizer().get_vocab_size(with_added_tokens=True)
+        for key, value in (("task.pad-id", pad), ("task.eos-id", eos)):
+            if not 0 <= value < size:
+                raise ConfigError(f"{key}: token id {value} is outside the tokenizer's "
+                                  f"vocabulary of {size}")
+        return pad, eos
+
+    @functools.cached_property
+    def vocab_size(self) -> int:
+        """Token ids the model embeds (from its config), the bound of the input contract."""
+        size = self.model_config.get("vocab_size")
+        if not isinstance(size, int) or size < 1:
+            raise ConfigError(f"task.model: {self.model_folder}/config.json has no vocab_size")
+        return size
+
+    def _load_model(self, auto_class: str, **kwargs: Any) -> Any:
+        """The model in float32, eval mode, seeded (a fresh head is initialised seeded)."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        import transformers
+        from transformers.utils import logging as hf_logging
+
+        torch.manual_seed(self.config.seed)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a fresh head's "newly initialized" notice
+        try:
+            model = getattr(transformers, auto_class).from_pretrained(
+                self.model_folder, dtype=torch.float32, **kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            raise ConfigError(f"task.model: {self.model_folder} does not load as "
+                              f"{auto_class}: {err}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return model.eval()
+
+    # ---- node side (numpy and tokenizers only)
+
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (``tokenizers``), without padding or truncation set."""
+        return _tokenizer(str(self.file(TOKENIZER)))
+
+    @functools.cache  # noqa: B019 - one task object per run, reread never
+    def table(self) -> Table:
+        """The data: ``task.data-path``."""
+        if not self.config.data_path:
+            raise ConfigError(f"task.data-path: the {self.name} task has no bundled data; name "
+                              "a CSV, JSONL or Parquet file or a save_to_disk folder (nodes: "
+                              "node config data-path)")
+        path = self.config.data_path
+        if path.startswith("pkg:"):
+            from cola_fed.tasks.models import package_file
+
+            path = str(package_file(path, key="task.data-path"))
+        return read_table(path)
+
+    def texts(self, rows: np.ndarray, text_column: str) -> list[str]:
+        """The text of each row: ``task.template`` over its columns, else ``text_column``."""
+        table = {name: [values[i] for i in rows] for name, values in self.table().items()}
+        if self.config.template:
+            return render_column(table, self.config.template)
+        key = f"task.{text_column.replace('_', '-')}"
+        return [str(v) for v in column(table, getattr(self.config, text_column), key=key)]
+
+    def partition_values(self) -> list:
+        return column(self.table(), self.config.partition_by, key="task.partition-by")
+
+    def encode_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, with the tokenizer's special tokens, not truncated."""
+        return [e.ids for e in self.tokenizer().encode_batch(texts)]
+
+    def pad(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """``(input_ids, attention_mask)``, right-padded (or cut) to ``task.max-length``."""
+        length, pad_id = self.config.max_length, self.special_ids[0]
+        ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
+        mask = np.zeros((len(sequences), length), dtype=np.int64)
+        for row, seq in enumerate(sequences):
+            seq = seq[:length]
+            ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
+        return ids, mask
+
+    def input_contract(self) -> InputContract:
+        """Token ids below the model's vocabulary and a 0/1 mask, int64
+        ``(batch, max_length)``, and the kind's labels."""
+        tokens = (BATCH, self.config.max_length)
+        return InputContract({
+            "input_ids": TensorContract("int64", tokens, 0, self.vocab_size),
+            "attention_mask": TensorContract("int64", tokens, 0, 2),
+            "labels": self.label_contract(),
+        })
+
+    def label_contract(self) -> TensorContract:
+        raise NotImplementedError
+
+
+class SequenceClassificationTask(HuggingFaceTask):
+    """Text -> one of ``task.num-labels`` classes (or ``task.label-names``), on any Hugging
+    Face model with a sequence-classification head."""
+
+    name = "sequence-classification"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.config.labels) or self.config.num_labels
+
+    def build_model(self) -> Any:
+        model = self._load_model("AutoModelForSequenceClassification",
+                                 num_labels=self.num_classes)
+        model.config.pad_token_id = self.special_ids[0]  # decoders classify the last token
+        self.head = _find_head(model)
+        return model
+
+    def labels(self) -> np.ndarray:
+        values = column(self.table(), self.config.label_column, key="task.label-column")
+        return label_ids(values, names=self.config.labels, num_labels=self.num_classes)
+
+    def encode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        ids, mask = self.pad(self.encode_ids(self.texts(rows, "text_column")))
+        return {"input_ids": ids, "attention_mask": mask, "labels": self.labels()[rows]}
+
+    def label_contract(self) -> TensorContract:
+        return TensorContract("int64", (BATCH,), 0, self.num_classes)
+
+
+class CausalLMTask(HuggingFaceTask):
+    """Next-token prediction on plain text, or instruction tuning with the loss on the
+    response tokens only (``task.response-column``)."""
+
+    name = "causal-lm"
+
+    def build_model(self) -> Any:
+        return self._load_model("AutoModelForCausalLM")
+
+    def labels(self) -> np.ndarray:
+        return np.zeros(len(next(iter(self.table().values()))), dtype=np.int64)
+
+    @property
+    def instruction(self) -> bool:
+        return bool(self.config.response_column)
+
+    def encode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        prompts, responses = self.pairs(rows)
+        if responses is None:
+            ids, mask = self.pad(self.encode_ids(prompts))
+            return {"input_ids": ids, "attention_mask": mask,
+                    "labels": np.where(mask == 1, ids, IGNORE)}
+        prompt_ids, response_ids = self.encode_pair(prompts, responses)
+        ids, mask = self.pad([p + r for p, r in zip(prompt_ids, response_ids)])
+        labels = np.full_like(ids, IGNORE)
+        for row, (prompt, response) in enumerate(zip(prompt_ids, response_ids)):
+            start, stop = min(len(prompt), ids.shape[1]), min(len(prompt) + len(response),
+                                                              ids.shape[1])
+            labels[row, start:stop] = ids[row, start:stop]
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def pairs(self, rows: np.ndarray) -> tuple[list[str], list[str] | None]:
+        """The prompt (or whole text) and, in instruction tuning, the response of each row."""
+        if not self.instruction:
+            return self.texts(rows, "text_column"), None
+        table = {name: [values[i] for i in rows] for name, values in self.table().items()}
+        prompts = (self.texts(rows, "prompt_column") if self.config.template or
+                   self.config.prompt_column else None)
+        if prompts is None:
+            raise ConfigError("task.prompt-column: instruction tuning (task.response-column) "
+                              "needs a prompt column or a task.template")
+        responses = [str(v) for v in column(table, self.config.response_column,
+                                            key="task.response-column")]
+        return prompts, responses
+
+    def encode_pair(self, prompts: list[str], responses: list[str]
+                    ) -> tuple[list[list[int]], list[list[int]]]:
+        """Prompt ids (with the tokenizer's special tokens) and response ids (without, then
+        the end-of-sequence id): what the model reads, and what it learns to write."""
+        tokenizer, eos = self.tokenizer(), self.special_ids[1]
+        prompt_ids = [e.ids for e in tokenizer.encode_batch(prompts)]
+        response_ids = [[*e.ids, eos] for e in
+                        tokenizer.encode_batch(responses, add_special_tokens=False)]
+        return prompt_ids, response_ids
+
+    def label_contract(self) -> TensorContract:
+        return TensorContract("int64", (BATCH, self.config.max_length), 0, self.vocab_size,
+                              extra_values=(IGNORE,))
+
+    def correct(self, logits: Any, labels: Any) -> tuple[int, int]:
+        """Next-token accuracy over the positions the loss counts."""
+        return next_token_correct(logits, labels)
+
+    def finish_metrics(self, means: dict[str, float]) -> dict[str, float]:
+        return with_perplexity(means)
+
+    # ---- ROUGE-L of greedy generations (server side)
+
+    def rouge_l(self, predict: Callable[[dict[str, np.ndarray]], Any],
+                rows: np.ndarray) -> float:
+        """Mean ROUGE-L F1 of greedy generations for ``rows`` against their references (the
+        response, or the second half of a plain text's words)."""
+        from rouge_score import rouge_scorer
+
+        prompts, references = self.rouge_examples(rows)
+        generated = self.generate(predict, prompts)
+        scorer = rouge_scorer.RougeScorer(["rougeL"])
+        scores = [scorer.score(ref, gen)["rougeL"].fmeasure
+                  for ref, gen in zip(references, generated)]
+        return float(np.mean(scores)) if scores else 0.0
+
+    def rouge_examples(self, rows: np.ndarray) -> tuple[list[str], list[str]]:
+        """Prompts and references of ``rows``."""
+        prompts, responses = self.pairs(rows)
+        if responses is not None:
+            return prompts, responses
+        halves = [text.split() for text in prompts]
+        return ([" ".join(w[:len(w) // 2]) for w in halves],
+                [" ".join(w[len(w) // 2:]) for w in halves])
+
+    def generate(self, predict: Callable[[dict[str, np.ndarray]], Any],
+                 prompts: list[str]) -> list[str]:
+        """Greedy continuations of ``prompts`` (at most ``task.max-new-tokens`` tokens each,
+        within ``task.max-length``), through ``predict`` (batch -> logits)."""
+        tokenizer, eos = self.tokenizer(), self.special_ids[1]
+        budget = self.config.max_new_tokens
+        encoded = [ids[-(self.config.max_length - 1):] for ids in self.encode_ids(prompts)]
+        ids, mask = self.pad(encoded)
+        lengths = np.asarray([len(e) for e in encoded])
+        done = np.zeros(len(prompts), dtype=bool)
+        out: list[list[int]] = [[] for _ in prompts]
+        for _ in range(budget):
+            if done.all():
+                break
+            logits = predict({"input_ids": ids, "attention_mask": mask,
+                              "labels": np.full_like(ids, IGNORE)})
+            nxt = np.asarray(logits[np.arange(len(prompts)), lengths - 1].argmax(-1))
+            for row, token in enumerate(nxt.tolist()):
+                if done[row]:
+                    continue
+                if token == eos or lengths[row] >= ids.shape[1]:
+                    done[row] = True
+                    continue
+                out[row].append(token)
+                ids[row, lengths[row]], mask[row, lengths[row]] = token, 1
+                lengths[row] += 1
+        return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in out]
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str) -> Any:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(path)
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def _first_id(value: Any) -> int | None:
+    """A token id from a config value that may be an int, a list of ints or absent."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _find_head(model: Any) -> str:
+    """The name of the model's classification layer (freshly initialised, adapted)."""
+    from torch import nn
+
+    modules = dict(model.named_modules())
+    for name in HEAD_NAMES:
+        if isinstance(modules.get(name), nn.Linear):
+            return name
+    raise ConfigError(f"task.model: cannot find the classification head of "
+                      f"{type(model).__name__} (looked for {HEAD_NAMES})")

@@ -1,0 +1,473 @@
+"""Users' own data files, read node side without torch: CSV, JSON lines, Parquet, and folders
+written by ``datasets.Dataset.save_to_disk``.
+
+A file becomes a :data:`Table`, plain columns of python values, so that a task can pick its
+columns by name (:func:`column`), build prompts from a template (:func:`render_column`) and map
+labels to class ids (:func:`label_ids`). pyarrow and datasets are imported only for the formats
+that need them: an edge node reading CSV or JSON lines carries neither.
+
+Every error is a :class:`~cola_fed.errors.ConfigError` naming the config key the value came
+from, what was expected and where (line, row or column) the data disagrees.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import json
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cola_fed.errors import ConfigError
+
+#: column name -> values, all columns the same length
+Table = dict[str, list]
+
+#: file suffixes :func:`read_table` reads (besides ``save_to_disk`` folders)
+SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+#: compressions of the text formats (``data.csv.gz``, ``data.jsonl.bz2``), by suffix
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2"}
+#: how many values an error message lists before it says "..."
+PREVIEW = 10
+#: conversions a template may use: ``{text!r}`` quotes a value, nothing else is needed
+CONVERSIONS = (None, "s", "r", "a")
+
+_FORMATTER = string.Formatter()
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def read_table(path: str | Path, *, key: str = "task.data-path") -> Table:
+    """Read a data file (or ``save_to_disk`` folder) into columns of python values.
+
+    The format is chosen by what the path is: a folder is a ``datasets`` ``save_to_disk``
+    folder, otherwise the suffix picks CSV, JSON lines / a JSON list, or Parquet.
+
+    Parameters
+    ----------
+    path
+        The file or folder, as the user configured it.
+    key
+        The config key the path came from, named in every error.
+
+    Returns
+    -------
+    Table
+        Columns in the file's order, all of the same (non-zero) length. CSV values stay
+        strings; JSON, Parquet and ``datasets`` values keep their types.
+
+    Raises
+    ------
+    ConfigError
+        The path is empty or missing, its suffix unknown, or the data empty or malformed.
+    """
+    if not str(path).strip():
+        raise ConfigError(f"{key} is empty: set it to a data file or a save_to_disk folder")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{key} {path}: no such file or folder")
+    table = _read_saved_dataset(path, key) if path.is_dir() else _read_file(path, key)
+    if not table:
+        raise ConfigError(f"{key} {path}: the data has no columns")
+    if not next(iter(table.values())):
+        raise ConfigError(f"{key} {path}: the data has no rows")
+    return table
+
+
+def _read_file(path: Path, key: str) -> Table:
+    """A CSV, JSON or Parquet file, by its (case-insensitive) suffix; the text formats may be
+    gzip or bzip2 compressed (``.csv.gz``)."""
+    suffix, compression = path.suffix.lower(), None
+    if suffix in COMPRESSIONS:
+        compression, suffix = COMPRESSIONS[suffix], Path(path.stem).suffix.lower()
+    if suffix not in SUFFIXES or (compression and suffix == ".parquet"):
+        raise ConfigError(
+            f"{key} {path}: unknown file type {''.join(path.suffixes) or '(no suffix)'!r}; "
+            f"expected {', '.join(SUFFIXES)} (the text ones also as .gz or .bz2) or a folder "
+            "written by datasets' save_to_disk"
+        )
+    if suffix == ".parquet":
+        return _read_parquet(path, key)
+    text = _read_text(path, key, compression)
+    if suffix == ".csv":
+        return _read_csv(text, path, key)
+    if suffix == ".json":
+        return _read_json(text, path, key)
+    return _read_json_lines(text, path, key)
+
+
+def _read_text(path: Path, key: str, compression: str | None = None) -> str:
+    """The file as UTF-8 text (a byte-order mark, as spreadsheets write, is dropped)."""
+    try:
+        if compression is None:
+            text = path.read_text(encoding="utf-8-sig")
+        else:
+            opener = importlib.import_module(compression).open
+            with opener(path, "rt", encoding="utf-8-sig") as handle:
+                text = handle.read()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{key} {path}: not UTF-8 text ({err})") from None
+    except (OSError, EOFError) as err:
+        raise ConfigError(f"{key} {path}: cannot be read ({err})") from None
+    if not text.strip():
+        raise ConfigError(f"{key} {path}: the file is empty")
+    return text
+
+
+def _read_csv(text: str, path: Path, key: str) -> Table:
+    """A CSV file with a header line; every row must have as many fields as the header."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames or []
+        duplicates = sorted({name for name in header if header.count(name) > 1})
+        if duplicates:
+            raise ConfigError(f"{key} {path}: the header repeats column(s) {_names(duplicates)}")
+        table: Table = {name: [] for name in header}
+        for row in reader:
+            fields = _csv_fields(row, len(header))
+            if fields != len(header):
+                raise ConfigError(f"{key} {path}: line {reader.line_num} has {fields} fields, "
+                                  f"the header has {len(header)}")
+            for name, value in row.items():
+                table[name].append(value)
+    except csv.Error as err:
+        raise ConfigError(f"{key} {path}: malformed CSV at line {reader.line_num} ({err})"
+                          ) from None
+    if table and not next(iter(table.values())):
+        raise ConfigError(f"{key} {path}: the file has a header but no rows")
+    return table
+
+
+def _csv_fields(row: dict, header: int) -> int:
+    """How many fields a ``DictReader`` row had: extras go under ``None``, gaps read ``None``."""
+    if None in row:
+        return header + len(row[None])
+    return sum(value is not None for value in row.values())
+
+
+def _read_json(text: str, path: Path, key: str) -> Table:
+    """A ``.json`` file: one top-level list of row objects, or one object per line."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        if text.lstrip().startswith("["):
+            raise ConfigError(
+                f"{key} {path}: malformed JSON at line {err.lineno}, column {err.colno} "
+                f"({err.msg})"
+            ) from None
+        return _read_json_lines(text, path, key)
+    if isinstance(document, dict):
+        raise ConfigError(
+            f"{key} {path}: holds a single JSON object; expected a list of row objects or one "
+            "object per line (pandas: to_json(orient='records', lines=True))"
+        )
+    if not isinstance(document, list):
+        raise ConfigError(f"{key} {path}: expected a list of row objects, got a JSON "
+                          f"{type(document).__name__}")
+    if not document:
+        raise ConfigError(f"{key} {path}: the JSON list is empty")
+    return _rows_to_table(((f"item {i}", row) for i, row in enumerate(document)), path, key)
+
+
+def _read_json_lines(text: str, path: Path, key: str) -> Table:
+    """One JSON object per line; blank lines are skipped."""
+
+    def rows() -> Iterable[tuple[str, Any]]:
+        # split on "\n" only: JSON strings may hold U+2028 and other breaks unescaped
+        for number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {number}", json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(
+                    f"{key} {path}: malformed JSON at line {number}, column {err.colno} "
+                    f"({err.msg})"
+                ) from None
+
+    return _rows_to_table(rows(), path, key)
+
+
+def _rows_to_table(rows: Iterable[tuple[str, Any]], path: Path, key: str) -> Table:
+    """Columns from ``(where, row)`` pairs; every row an object with the first row's keys."""
+    table: Table = {}
+    first = ""
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise ConfigError(f"{key} {path}: {where} is a JSON {type(row).__name__}, "
+                              "expected an object (one row, keyed by column)")
+        if not first:
+            first, table = where, {name: [] for name in row}
+        elif row.keys() != table.keys():
+            missing = [name for name in table if name not in row]
+            extra = [name for name in row if name not in table]
+            raise ConfigError(
+                f"{key} {path}: {where} has different keys from {first}: "
+                + "; ".join(part for part in (
+                    f"missing {_names(missing)}" if missing else "",
+                    f"extra {_names(extra)}" if extra else "",
+                ) if part)
+                + f" (columns: {_names(table)})"
+            )
+        for name, value in row.items():
+            table[name].append(value)
+    return table
+
+
+def _read_parquet(path: Path, key: str) -> Table:
+    """A Parquet file, through pyarrow (imported only here)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(
+            f"{key} {path}: reading Parquet needs pyarrow: pip install pyarrow"
+        ) from None
+    try:
+        return pq.read_table(path).to_pydict()
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise ConfigError(f"{key} {path}: not a readable Parquet file ({err})") from None
+
+
+def _read_saved_dataset(path: Path, key: str) -> Table:
+    """A folder written by ``Dataset.save_to_disk`` (or a ``DatasetDict``'s: its ``train``)."""
+    if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        raise ConfigError(
+            f"{key} {path}: a folder must be one written by datasets' save_to_disk "
+            "(it has no state.json or dataset_dict.json)"
+        )
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(
+            f"{key} {path}: reading a save_to_disk folder needs datasets: pip install datasets"
+        ) from None
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{key} {path}: not a readable save_to_disk folder ({err})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise ConfigError(
+                f"{key} {path}: the DatasetDict has no 'train' split (splits: {_names(loaded)})"
+            )
+        loaded = loaded["train"]
+    return loaded.to_dict()
+
+
+# ---------------------------------------------------------------------------------------------
+# columns and templates
+
+
+def column(table: Table, name: str, *, key: str) -> list:
+    """The column ``name`` of ``table``.
+
+    Parameters
+    ----------
+    table
+        Data from :func:`read_table`.
+    name
+        The column, as configured.
+    key
+        The config key that named the column (``task.text-column``), named in the error.
+
+    Raises
+    ------
+    ConfigError
+        The table has no such column; the message lists the columns it has, sorted.
+    """
+    if name not in table:
+        raise ConfigError(f"{key}: the data has no column {name!r} "
+                          f"(columns: {_names(sorted(table))})")
+    return table[name]
+
+
+def template_columns(template: str, *, key: str = "task.template") -> tuple[str, ...]:
+    """The columns a prompt template's ``{column}`` placeholders name, in first-use order.
+
+    Templates follow ``str.format_map``, with ``{{`` and ``}}`` for literal braces, but a
+    placeholder may only name a column (optionally with a ``!s``, ``!r`` or ``!a``
+    conversion): attribute and index access (``{a.b}``, ``{a[0]}``), positional fields
+    (``{}``, ``{0}``) and format specs (``{a:>99999}``, whose nested fields and widths could
+    read or allocate more than the data holds) are refused, so a template only copies values.
+
+    Raises
+    ------
+    ConfigError
+        The template does not parse, names no column, or uses a refused form.
+    """
+    try:
+        parts = list(_FORMATTER.parse(template))
+    except ValueError as err:
+        raise ConfigError(
+            f"{key}: {template!r} is not a valid template ({err}); write a literal brace as "
+            "{{ or }}"
+        ) from None
+    names: dict[str, None] = {}
+    for _, field, spec, conversion in parts:
+        if field is None:
+            continue
+        placeholder = "{" + field + (f"!{conversion}" if conversion else "") + (
+            f":{spec}" if spec else "") + "}"
+        if not field or field.isdigit():
+            raise ConfigError(f"{key}: placeholder {placeholder} must name a column, "
+                              "like {text}")
+        if any(char in field for char in ".[]"):
+            raise ConfigError(
+                f"{key}: placeholder {placeholder} uses attribute or index access; only plain "
+                "column names like {text} are allowed"
+            )
+        if spec:
+            raise ConfigError(f"{key}: placeholder {placeholder} has a format spec; only plain "
+                              "column names like {text} are allowed")
+        if conversion not in CONVERSIONS:
+            raise ConfigError(f"{key}: placeholder {placeholder} has an unknown conversion; "
+                              "use !s, !r or !a, or none")
+        names[field] = None
+    if not names:
+        raise ConfigError(f"{key}: {template!r} has no {{column}} placeholder, so every "
+                          "prompt would be the same")
+    return tuple(names)
+
+
+def render(template: str, row: Mapping[str, Any], *, key: str = "task.template") -> str:
+    """One prompt: ``template`` with each ``{column}`` replaced by the row's value.
+
+    Raises
+    ------
+    ConfigError
+        The template is refused (see :func:`template_columns`), names a column the row lacks,
+        or the row has no value (``None``) for a column it names.
+    """
+    names = template_columns(template, key=key)
+    _check_placeholders(names, row, key)
+    for name in names:
+        if row[name] is None:
+            raise ConfigError(f"{key}: the row has no value (null) for {{{name}}}")
+    return template.format_map(row)
+
+
+def render_column(table: Table, template: str, *, key: str = "task.template") -> list[str]:
+    """One prompt per row of ``table`` (see :func:`render`); the template is checked once.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`render`; a null value names its row (counting from 0).
+    """
+    names = template_columns(template, key=key)
+    _check_placeholders(names, table, key)
+    columns = [table[name] for name in names]
+    prompts = []
+    for index, values in enumerate(zip(*columns)):
+        for name, value in zip(names, values):
+            if value is None:
+                raise ConfigError(f"{key}: row {index} has no value (null) for {{{name}}}")
+        prompts.append(template.format_map(dict(zip(names, values))))
+    return prompts
+
+
+def _check_placeholders(names: Sequence[str], columns: Iterable[str], key: str) -> None:
+    """Every placeholder names one of ``columns``."""
+    available = list(columns)
+    for name in names:
+        if name not in available:
+            raise ConfigError(f"{key}: placeholder {{{name}}} names no column of the data "
+                              f"(columns: {_names(sorted(available))})")
+
+
+# ---------------------------------------------------------------------------------------------
+# labels
+
+
+def label_ids(values: list, *, names: Sequence[str] = (), num_labels: int,
+              key: str = "task.label-column") -> np.ndarray:
+    """Class ids in ``[0, num_labels)`` of a label column.
+
+    Without ``names`` a label is an integer, an integral float (``1.0``, as JSON or Parquet
+    may hold it) or a string of one (``"1"``, as CSV holds it). With ``names`` a label is a
+    string, and its id is its position in ``names``. Booleans are refused either way: whether
+    ``true`` is class 1 is for the user to say, through ``names`` or the data.
+
+    Parameters
+    ----------
+    values
+        The label column.
+    names
+        Class names in id order, as many as ``num_labels``; empty for numeric labels.
+    num_labels
+        Classes of the model's head.
+    key
+        The config key of the label column, named in every error.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64`` ids, one per value.
+
+    Raises
+    ------
+    ConfigError
+        ``names`` do not fit ``num_labels``, or a value is not a known name or an id in range;
+        the message shows the first such value and its row (counting from 0).
+    """
+    if num_labels < 1:
+        raise ConfigError(f"{key}: the number of labels must be >= 1, got {num_labels}")
+    index = _name_index(names, num_labels, key) if names else None
+    ids = np.empty(len(values), dtype=np.int64)
+    for row, value in enumerate(values):
+        label = _label_id(value, index, num_labels)
+        if label is None:
+            expected = (f"one of the label names ({_names(names)})" if index is not None
+                        else f"an integer in [0, {num_labels})")
+            raise ConfigError(f"{key}: row {row} has label {value!r}, expected {expected}")
+        ids[row] = label
+    return ids
+
+
+def _name_index(names: Sequence[str], num_labels: int, key: str) -> dict[str, int]:
+    """Class name -> id; the names must be distinct strings, one per class."""
+    if isinstance(names, str):
+        raise ConfigError(f"{key}: label names must be a list of strings, got {names!r}")
+    if len(names) != num_labels:
+        raise ConfigError(f"{key}: {len(names)} label names ({_names(names)}) for "
+                          f"{num_labels} labels; give one name per label")
+    if not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"{key}: label names must be strings, got {list(names)!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}: label names repeat ({_names(names)})")
+    return {name: i for i, name in enumerate(names)}
+
+
+def _label_id(value: Any, index: dict[str, int] | None, num_labels: int) -> int | None:
+    """The id of one label, or None when it has none."""
+    if index is not None:
+        return index.get(value) if isinstance(value, str) else None
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            return None
+    elif isinstance(value, (float, np.floating)):
+        if not float(value).is_integer():
+            return None
+        value = int(value)
+    elif not isinstance(value, (int, np.integer)):
+        return None
+    return int(value) if 0 <= value < num_labels else None
+
+
+def _names(items: Iterable[Any]) -> str:
+    """A short comma-separated listing for messages (the first :data:`PREVIEW` items)."""
+    items = [str(item) for item in items]
+    more = len(items) - PREVIEW
+    return ", ".join(items[:PREVIEW]) + (f", ... ({more} more)" if more > 0 else "")
