@@ -133,5 +133,5 @@ def test_the_graph_cache_refuses_bad_hashes_and_paths(tmp_path):
     assert not (tmp_path / "graphs").exists() or not list((tmp_path / "graphs").iterdir())
     cache.put("g", model, content_hash(model))
     assert cache.get("g", content_hash(model)) == model
-    with pytest.raises(PayloadError, match="not in the graph cache"):
+    with pytest.raises(PayloadError, match="not in the cache"):
         cache.get("h", content_hash(b"never stored"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import random
 import re
 import statistics
@@ -1007,11 +1008,9 @@ class ColaStrategy(Strategy):
         return self.engine.predict(batch, session.adapters, spec=session.specs)
 
     def _rouge(self, session: NodeSession) -> float:
-        """ROUGE-L of greedy generations on the first ``task.rouge-prompts`` server-held test
-        samples, through this node's model."""
-        rows = self.task.server_test_rows()[:self.config.task.rouge_prompts]
-        predict = lambda batch: self._predict(session, _as_torch(batch))  # noqa: E731
-        return self.task.rouge_l(predict, rows)
+        """ROUGE-L of greedy generations on server-held test prompts, through this node's
+        model."""
+        return self.task.rouge_l(lambda batch: self._predict(session, _as_torch(batch)))
 
     def _progress(self, server_round: int, metrics: dict[str, float]) -> None:
         server = (f"; server test set {metrics['server-accuracy-mean']:.3f} ± "
@@ -1084,7 +1083,11 @@ def _isnan(value: Any) -> bool:
 
 
 def _spread(name: str, values: Iterable[float]) -> dict[str, float]:
-    values = list(values)
+    """Mean, spread and range of a metric over nodes; a node whose value is not finite (its
+    adapters blow the loss up) is left out of that metric, and with no finite value so is it."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return {}
     return {f"{name}-mean": statistics.fmean(values), f"{name}-std": statistics.pstdev(values),
             f"{name}-min": min(values), f"{name}-max": max(values)}
 

@@ -34,6 +34,8 @@ from cola_fed.tasks.contract import BATCH, InputContract, TensorContract
 from cola_fed.tasks.tables import Table, column, label_ids, read_table, render_column
 
 TOKENIZER = "tokenizer.json"
+#: words of a plain text that prompt a ROUGE-L generation
+PROMPT_WORDS = 12
 #: names of the freshly initialised classification layer, by model family
 HEAD_NAMES = ("classifier", "score", "classifier.out_proj", "classification_head.out_proj")
 
@@ -112,6 +114,7 @@ class HuggingFaceTask(Task):
         torch.manual_seed(self.config.seed)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a fresh head's "newly initialized" notice
+        hf_logging.disable_progress_bar()
         try:
             model = getattr(transformers, auto_class).from_pretrained(
                 self.model_folder, dtype=torch.float32, **kwargs)
@@ -120,6 +123,7 @@ class HuggingFaceTask(Task):
                               f"{auto_class}: {err}") from None
         finally:
             hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
         return model.eval()
 
     # ---- node side (numpy and tokenizers only)
@@ -278,27 +282,32 @@ class CausalLMTask(HuggingFaceTask):
 
     # ---- ROUGE-L of greedy generations (server side)
 
-    def rouge_l(self, predict: Callable[[dict[str, np.ndarray]], Any],
-                rows: np.ndarray) -> float:
-        """Mean ROUGE-L F1 of greedy generations for ``rows`` against their references (the
-        response, or the second half of a plain text's words)."""
-        from rouge_score import rouge_scorer
-
-        prompts, references = self.rouge_examples(rows)
+    def rouge_l(self, predict: Callable[[dict[str, np.ndarray]], Any]) -> float:
+        """Mean ROUGE-L F1 of greedy generations for the first ``task.rouge-prompts``
+        server-held test samples against their references."""
+        prompts, references = self.rouge_examples()
         generated = self.generate(predict, prompts)
-        scorer = rouge_scorer.RougeScorer(["rougeL"])
-        scores = [scorer.score(ref, gen)["rougeL"].fmeasure
+        scores = [_rouge_scorer().score(ref, gen)["rougeL"].fmeasure
                   for ref, gen in zip(references, generated)]
         return float(np.mean(scores)) if scores else 0.0
 
-    def rouge_examples(self, rows: np.ndarray) -> tuple[list[str], list[str]]:
-        """Prompts and references of ``rows``."""
+    def rouge_examples(self) -> tuple[list[str], list[str]]:
+        """Prompts and references: the response of instruction data; for plain text, the
+        first ``2 * PROMPT_WORDS`` words of texts that have more and the words that follow
+        them (about as many as ``task.max-new-tokens`` tokens)."""
+        rows = self.server_test_rows()
         prompts, responses = self.pairs(rows)
         if responses is not None:
-            return prompts, responses
-        halves = [text.split() for text in prompts]
-        return ([" ".join(w[:len(w) // 2]) for w in halves],
-                [" ".join(w[len(w) // 2:]) for w in halves])
+            count = self.config.rouge_prompts
+            return prompts[:count], responses[:count]
+        follow = max(1, self.config.max_new_tokens * 3 // 4)  # ~0.75 words per token
+        words = [text.split() for text in prompts]
+        long = [w for w in words if len(w) >= 2 * PROMPT_WORDS][:self.config.rouge_prompts]
+        if not long:
+            raise ConfigError(f"task.rouge-prompts: no server-held test text has "
+                              f"{2 * PROMPT_WORDS} words or more; raise task.server-test-size")
+        return ([" ".join(w[:PROMPT_WORDS]) for w in long],
+                [" ".join(w[PROMPT_WORDS:PROMPT_WORDS + follow]) for w in long])
 
     def generate(self, predict: Callable[[dict[str, np.ndarray]], Any],
                  prompts: list[str]) -> list[str]:
@@ -327,6 +336,16 @@ class CausalLMTask(HuggingFaceTask):
                 ids[row, lengths[row]], mask[row, lengths[row]] = token, 1
                 lengths[row] += 1
         return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in out]
+
+
+@functools.cache
+def _rouge_scorer() -> Any:
+    import logging
+
+    from rouge_score import rouge_scorer
+
+    logging.getLogger("absl").setLevel(logging.WARNING)  # "Using default tokenizer." per call
+    return rouge_scorer.RougeScorer(["rougeL"])
 
 
 @functools.lru_cache(maxsize=4)
