@@ -108,3 +108,26 @@ def test_a_simulation_killed_mid_run_resumes_to_the_adapters_of_an_uninterrupted
     for p in range(2):
         name = f"adapters/partition-{p}.safetensors"
         assert (resumed / name).read_bytes() == (clean / name).read_bytes(), name
+
+
+def test_flwr_run_your_own_model_and_data_from_any_folder(tmp_path, monkeypatch, ports):
+    """A generic causal-LM task on a model folder and a JSONL file given by paths relative to
+    the working folder, in a TOML outside the package, one node per user: the simulated nodes
+    read the data and tokenise it with the tokenizer the server ships."""
+    from test_tasks import save_tiny_llama, sentiment_rows
+
+    rows = sentiment_rows(150)
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    save_tiny_llama(tmp_path / "model", rows)
+    (tmp_path / "mine.toml").write_text(
+        'num-server-rounds = 2\ntask.name = "causal-lm"\ntask.model = "model"\n'
+        'task.data-path = "data.jsonl"\ntask.partition-by = "user"\ntask.batch-size = 8\n'
+        'task.max-length = 16\ntask.eval-batches = 2\nstrategy.min-available-nodes = 3\n'
+        'strategy.evaluate-every = 1\n')
+    monkeypatch.chdir(tmp_path)
+    out = sim.simulate("mine.toml", output_dir=tmp_path / "out", stream=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
+    assert all(r["nodes"] == 3 and r["failed"] == 0 for r in metrics["rounds"][1:])
+    assert metrics["rounds"][-1]["perplexity-mean"] < metrics["rounds"][0]["perplexity-mean"]
+    assert sim.flower_processes_on_ports(*ports) == []

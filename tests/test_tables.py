@@ -433,3 +433,23 @@ def test_modules_import_and_read_text_without_torch(tmp_path):
                             check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("suffix, opener", [(".csv.gz", "gzip"), (".jsonl.bz2", "bz2")])
+def test_compressed_text_files_read_as_their_inner_format(tmp_path, suffix, opener):
+    import importlib
+
+    path = tmp_path / f"data{suffix}"
+    text = ("text,label\nhi,1\nho,0\n" if ".csv" in suffix else
+            '{"text": "hi", "label": 1}\n{"text": "ho", "label": 0}\n')
+    with importlib.import_module(opener).open(path, "wt", encoding="utf-8") as handle:
+        handle.write(text)
+    table = read_table(path)
+    assert [str(v) for v in table["label"]] == ["1", "0"] and table["text"] == ["hi", "ho"]
+
+
+def test_a_compressed_parquet_or_unknown_inner_format_is_refused(tmp_path):
+    for name in ("data.parquet.gz", "data.txt.gz"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(ConfigError, match="unknown file type"):
+            read_table(tmp_path / name)

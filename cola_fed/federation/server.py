@@ -97,12 +97,14 @@ def plot_learning_curve(rounds: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    evaluated = [r for r in rounds if "accuracy-mean" in r]
+    # language models: held-out perplexity says more than next-token accuracy
+    metric = "perplexity" if any("perplexity-mean" in r for r in rounds) else "accuracy"
+    evaluated = [r for r in rounds if f"{metric}-mean" in r]
     trained = [r for r in rounds if "train-loss" in r]
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
-    acc_ax.errorbar([r["round"] for r in evaluated], [r["accuracy-mean"] for r in evaluated],
-                    yerr=[r["accuracy-std"] for r in evaluated], marker="o", capsize=3)
-    acc_ax.set(xlabel="round", ylabel="held-out accuracy", title="held-out accuracy")
+    acc_ax.errorbar([r["round"] for r in evaluated], [r[f"{metric}-mean"] for r in evaluated],
+                    yerr=[r[f"{metric}-std"] for r in evaluated], marker="o", capsize=3)
+    acc_ax.set(xlabel="round", ylabel=f"held-out {metric}", title=f"held-out {metric}")
     loss_ax.plot([r["round"] for r in trained], [r["train-loss"] for r in trained], marker="o")
     loss_ax.set(xlabel="round", ylabel="mean client loss", title="training loss")
     fig.tight_layout()
