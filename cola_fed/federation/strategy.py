@@ -963,10 +963,10 @@ class ColaStrategy(Strategy):
         if not held_out:
             return None
         metrics: dict[str, float] = {}
-        for name in next(iter(held_out.values())):
-            metrics.update(_spread(name, [scores[name] for scores in held_out.values()]))
-        for name in next(iter(server.values()), {}):
-            metrics.update(_spread(f"server-{name}", [scores[name] for scores in server.values()]))
+        for prefix, per_node in (("", held_out), ("server-", server)):
+            for name in dict.fromkeys(n for scores in per_node.values() for n in scores):
+                metrics.update(_spread(f"{prefix}{name}", [scores.get(name, math.nan)
+                                                           for scores in per_node.values()]))
         for session in active:
             if session.partition_id not in held_out:
                 continue
@@ -993,9 +993,10 @@ class ColaStrategy(Strategy):
             logits = self._predict(session, _as_torch(batch))
             loss = float(self.engine.loss_fn(logits, labels))
             for name, (value, weight) in self.task.metrics(logits, labels, loss).items():
-                sums[name] = sums.get(name, 0.0) + value * weight
-                weights[name] = weights.get(name, 0.0) + weight
-        means = {name: sums[name] / max(weights[name], 1e-12) for name in sums}
+                if weight:  # a batch with nothing to count (all padding) has no say
+                    sums[name] = sums.get(name, 0.0) + value * weight
+                    weights[name] = weights.get(name, 0.0) + weight
+        means = {name: sums[name] / weights[name] for name in sums}
         return self.task.finish_metrics(means)
 
     def _predict(self, session: NodeSession, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -1013,15 +1014,17 @@ class ColaStrategy(Strategy):
         return self.task.rouge_l(lambda batch: self._predict(session, _as_torch(batch)))
 
     def _progress(self, server_round: int, metrics: dict[str, float]) -> None:
-        server = (f"; server test set {metrics['server-accuracy-mean']:.3f} ± "
-                  f"{metrics['server-accuracy-std']:.3f}" if "server-accuracy-mean" in metrics
-                  else "")
         which = "collaborative model" if self.config.strategy.mode == "col" else "personalised"
-        extra = "".join(f"; {name} {metrics[f'{name}-mean']:.4g}"
-                        for name in ("loss", "perplexity", "rouge-l") if f"{name}-mean" in metrics)
-        log.info("round %d: held-out accuracy (%s) %.3f ± %.3f over nodes (min %.3f, max %.3f)"
-                 "%s%s%s", server_round, which, metrics["accuracy-mean"], metrics["accuracy-std"],
-                 metrics["accuracy-min"], metrics["accuracy-max"], extra, server,
+        parts = [f"{name} {metrics[f'{name}-mean']:.4g} ± {metrics[f'{name}-std']:.3g}"
+                 for name in ("accuracy", "loss", "perplexity", "rouge-l")
+                 if f"{name}-mean" in metrics]
+        if "accuracy-mean" in metrics:
+            parts[0] += (f" (min {metrics['accuracy-min']:.3f}, "
+                         f"max {metrics['accuracy-max']:.3f})")
+        server = [f"{name} {metrics[f'server-{name}-mean']:.4g}"
+                  for name in ("accuracy", "perplexity") if f"server-{name}-mean" in metrics]
+        log.info("round %d: held-out (%s, over nodes) %s%s%s", server_round, which,
+                 "; ".join(parts), f"; server test set {', '.join(server)}" if server else "",
                  " (base model)" if server_round == 0 else "")
 
     # ----------------------------------------------------------------------------------------
