@@ -451,3 +451,51 @@ def test_smollm2_tunes_on_natural_users_offline(monkeypatch):
         assert np.isfinite(first[f"{name}-mean"]) and np.isfinite(last[f"{name}-mean"])
     assert 1 < first["perplexity-mean"] < 1000  # a pretrained model, not a random one
     assert any(s.adapters != {} for s in strategy.members.values())
+
+
+def test_a_long_prompt_is_cut_so_that_every_response_keeps_tokens(workspace):
+    root, models = workspace
+    task = get_task(TaskConfig(name="causal-lm", model=str(models["llama"]),
+                               data_path=str(root / "data.jsonl"), prompt_column="question",
+                               response_column="answer", template="{question} {text} {text}",
+                               max_length=8))
+    batch = task.encode(np.arange(16))
+    counted = (batch["labels"] != IGNORE).sum(axis=1)
+    assert (counted >= 3).all()  # the response and its end of sequence, not cut away
+
+
+def test_simulate_checks_the_task_before_flower_starts(workspace, tmp_path, monkeypatch):
+    from cola_fed.federation import simulate as sim
+
+    root, models = workspace
+    started = []
+    monkeypatch.setattr(sim, "write_app", lambda *a: started.append(a))
+    base = (f'task.name = "sequence-classification"\ntask.model = "{models["bert"]}"\n'
+            f'task.data-path = "{root / "data.csv"}"\n')
+    for extra, expected in [('task.text-column = "txt"\n', "task.text-column"),
+                            ('task.partition-by = "user"\n', "cola-fed simulate --nodes N")]:
+        (tmp_path / "bad.toml").write_text(base + extra)
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            sim.simulate(str(tmp_path / "bad.toml"), num_supernodes=2, stream=False,
+                         output_dir=tmp_path / "out")
+    assert not started
+
+
+def test_natural_partition_names_are_logged_and_kept(workspace, monkeypatch, caplog):
+    _, models = workspace
+    with caplog.at_level(logging.INFO, logger="cola_fed"):
+        strategy = run_task(workspace, {"task.name": "causal-lm",
+                                        "task.model": str(models["gpt2"]),
+                                        "task.partition-by": "user"},
+                            nodes=3, rounds=1, monkeypatch=monkeypatch)
+    assert strategy.partition_names == sorted(USERS)
+    assert "0 = 'ana', 1 = 'bo', 2 = 'cy'" in caplog.text
+
+
+def test_a_node_error_from_the_simulation_engine_reads_as_the_error():
+    from cola_fed.federation.strategy import node_error
+
+    reason = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'Traceback ...\n"
+              "flwr.clientapp.client_app.ClientAppException: \nException ClientAppException "
+              "occurred. Message: task.text-column: the data has no column 'x'\n'>")
+    assert node_error(reason) == "task.text-column: the data has no column 'x'"

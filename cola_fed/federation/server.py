@@ -69,6 +69,7 @@ def write_results(strategy: ColaStrategy, out: Path, *, seconds: float) -> Path:
     _replace(out / "metrics.json", (json.dumps(
         {"rounds": strategy.rounds, "nodes": nodes, "seconds": seconds,
          "last-round": strategy.last_round, "stopped-early": strategy.stopped,
+         "partition-names": dict(enumerate(strategy.partition_names)),
          "refused-at-hello": {str(n): why for n, why in strategy.refused_at_hello.items()}},
         indent=2) + "\n").encode())
     adapters = out / "adapters"

@@ -34,7 +34,8 @@ from cola_fed.errors import ColaError, ConfigError
 from cola_fed.federation.checkpoint import Checkpoint
 from cola_fed.federation.client import DATA_PATH_ENV
 from cola_fed.federation.node_store import STATE_DIR_ENV
-from cola_fed.tasks.registry import ALLOW_TASKS_ENV, task_class
+from cola_fed.tasks import get_task
+from cola_fed.tasks.registry import ALLOW_TASKS_ENV
 
 SIMULATIONS = Path(__file__).resolve().parents[1] / "simulations"
 """The built-in simulation configs, shipped in the package: ``cola-fed simulate NAME``."""
@@ -115,12 +116,19 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
         local = Path(str(values.get(key) or "")).expanduser()
         if values.get(key) and local.exists():
             values[key] = str(local.resolve())
+    if ":" in str(values.get("task.name", "")):  # a plugin beside the config, as python finds
+        sys.path.insert(0, os.getcwd())
     config = RunConfig.from_flat(values)  # fail early, with a clear message
-    task_class(config.task.name)
     if config.wire.server_key and not Path(config.wire.server_key).expanduser().is_file():
         raise ConfigError(f"wire.server-key: no file {config.wire.server_key!r} (a typo? create "
                           f"one with: cola-fed keygen --out {config.wire.server_key})")
     nodes = num_supernodes or config.strategy.min_available_nodes
+    try:  # the model, data, columns and partitions, checked before Flower starts
+        get_task(config.task).check(nodes)
+    except ConfigError as err:
+        hint = (f" (this simulation has {nodes} nodes: cola-fed simulate --nodes N)"
+                if "partition-by" in str(err) else "")
+        raise ConfigError(f"{err}{hint}") from None
     node_state = out / "node-state"
     if resume and not Checkpoint(out / "checkpoint").exists():
         raise ConfigError(f"no checkpoint in {out / 'checkpoint'}: nothing to resume (run "
@@ -150,6 +158,9 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
                # the simulated nodes partition the run's data file, and may import its task
                DATA_PATH_ENV: config.task.data_path,
                ALLOW_TASKS_ENV: config.task.name if ":" in config.task.name else "",
+               # ... and find it where `python` would: in the working folder, too
+               "PYTHONPATH": os.pathsep.join(
+                   p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p),
                # flwr starts flower-superlink and flwr-simulation from PATH
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         command = [str(Path(sys.executable).parent / "flwr"), "run", str(app),

@@ -226,9 +226,14 @@ class ColaStrategy(Strategy):
         self.plan = build_plan(engine.layout, task, config).with_files(
             {name: content_hash(data) for name, data in self.files.items()})
         self.contract = task.input_contract()
-        if config.task.rouge_prompts and not hasattr(task, "rouge_l"):
-            raise ConfigError(f"task.rouge-prompts: the {task.name} task does not generate "
-                              "text; set it to 0")
+        task.check()
+        if config.task.rouge_prompts:
+            if not hasattr(task, "rouge_examples"):
+                raise ConfigError(f"task.rouge-prompts: the {task.name} task does not "
+                                  "generate text; set it to 0")
+            task.rouge_examples  # noqa: B018 - refuses now what could not be scored later
+        #: with task.partition-by: partition id -> the value (the user) it holds
+        self.partition_names = task.partition_names()
         self.members: dict[int, NodeSession] = {}  # by partition id
         self.server_test = task.server_test_batches() if config.task.server_test_size else []
         self.rounds: list[dict[str, Any]] = []
@@ -333,6 +338,10 @@ class ColaStrategy(Strategy):
         log.info("hello: %d nodes joined (partitions %s; backends %s)", len(joined),
                  sorted(s.partition_id for s in joined.values()),
                  dict(sorted(collections.Counter(s.backend for s in joined.values()).items())))
+        if self.partition_names:
+            log.info("natural partitions (task.partition-by = %s): %s",
+                     self.config.task.partition_by,
+                     ", ".join(f"{p} = {name!r}" for p, name in enumerate(self.partition_names)))
 
     def _admit(self, grid: Grid) -> None:
         """Newcomers: take the answers to earlier hellos, and send hellos to nodes that
@@ -953,13 +962,18 @@ class ColaStrategy(Strategy):
                 held_out[session.partition_id] = self._scores(session, session.eval_batches)
                 if self.server_test:
                     server[session.partition_id] = self._scores(session, self.server_test)
-                if self.config.task.rouge_prompts and (server_round == 0 or last):
-                    held_out[session.partition_id]["rouge-l"] = self._rouge(session)
             except Exception as err:
                 held_out.pop(session.partition_id, None)
                 server.pop(session.partition_id, None)
                 log.warning("round %d: evaluation of %s failed: %s: %s", server_round,
                             session.node, type(err).__name__, err)
+                continue
+            if self.config.task.rouge_prompts and (server_round == 0 or last):
+                try:  # an optional metric: its failure costs the others nothing
+                    held_out[session.partition_id]["rouge-l"] = self._rouge(session)
+                except Exception as err:
+                    log.warning("round %d: ROUGE-L of %s failed: %s: %s", server_round,
+                                session.node, type(err).__name__, err)
         if not held_out:
             return None
         metrics: dict[str, float] = {}
@@ -1071,8 +1085,12 @@ def node_error(reason: str) -> str:
     if wrapped:
         text = wrapped.group(2) if "\n" in wrapped.group(2) else \
             f"{wrapped.group(1).rsplit('.', 1)[-1]}: {wrapped.group(2)}"
+    elif text.startswith("<class '") and text.endswith("'>"):  # Ray's "X(ClientAppException)"
+        text = text[:-2]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     gist = lines[-1] if lines else "no reason given"
+    # a ClientApp error under the simulation engine: "Exception X occurred. Message: ..."
+    gist = re.sub(r"^Exception \w+ occurred\. Message: ", "", gist)
     return gist if len(gist) <= 1200 else gist[:1197] + "..."
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from cola_fed.config import TaskConfig
 from cola_fed.errors import ConfigError
 from cola_fed.tasks.contract import InputContract
-from cola_fed.tasks.partition import natural_partition
+from cola_fed.tasks.partition import natural_partition, natural_partition_names
 
 Batch = dict[str, np.ndarray]
 #: the label of positions the loss ignores (padding, prompts), as Hugging Face models expect
@@ -100,6 +100,27 @@ class Task(ABC):
         """Server side: the config the plan carries, with every value the node side needs
         resolved from the model (e.g. ``pad_id``); local paths are left out."""
         return dataclasses.replace(self.config, data_path="", model="")
+
+    def check(self, num_partitions: int | None = None) -> None:
+        """Fail early, on the server, before any node is asked: encode the first samples (so
+        that a missing column, a bad template or a missing tokenizer show now) and, for
+        ``task.partition-by``, check that there is one node per value."""
+        labels = self.labels()
+        self.encode(np.arange(min(len(labels), self.config.batch_size)))
+        if self.config.partition_by and num_partitions:
+            values = self.partition_values()
+            if values is None:
+                raise ConfigError(f"task.partition-by: task {self.name!r} has no columns to "
+                                  "partition by")
+            natural_partition(values, 0, num_partitions)  # refuses a count that differs
+
+    def partition_names(self) -> list[str]:
+        """With ``task.partition-by``: partition id -> the value it holds (else empty)."""
+        if not self.config.partition_by:
+            return []
+        pool = self._pools(len(self.labels()))[1]
+        values = self.partition_values() or []
+        return natural_partition_names([values[i] for i in pool])
 
     def partition_values(self) -> list | None:
         """The values of ``task.partition-by``, one per sample, or ``None`` if the task has

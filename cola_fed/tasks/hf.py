@@ -111,16 +111,17 @@ class HuggingFaceTask(Task):
         import transformers
         from transformers.utils import logging as hf_logging
 
+        folder = self.model_folder  # its errors name task.model already
         torch.manual_seed(self.config.seed)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a fresh head's "newly initialized" notice
         hf_logging.disable_progress_bar()
         try:
             model = getattr(transformers, auto_class).from_pretrained(
-                self.model_folder, dtype=torch.float32, **kwargs)
+                folder, dtype=torch.float32, **kwargs)
         except (OSError, ValueError, KeyError) as err:
-            raise ConfigError(f"task.model: {self.model_folder} does not load as "
-                              f"{auto_class}: {err}") from None
+            raise ConfigError(f"task.model: {folder} does not load as {auto_class}: {err}"
+                              ) from None
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()
@@ -237,6 +238,11 @@ class CausalLMTask(HuggingFaceTask):
             return {"input_ids": ids, "attention_mask": mask,
                     "labels": np.where(mask == 1, ids, IGNORE)}
         prompt_ids, response_ids = self.encode_pair(prompts, responses)
+        length = self.config.max_length
+        # a long prompt is cut (its end) so that the response keeps at least half the length:
+        # a sample whose response is cut away whole would teach nothing
+        prompt_ids = [p[:max(length - len(r), length // 2)]
+                      for p, r in zip(prompt_ids, response_ids)]
         ids, mask = self.pad([p + r for p, r in zip(prompt_ids, response_ids)])
         labels = np.full_like(ids, IGNORE)
         for row, (prompt, response) in enumerate(zip(prompt_ids, response_ids)):
@@ -285,29 +291,31 @@ class CausalLMTask(HuggingFaceTask):
     def rouge_l(self, predict: Callable[[dict[str, np.ndarray]], Any]) -> float:
         """Mean ROUGE-L F1 of greedy generations for the first ``task.rouge-prompts``
         server-held test samples against their references."""
-        prompts, references = self.rouge_examples()
+        prompts, references = self.rouge_examples
         generated = self.generate(predict, prompts)
         scores = [_rouge_scorer().score(ref, gen)["rougeL"].fmeasure
                   for ref, gen in zip(references, generated)]
         return float(np.mean(scores)) if scores else 0.0
 
+    @functools.cached_property
     def rouge_examples(self) -> tuple[list[str], list[str]]:
-        """Prompts and references: the response of instruction data; for plain text, the
-        first ``2 * PROMPT_WORDS`` words of texts that have more and the words that follow
-        them (about as many as ``task.max-new-tokens`` tokens)."""
+        """Prompts and references of the first ``task.rouge-prompts`` server-held test
+        samples: the prompt and response of instruction data; for plain text, a text's first
+        words (half of them, at most ``PROMPT_WORDS``) and the words that follow (about
+        ``task.max-new-tokens`` tokens' worth). Texts of fewer than 4 words are skipped."""
         rows = self.server_test_rows()
         prompts, responses = self.pairs(rows)
+        count = self.config.rouge_prompts
         if responses is not None:
-            count = self.config.rouge_prompts
             return prompts[:count], responses[:count]
         follow = max(1, self.config.max_new_tokens * 3 // 4)  # ~0.75 words per token
-        words = [text.split() for text in prompts]
-        long = [w for w in words if len(w) >= 2 * PROMPT_WORDS][:self.config.rouge_prompts]
-        if not long:
-            raise ConfigError(f"task.rouge-prompts: no server-held test text has "
-                              f"{2 * PROMPT_WORDS} words or more; raise task.server-test-size")
-        return ([" ".join(w[:PROMPT_WORDS]) for w in long],
-                [" ".join(w[PROMPT_WORDS:PROMPT_WORDS + follow]) for w in long])
+        texts = [w for w in (text.split() for text in prompts) if len(w) >= 4][:count]
+        if not texts:
+            raise ConfigError("task.rouge-prompts: every server-held test text has fewer than "
+                              "4 words; set task.rouge-prompts = 0 (or use instruction data)")
+        cuts = [min(PROMPT_WORDS, len(w) // 2) for w in texts]
+        return ([" ".join(w[:cut]) for w, cut in zip(texts, cuts)],
+                [" ".join(w[cut:cut + follow]) for w, cut in zip(texts, cuts)])
 
     def generate(self, predict: Callable[[dict[str, np.ndarray]], Any],
                  prompts: list[str]) -> list[str]:
