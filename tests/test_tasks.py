@@ -499,3 +499,100 @@ def test_a_node_error_from_the_simulation_engine_reads_as_the_error():
               "flwr.clientapp.client_app.ClientAppException: \nException ClientAppException "
               "occurred. Message: task.text-column: the data has no column 'x'\n'>")
     assert node_error(reason) == "task.text-column: the data has no column 'x'"
+
+
+# --------------------------------------------------------------------------------------------
+# what an attacker or a mismatched set-up tries (attacker review)
+
+
+def test_a_deployed_server_needs_no_data_of_its_own(workspace):
+    _, models = workspace
+    config = RunConfig.from_flat({"task.name": "causal-lm", "task.model": str(models["llama"]),
+                                  "task.max-length": 16})
+    strategy = build_strategy(config)  # the nodes hold the data
+    assert strategy.plan.files and strategy.plan.task.data_path == ""
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"task.max-length": 65}, "task.max-length: 65 tokens, but the model has 64 positions"),
+    ({"task.eos-id": 10**5}, "task.eos-id"),
+])
+def test_a_model_that_does_not_fit_its_tokenizer_or_length_is_refused_at_start(
+        workspace, overrides, expected):
+    _, models = workspace
+    config = RunConfig.from_flat({"task.name": "causal-lm", "task.model": str(models["llama"]),
+                                  **overrides})
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        build_strategy(config)
+
+
+def test_a_tokenizer_larger_than_the_embeddings_is_refused_at_start(workspace, tmp_path):
+    import shutil
+
+    _, models = workspace
+    from tokenizers import Tokenizer
+
+    folder = tmp_path / "grown"
+    shutil.copytree(models["llama"], folder)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.add_tokens([f"new{i}" for i in range(5)])  # the embeddings were not resized
+    tokenizer.save(str(folder / "tokenizer.json"))
+    with pytest.raises(ConfigError, match="the tokenizer has"):
+        build_strategy(RunConfig.from_flat({"task.name": "causal-lm",
+                                            "task.model": str(folder)}))
+
+
+def test_a_template_cannot_make_a_node_tokenise_without_bound(workspace):
+    import time
+
+    root, models = workspace
+    task = get_task(TaskConfig(name="causal-lm", model=str(models["llama"]),
+                               data_path=str(root / "data.jsonl"), template="{text} " * 600,
+                               max_length=16, pad_id=0, eos_id=2))
+    started = time.perf_counter()
+    batch = task.encode(np.arange(200))
+    assert batch["input_ids"].shape == (200, 16)
+    assert time.perf_counter() - started < 5  # 64 characters a token at most are tokenised
+
+
+def test_a_node_keeps_its_data_out_of_the_error_it_sends(workspace, tmp_path, monkeypatch,
+                                                         caplog):
+    """A hostile server can choose label names so that a node fails on its own data; the
+    error reply travels in the clear, so it names the key, not the value."""
+    _, models = workspace
+    secret = "patient J. Doe"
+    path = tmp_path / "private.jsonl"
+    path.write_text("".join(json.dumps({"text": "a b c", "label": secret}) + "\n"
+                            for _ in range(40)))
+    grid = LocalGrid(1)
+    grid.contexts[1000].node_config["data-path"] = str(path)
+    with caplog.at_level(logging.INFO, logger="cola_fed"):
+        strategy = run_task(None, {"task.name": "sequence-classification",
+                                   "task.model": str(models["bert"]),
+                                   "task.label-names": "neg,pos",
+                                   "strategy.wait-for-nodes": 0.0}, grid=grid, rounds=1)
+    assert not strategy.sessions
+    refusals = " ".join(strategy.refused_at_hello.values())
+    assert "task.label-column" in refusals and secret not in refusals
+    assert secret in caplog.text  # the node's own log says why
+
+
+def test_a_batch_with_nothing_to_count_gives_no_gradient_and_no_fault():
+    from cola_fed.gl.losses import classification_loss
+
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    loss = causal_lm_loss(logits, torch.full((2, 5), IGNORE))
+    loss.backward()
+    assert float(loss) == 0.0 and not logits.grad.any()
+    assert float(classification_loss(logits[:, 0], torch.full((2,), IGNORE))) == 0.0
+
+
+def test_a_plugin_folder_is_searched_after_everything_installed(tmp_path, monkeypatch):
+    from cola_fed.tasks.registry import TASK_DIRS_ENV
+
+    (tmp_path / "my_plugin_mod.py").write_text(
+        f"from {__name__} import ParityTask as Mine\n")
+    monkeypatch.setenv(TASK_DIRS_ENV, str(tmp_path))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert task_class("my_plugin_mod:Mine") is ParityTask
+    assert sys.path[-1] == str(tmp_path)  # appended: it shadows nothing installed

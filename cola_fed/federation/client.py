@@ -133,7 +133,7 @@ def handle_hello(msg: Message, context: Context) -> Message:
     prior = _prior_state(context, store, transcript, partition_id)
     backend = prior[0].backend if prior else _choose_backend(context, plan, partition_id)
     graph_hashes = _receive_graphs(hello, context, plan, partition_id) if backend == "onnx" else {}
-    _receive_files(hello, plan)
+    _receive_files(hello, plan, context)
 
     key = X25519PrivateKey.generate()
     digest = transcript_hash(hello.transcript)
@@ -403,10 +403,15 @@ def _graph_cache(context: Context) -> GraphCache:
     return GraphCache(context.node_config.get("graph-cache") or None)
 
 
-def _receive_files(hello: Hello, plan: Plan) -> None:
+def _file_cache(context: Context) -> TaskFileCache:
+    """Task files live beside the graphs when the node config moves those (``graph-cache``)."""
+    return TaskFileCache(context.node_config.get("graph-cache") or None)
+
+
+def _receive_files(hello: Hello, plan: Plan, context: Context) -> None:
     """Check the task files the signed plan lists (the tokenizer) against their hashes and
     what they must be, and cache them; a file not listed is ignored."""
-    cache = TaskFileCache()
+    cache = _file_cache(context)
     for name, digest in plan.files.items():
         if not cache.has(name, digest):
             if name not in hello.files:
@@ -436,15 +441,23 @@ def _new_learner(plan: Plan, partition_id: int, context: Context, backend: str,
 
 @functools.lru_cache(maxsize=4)
 def _cached_client_data(config: TaskConfig, files: tuple[tuple[str, str], ...],
-                        allowed: frozenset[str], partition_id: int,
+                        cache_dir: str | None, allowed: frozenset[str], partition_id: int,
                         num_partitions: int) -> ClientData:
     task = get_task(config, allowed_paths=allowed)
     if set(task.node_files) - {name for name, _ in files}:
         raise ProtocolError(f"task {config.name!r} needs the files {list(task.node_files)}, "
                             f"but the plan lists {[name for name, _ in files]}")
-    cache = TaskFileCache()
+    cache = TaskFileCache(cache_dir)
     task.files = {name: cache.path(name, digest) for name, digest in files}
-    return task.client_data(partition_id, num_partitions)
+    try:
+        return task.client_data(partition_id, num_partitions)
+    except ConfigError as err:
+        # The reply's error travels in the clear and may quote the data (a label value, the
+        # columns): the details stay in this node's log, the server learns the key only.
+        log.error("this node's data does not fit the run's task: %s", err)
+        key = str(err).split(":", 1)[0].split()[0] if ":" in str(err) else "task"
+        raise ConfigError(f"{key}: this node's data does not fit the run's task (the node's "
+                          "log says why)") from None
 
 
 def _client_data(plan: Plan, context: Context, partition_id: int,
@@ -460,6 +473,7 @@ def _client_data(plan: Plan, context: Context, partition_id: int,
     elif os.environ.get(DATA_PATH_ENV):
         task = dataclasses.replace(task, data_path=os.environ[DATA_PATH_ENV])
     return _cached_client_data(task, tuple(sorted(plan.files.items())),
+                               context.node_config.get("graph-cache") or None,
                                node_allowed_paths(context.node_config), partition_id,
                                num_partitions)
 

@@ -35,7 +35,7 @@ from cola_fed.federation.checkpoint import Checkpoint
 from cola_fed.federation.client import DATA_PATH_ENV
 from cola_fed.federation.node_store import STATE_DIR_ENV
 from cola_fed.tasks import get_task
-from cola_fed.tasks.registry import ALLOW_TASKS_ENV
+from cola_fed.tasks.registry import ALLOW_TASKS_ENV, TASK_DIRS_ENV
 
 SIMULATIONS = Path(__file__).resolve().parents[1] / "simulations"
 """The built-in simulation configs, shipped in the package: ``cola-fed simulate NAME``."""
@@ -116,8 +116,9 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
         local = Path(str(values.get(key) or "")).expanduser()
         if values.get(key) and local.exists():
             values[key] = str(local.resolve())
-    if ":" in str(values.get("task.name", "")):  # a plugin beside the config, as python finds
-        sys.path.insert(0, os.getcwd())
+    task_dirs = os.getcwd() if ":" in str(values.get("task.name", "")) else ""
+    if task_dirs:  # a plugin beside the config is found (searched last)
+        os.environ[TASK_DIRS_ENV] = task_dirs
     config = RunConfig.from_flat(values)  # fail early, with a clear message
     if config.wire.server_key and not Path(config.wire.server_key).expanduser().is_file():
         raise ConfigError(f"wire.server-key: no file {config.wire.server_key!r} (a typo? create "
@@ -158,9 +159,8 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
                # the simulated nodes partition the run's data file, and may import its task
                DATA_PATH_ENV: config.task.data_path,
                ALLOW_TASKS_ENV: config.task.name if ":" in config.task.name else "",
-               # ... and find it where `python` would: in the working folder, too
-               "PYTHONPATH": os.pathsep.join(
-                   p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p),
+               # ... in the working folder too (searched last: it shadows nothing)
+               TASK_DIRS_ENV: task_dirs,
                # flwr starts flower-superlink and flwr-simulation from PATH
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         command = [str(Path(sys.executable).parent / "flwr"), "run", str(app),

@@ -36,6 +36,8 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
         logits = logits.float()
     if logits.shape[-1] == 1 and labels.is_floating_point():
         return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    if not (labels != -100).any():  # nothing to learn from (e.g. all prompt): no gradient
+        return logits.sum() * 0.0
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                            ignore_index=-100)
 

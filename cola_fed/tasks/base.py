@@ -106,7 +106,8 @@ class Task(ABC):
         that a missing column, a bad template or a missing tokenizer show now) and, for
         ``task.partition-by``, check that there is one node per value."""
         labels = self.labels()
-        self.encode(np.arange(min(len(labels), self.config.batch_size)))
+        first = self.encode(np.arange(min(len(labels), self.config.batch_size)))
+        self.input_contract().check(first, min_batch=1, what="the data's first samples")
         if self.config.partition_by and num_partitions:
             values = self.partition_values()
             if values is None:

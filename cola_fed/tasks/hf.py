@@ -36,6 +36,8 @@ from cola_fed.tasks.tables import Table, column, label_ids, read_table, render_c
 TOKENIZER = "tokenizer.json"
 #: words of a plain text that prompt a ROUGE-L generation
 PROMPT_WORDS = 12
+#: characters a text may have per token of ``task.max-length`` before it is tokenised
+MAX_CHARS_PER_TOKEN = 64
 #: names of the freshly initialised classification layer, by model family
 HEAD_NAMES = ("classifier", "score", "classifier.out_proj", "classification_head.out_proj")
 
@@ -84,6 +86,9 @@ class HuggingFaceTask(Task):
         """``(pad_id, eos_id)``: configured, else the model's (padding falls back to the end
         of sequence, as is usual for decoder models), checked against the tokenizer."""
         pad, eos = self.config.pad_id, self.config.eos_id
+        if min(pad, eos) < 0 and not self.config.model:
+            raise ConfigError("plan: task.pad-id and task.eos-id must come resolved from the "
+                              "server")
         if min(pad, eos) < 0:  # server side: the model says
             model_eos = _first_id(self.model_config.get("eos_token_id"))
             model_pad = _first_id(self.model_config.get("pad_token_id"))
@@ -103,6 +108,24 @@ class HuggingFaceTask(Task):
         if not isinstance(size, int) or size < 1:
             raise ConfigError(f"task.model: {self.model_folder}/config.json has no vocab_size")
         return size
+
+    def check(self, num_partitions: int | None = None) -> None:
+        """The model and its tokenizer agree (every token id has an embedding, sequences fit
+        its positions), then, where the server has the data, the base checks."""
+        tokens = self.tokenizer().get_vocab_size(with_added_tokens=True)
+        if tokens > self.vocab_size:
+            raise ConfigError(f"task.model: the tokenizer has {tokens} tokens but the model "
+                              f"embeds {self.vocab_size} (config.json vocab_size); resize the "
+                              "model's embeddings or use its own tokenizer")
+        positions = next((self.model_config[k] for k in ("max_position_embeddings",
+                                                          "n_positions")
+                          if isinstance(self.model_config.get(k), int)), None)
+        if positions is not None and self.config.max_length > positions:
+            raise ConfigError(f"task.max-length: {self.config.max_length} tokens, but the "
+                              f"model has {positions} positions")
+        self.special_ids  # noqa: B018 - checks pad and eos against the tokenizer
+        if self.config.data_path:  # a deployed server may hold no data: its nodes do
+            super().check(num_partitions)
 
     def _load_model(self, auto_class: str, **kwargs: Any) -> Any:
         """The model in float32, eval mode, seeded (a fresh head is initialised seeded)."""
@@ -158,9 +181,20 @@ class HuggingFaceTask(Task):
     def partition_values(self) -> list:
         return column(self.table(), self.config.partition_by, key="task.partition-by")
 
-    def encode_ids(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text, with the tokenizer's special tokens, not truncated."""
-        return [e.ids for e in self.tokenizer().encode_batch(texts)]
+    def encode_ids(self, texts: list[str], *, special: bool = True) -> list[list[int]]:
+        """Token ids of each text (with the tokenizer's special tokens unless ``special`` is
+        off), at most ``task.max-length``. A text is cut to ``MAX_CHARS_PER_TOKEN`` characters
+        a token first: a template cannot make a node tokenise without bound."""
+        limit = self.config.max_length * MAX_CHARS_PER_TOKEN
+        try:
+            encodings = self.tokenizer().encode_batch([t[:limit] for t in texts],
+                                                      add_special_tokens=special)
+        except BaseException as err:  # the Rust library panics (not an Exception) on bad input
+            if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise ConfigError(f"the task's tokenizer failed: {type(err).__name__}: "
+                              f"{str(err)[:200]}") from None
+        return [e.ids[:self.config.max_length] for e in encodings]
 
     def pad(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)``, right-padded (or cut) to ``task.max-length``."""
@@ -269,10 +303,9 @@ class CausalLMTask(HuggingFaceTask):
                     ) -> tuple[list[list[int]], list[list[int]]]:
         """Prompt ids (with the tokenizer's special tokens) and response ids (without, then
         the end-of-sequence id): what the model reads, and what it learns to write."""
-        tokenizer, eos = self.tokenizer(), self.special_ids[1]
-        prompt_ids = [e.ids for e in tokenizer.encode_batch(prompts)]
-        response_ids = [[*e.ids, eos] for e in
-                        tokenizer.encode_batch(responses, add_special_tokens=False)]
+        eos = self.special_ids[1]
+        prompt_ids = self.encode_ids(prompts)
+        response_ids = [[*ids, eos] for ids in self.encode_ids(responses, special=False)]
         return prompt_ids, response_ids
 
     def label_contract(self) -> TensorContract:

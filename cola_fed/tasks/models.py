@@ -303,7 +303,7 @@ def convert_gguf(path: Path, *, key: str = MODEL_KEY) -> Path:
     if _is_complete(target):
         return target
     try:
-        cache.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"{key}: cannot create the model cache {cache} to convert {path.name} "
                           f"into ({err}); set COLA_FED_CACHE to a writable folder") from None
@@ -392,10 +392,11 @@ def _locked(lock_path: Path, name: str) -> Iterator[None]:
 
 
 def _gguf_digest(path: Path, cache: Path) -> str:
-    """First 16 hex digits of the file's SHA-256, remembered by (path, size, mtime_ns)."""
+    """First 16 hex digits of the file's SHA-256, remembered by (path, size, mtime, inode,
+    ctime): a file replaced in place with its mtime kept (``cp -p``) still changes its ctime."""
     stat = path.stat()
     source = str(path.resolve())
-    stamp = [stat.st_size, stat.st_mtime_ns]
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
     memo_path = cache / _HASHES_FILE
     try:
         memo = json.loads(memo_path.read_text(encoding="utf-8"))
@@ -414,7 +415,7 @@ def _gguf_digest(path: Path, cache: Path) -> str:
     digest = sha.hexdigest()[:16]
     memo[source] = {"stamp": stamp, "sha256_16": digest}
     with contextlib.suppress(OSError):  # only a memo: a lost write means hashing again later
-        cache.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".gguf-hashes-", suffix=".json", dir=cache)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:

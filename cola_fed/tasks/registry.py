@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 from collections.abc import Collection
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "cola_fed.tasks"
 #: task paths a node may import although the server named them (comma-separated)
 ALLOW_TASKS_ENV = "COLA_FED_ALLOW_TASKS"
+#: folders searched, after everything else, for a task path's module (``cola-fed simulate``
+#: sets its working folder, so that a plugin beside the config is found without shadowing
+#: anything installed)
+TASK_DIRS_ENV = "COLA_FED_TASK_DIRS"
 
 _PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -124,6 +129,9 @@ def node_allowed_paths(node_config: dict) -> frozenset[str]:
 
 def _load(name: str, path: str) -> object:
     module_name, _, attr = path.partition(":")
+    for folder in os.environ.get(TASK_DIRS_ENV, "").split(os.pathsep):
+        if folder and folder not in sys.path:
+            sys.path.append(folder)
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
