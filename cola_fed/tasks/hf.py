@@ -237,6 +237,7 @@ class SequenceClassificationTask(HuggingFaceTask):
         self.head = _find_head(model)
         return model
 
+    @functools.cache  # noqa: B019 - one task object per run; encode asks for it per batch
     def labels(self) -> np.ndarray:
         values = column(self.table(), self.config.label_column, key="task.label-column")
         return label_ids(values, names=self.config.labels, num_labels=self.num_classes)
