@@ -109,24 +109,27 @@ class Task(ABC):
         first = self.encode(np.arange(min(len(labels), self.config.batch_size)))
         self.input_contract().check(first, min_batch=1, what="the data's first samples")
         if self.config.partition_by and num_partitions:
-            values = self.partition_values()
-            if values is None:
-                raise ConfigError(f"task.partition-by: task {self.name!r} has no columns to "
-                                  "partition by")
-            natural_partition(values, 0, num_partitions)  # refuses a count that differs
+            natural_partition(self._partition_by(), 0, num_partitions)  # refuses a wrong count
 
     def partition_names(self) -> list[str]:
         """With ``task.partition-by``: partition id -> the value it holds (else empty)."""
         if not self.config.partition_by:
             return []
         pool = self._pools(len(self.labels()))[1]
-        values = self.partition_values() or []
+        values = self._partition_by()
         return natural_partition_names([values[i] for i in pool])
 
     def partition_values(self) -> list | None:
         """The values of ``task.partition-by``, one per sample, or ``None`` if the task has
         no such column (then ``partition-by`` is refused)."""
         return None
+
+    def _partition_by(self) -> list:
+        values = self.partition_values()
+        if values is None:
+            raise ConfigError(f"task.partition-by: task {self.name!r} has no columns to "
+                              "partition by")
+        return values
 
     def metrics(self, logits: Any, labels: Any, loss: float) -> dict[str, tuple[float, int]]:
         """Held-out metrics of one batch as ``name -> (value, weight)``; averaged over batches
@@ -172,10 +175,7 @@ class Task(ABC):
         labels = self.labels()
         pool = self._pools(len(labels))[1]
         if self.config.partition_by and num_partitions > 1:
-            values = self.partition_values()
-            if values is None:
-                raise ConfigError(f"task.partition-by: task {self.name!r} has no columns to "
-                                  "partition by")
+            values = self._partition_by()
             rows = pool[natural_partition([values[i] for i in pool], partition_id,
                                           num_partitions)]
             # file order would hold out the partition's first rows: shuffle, seeded

@@ -336,14 +336,19 @@ class CausalLMTask(HuggingFaceTask):
         """Prompts and references of the first ``task.rouge-prompts`` server-held test
         samples: the prompt and response of instruction data; for plain text, a text's first
         words (half of them, at most ``PROMPT_WORDS``) and the words that follow (about
-        ``task.max-new-tokens`` tokens' worth). Texts of fewer than 4 words are skipped."""
+        ``task.max-new-tokens`` tokens' worth), texts of ``2 * PROMPT_WORDS`` words or more
+        first. Texts of fewer than 4 words are skipped."""
         rows = self.server_test_rows()
         prompts, responses = self.pairs(rows)
         count = self.config.rouge_prompts
         if responses is not None:
             return prompts[:count], responses[:count]
         follow = max(1, self.config.max_new_tokens * 3 // 4)  # ~0.75 words per token
-        texts = [w for w in (text.split() for text in prompts) if len(w) >= 4][:count]
+        words = [text.split() for text in prompts]
+        # texts long enough for a whole prompt first; shorter ones (4 words or more) only to
+        # make up the count
+        texts = sorted((w for w in words if len(w) >= 4),
+                       key=lambda w: len(w) < 2 * PROMPT_WORDS)[:count]
         if not texts:
             raise ConfigError("task.rouge-prompts: every server-held test text has fewer than "
                               "4 words; set task.rouge-prompts = 0 (or use instruction data)")
