@@ -201,7 +201,7 @@ class Task(ABC):
 
     def server_test_batches(self) -> list[Batch]:
         """The server-held test set (``task.server-test-size`` samples no node holds)."""
-        test = self._pools(len(self.labels()))[0]
+        test = self.server_test_rows()
         encoded = self.encode(test)
         size = self.config.batch_size
         return [{k: v[lo:lo + size] for k, v in encoded.items()}

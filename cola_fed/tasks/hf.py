@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,26 +128,9 @@ class HuggingFaceTask(Task):
 
     def _load_model(self, auto_class: str, **kwargs: Any) -> Any:
         """The model in float32, eval mode, seeded (a fresh head is initialised seeded)."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
-        import transformers
-        from transformers.utils import logging as hf_logging
+        from cola_fed.tasks.models import load_pretrained
 
-        folder = self.model_folder  # its errors name task.model already
-        torch.manual_seed(self.config.seed)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # a fresh head's "newly initialized" notice
-        hf_logging.disable_progress_bar()
-        try:
-            model = getattr(transformers, auto_class).from_pretrained(
-                folder, dtype=torch.float32, **kwargs)
-        except (OSError, ValueError, KeyError) as err:
-            raise ConfigError(f"task.model: {folder} does not load as {auto_class}: {err}"
-                              ) from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
-        return model.eval()
+        return load_pretrained(self.model_folder, auto_class, seed=self.config.seed, **kwargs)
 
     # ---- node side (numpy and tokenizers only)
 
@@ -170,9 +152,13 @@ class HuggingFaceTask(Task):
             path = str(package_file(path, key="task.data-path"))
         return read_table(path)
 
-    def texts(self, rows: np.ndarray, text_column: str) -> list[str]:
-        """The text of each row: ``task.template`` over its columns, else ``text_column``."""
-        table = {name: [values[i] for i in rows] for name, values in self.table().items()}
+    def rows(self, rows: np.ndarray) -> Table:
+        """The data's ``rows``, every column."""
+        return {name: [values[i] for i in rows] for name, values in self.table().items()}
+
+    def texts(self, table: Table, text_column: str) -> list[str]:
+        """The text of each row of ``table``: ``task.template`` over its columns, else
+        ``text_column``."""
         if self.config.template:
             return render_column(table, self.config.template)
         key = f"task.{text_column.replace('_', '-')}"
@@ -243,7 +229,7 @@ class SequenceClassificationTask(HuggingFaceTask):
         return label_ids(values, names=self.config.labels, num_labels=self.num_classes)
 
     def encode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        ids, mask = self.pad(self.encode_ids(self.texts(rows, "text_column")))
+        ids, mask = self.pad(self.encode_ids(self.texts(self.rows(rows), "text_column")))
         return {"input_ids": ids, "attention_mask": mask, "labels": self.labels()[rows]}
 
     def label_contract(self) -> TensorContract:
@@ -288,10 +274,10 @@ class CausalLMTask(HuggingFaceTask):
 
     def pairs(self, rows: np.ndarray) -> tuple[list[str], list[str] | None]:
         """The prompt (or whole text) and, in instruction tuning, the response of each row."""
+        table = self.rows(rows)
         if not self.instruction:
-            return self.texts(rows, "text_column"), None
-        table = {name: [values[i] for i in rows] for name, values in self.table().items()}
-        prompts = (self.texts(rows, "prompt_column") if self.config.template or
+            return self.texts(table, "text_column"), None
+        prompts = (self.texts(table, "prompt_column") if self.config.template or
                    self.config.prompt_column else None)
         if prompts is None:
             raise ConfigError("task.prompt-column: instruction tuning (task.response-column) "

@@ -36,8 +36,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from cola_fed.errors import ConfigError
+from cola_fed.wire.identity import write_private_file
 
 log = logging.getLogger("cola_fed")
 
@@ -331,6 +333,31 @@ def convert_gguf(path: Path, *, key: str = MODEL_KEY) -> Path:
     return target
 
 
+def load_pretrained(folder: str | Path, auto_class: str, *, seed: int, key: str = MODEL_KEY,
+                    **kwargs: Any) -> Any:
+    """``transformers.<auto_class>.from_pretrained(folder)`` in float32 and eval mode, offline
+    and quietly (a fresh head's "newly initialized" notice and the progress bar are expected),
+    with torch seeded first so that a fresh head is the same on every run."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(seed)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = getattr(transformers, auto_class).from_pretrained(
+            folder, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"{key}: {folder} does not load as {auto_class}: {err}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    return model.eval()
+
+
 def _convert_into(path: Path, folder: Path, key: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -414,14 +441,8 @@ def _gguf_digest(path: Path, cache: Path) -> str:
             sha.update(block)
     digest = sha.hexdigest()[:16]
     memo[source] = {"stamp": stamp, "sha256_16": digest}
-    with contextlib.suppress(OSError):  # only a memo: a lost write means hashing again later
+    with contextlib.suppress(OSError, ConfigError):  # only a memo: a lost write means hashing
         cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".gguf-hashes-", suffix=".json", dir=cache)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(memo, handle, indent=1)
-            os.replace(tmp, memo_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_private_file(memo_path, json.dumps(memo, indent=1).encode(),
+                           what="the GGUF hash memo")
     return digest

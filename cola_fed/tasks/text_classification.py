@@ -12,7 +12,6 @@ import csv
 import functools
 import importlib.util
 import io
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,22 +101,14 @@ def minilm_vocab_sizes(path: str) -> tuple[int, int]:
 
 def load_minilm_classifier(num_labels: int = 2, seed: int = 0):
     """MiniLM-L6 with a freshly initialised (seeded) classification head, and its tokenizer."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoTokenizer
+
+    from cola_fed.tasks.models import load_pretrained
 
     path = minilm_path()
-    torch.manual_seed(seed)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the new head's "newly initialized" notice is expected
-    hf_logging.disable_progress_bar()
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
-    return model.eval(), AutoTokenizer.from_pretrained(path)
+    model = load_pretrained(path, "AutoModelForSequenceClassification", seed=seed,
+                            num_labels=num_labels)
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def encode(tokenizer, texts: list[str], labels: list[int], max_length: int) -> dict:
