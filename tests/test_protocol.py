@@ -8,6 +8,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import re
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -68,6 +69,29 @@ def test_node_local_settings_cannot_travel_in_a_plan():
     raw["plan"]["task"]["data_path"] = "/etc/passwd"
     with pytest.raises(ProtocolError, match="expected fields"):
         HelloTranscript.decode(json.dumps(raw).encode())
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("model", "/srv/model", "expected fields"),  # a path: node-local, never in a plan
+    ("name", "../x", "malformed task name"),
+    ("template", 7, "plan.task.template: expected str"),
+    ("pad_id", True, "plan.task.pad_id: expected int"),
+])
+def test_a_plan_task_is_typed_and_carries_no_path(field, value, expected):
+    raw = json.loads(transcript().encode())
+    raw["plan"]["task"][field] = value
+    with pytest.raises(ProtocolError, match=re.escape(expected)):
+        HelloTranscript.decode(json.dumps(raw).encode())
+
+
+def test_only_known_task_files_travel_in_a_plan_or_a_hello():
+    raw = json.loads(transcript().encode())
+    raw["plan"]["files"] = {"evil.py": "ab" * 32}
+    with pytest.raises(ProtocolError, match="unknown task file"):
+        HelloTranscript.decode(json.dumps(raw).encode())
+    record = Hello(bytes(32), b"{}", bytes(64), {}, {"evil.py": b"import os"}).to_record()
+    with pytest.raises(ProtocolError, match="hello: file evil.py"):
+        Hello.from_record(record)
 
 
 def test_control_messages_round_trip_and_refuse_out_of_range():
