@@ -20,6 +20,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
+from cola_fed.adapters.registry import family_of
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.errors import ConfigError
 from cola_fed.gl.optim_spec import OptimizerSpec
@@ -38,8 +39,9 @@ class TaskConfig:
     name : str
         A built-in task (``text-classification``: MiniLM-L6 on Rotten Tomatoes; ``digits``;
         ``byte-lm``: a tiny random GPT-2 over bytes), a generic Hugging Face task
-        (``sequence-classification``, ``causal-lm``: the model is ``model``), a task a package
-        registers, or a ``package.module:Class`` path (:mod:`cola_fed.tasks.registry`).
+        (``sequence-classification``, ``causal-lm``, ``seq2seq``: the model is ``model``), a
+        task a package registers, or a ``package.module:Class`` path
+        (:mod:`cola_fed.tasks.registry`).
     model : str
         The model of a generic task: a local model folder, a model id already in the local
         Hugging Face cache, a ``.gguf`` file, or ``pkg:<package>/<path>`` (a file an installed
@@ -53,6 +55,7 @@ class TaskConfig:
     prompt_column, response_column : str
         Instruction tuning (``causal-lm``): the prompt and the response; the loss counts the
         response tokens only. Empty ``response_column``: plain text from ``text_column``.
+        ``seq2seq``: the source (encoder) and the target (decoder) columns.
     template : str
         A prompt template with ``{column}`` placeholders (e.g. ``"Question: {q}\nAnswer: "``);
         it replaces the text column (or the prompt column in instruction tuning).
@@ -64,6 +67,9 @@ class TaskConfig:
     pad_id, eos_id : int
         Token ids of padding and end of sequence; -1: the model's own (padding falls back to
         the end-of-sequence token).
+    decoder_start_id : int
+        ``seq2seq``: the token id the decoder starts from (its inputs are the labels shifted
+        right after it); -1: the model's ``decoder_start_token_id``.
     batch_size : int
         Samples per client batch.
     max_length : int
@@ -81,8 +87,8 @@ class TaskConfig:
         Samples held out from every node for a server-held test set (0: none). Each node's
         adapters are then also evaluated on it.
     rouge_prompts : int
-        ``causal-lm``: score greedy generations on this many server-held test prompts with
-        ROUGE-L, before the first and after the last round (0: off; needs
+        ``causal-lm``, ``seq2seq``: score greedy generations on this many server-held test
+        prompts with ROUGE-L, before the first and after the last round (0: off; needs
         ``server_test_size``).
     max_new_tokens : int
         Most tokens generated per prompt for ROUGE-L.
@@ -102,6 +108,7 @@ class TaskConfig:
     num_labels: int = 2
     pad_id: int = -1
     eos_id: int = -1
+    decoder_start_id: int = -1
     batch_size: int = 16
     max_length: int = 64
     eval_batches: int = 4
@@ -124,7 +131,7 @@ class TaskConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"task.{key.replace('_', '-')}: expected an integer >= 0, "
                                   f"got {value!r}")
-        for key in ("pad_id", "eos_id"):
+        for key in ("pad_id", "eos_id", "decoder_start_id"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < -1:
                 raise ConfigError(f"task.{key.replace('_', '-')}: expected a token id >= 0, or "
@@ -154,6 +161,10 @@ class AdapterConfig:
     ``targets`` names the adapted layers, comma-separated (a name matches a module's full name
     or its last dotted parts, as PEFT's ``target_modules``: ``"q_proj,v_proj"``); empty: the
     task's defaults (for Hugging Face models, by ``model_type``).
+
+    ``options`` configures a registered family's own settings, ``"name=value,..."`` (numbers,
+    ``true``/``false`` or text); each kind receives the options its family declares, and every
+    option must be declared by some kind in use.
     """
 
     kind: str = "lowrank"
@@ -163,11 +174,30 @@ class AdapterConfig:
     hidden: int = 128
     depth: int = 2
     activation: str = "relu"
+    options: str = ""
 
     def __post_init__(self) -> None:
-        for kind in [self.kind, *per_partition_values("adapter.kinds", self.kinds)]:
-            AdapterSpec(kind=kind)  # validates the name
-        self.spec_for(0)  # validates the sizes
+        kinds = [self.kind, *per_partition_values("adapter.kinds", self.kinds)]
+        declared = set()
+        for kind in kinds:
+            declared |= set(family_of(kind).options)  # also validates the name
+        unused = set(self.option_values) - declared
+        if unused:
+            raise ConfigError(f"adapter.options: {', '.join(sorted(unused))} is no option of "
+                              f"the kinds in use ({', '.join(dict.fromkeys(kinds))})")
+        for kind in kinds:
+            self.spec_of_kind(kind)  # validates the sizes and options
+
+    @property
+    def option_values(self) -> dict[str, int | float | bool | str]:
+        """``options`` parsed: ``{"alpha": 2.0, ...}``."""
+        values: dict[str, int | float | bool | str] = {}
+        for item in filter(None, (part.strip() for part in self.options.split(","))):
+            name, sep, text = (t.strip() for t in item.partition("="))
+            if not sep or not name:
+                raise ConfigError(f"adapter.options: expected name=value, got {item!r}")
+            values[name] = _option_value(text)
+        return values
 
     @property
     def target_list(self) -> list[str]:
@@ -185,9 +215,23 @@ class AdapterConfig:
             per_partition("adapter.kinds", self.kinds, partition_id, self.kind))
 
     def spec_of_kind(self, kind: str) -> AdapterSpec:
-        """The spec of an adapter family at this section's sizes."""
+        """The spec of an adapter family at this section's sizes and with its options."""
+        own = family_of(kind).options
+        options = {k: v for k, v in self.option_values.items() if k in own}
         return AdapterSpec(kind=kind, rank=self.rank, hidden=self.hidden, depth=self.depth,
-                           activation=self.activation)
+                           activation=self.activation, options=options)
+
+
+def _option_value(text: str) -> int | float | bool | str:
+    """A number, ``true``/``false``, or the text itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 @dataclass(frozen=True)

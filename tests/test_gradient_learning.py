@@ -12,7 +12,7 @@ from conftest import randomize, text_batch, vector_batch
 from torch import nn
 
 from cola_fed import AdapterSpec, GradientLearner, ServerEngine
-from cola_fed.adapters.mlp import ACTIVATIONS
+from cola_fed.adapters.mlp.ops import ACTIVATIONS
 
 SPECS = {
     "lowrank": AdapterSpec(kind="lowrank", rank=3),

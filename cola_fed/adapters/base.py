@@ -1,4 +1,4 @@
-"""The contract every auxiliary-model family fulfils.
+"""The torch operations every auxiliary-model family supplies.
 
 An adapter is a pure function ``g(x; params)`` on rows ``x [n, d_in] -> [n, d_out]`` with:
 
@@ -17,12 +17,11 @@ any ``nn.Module`` machinery.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
 
 import numpy as np
 import torch
 
-from cola_fed.adapters.init import initial_params, param_shapes
+from cola_fed.adapters.registry import family_of
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.errors import AdapterError
 
@@ -30,26 +29,26 @@ Params = dict[str, torch.Tensor]
 
 
 class Adapter(ABC):
-    """One auxiliary-model family, configured by an :class:`AdapterSpec`."""
-
-    kind: ClassVar[str]
+    """The torch operations of one auxiliary-model family, configured by an
+    :class:`AdapterSpec`; shapes and initial values come from the family's torch-free
+    description (:class:`cola_fed.adapters.family.AdapterFamily`)."""
 
     def __init__(self, spec: AdapterSpec) -> None:
-        if spec.kind != self.kind:
-            raise AdapterError(f"{type(self).__name__} needs kind={self.kind!r}, got {spec.kind!r}")
         self.spec = spec
+        self.family = family_of(spec.kind)
+        self.kind = spec.kind
 
     def param_shapes(self, d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
         """Shape of every parameter for a layer mapping ``d_in`` to ``d_out`` features."""
-        return param_shapes(self.spec, d_in, d_out)
+        return self.family.param_shapes(self.spec, d_in, d_out)
 
     def init(
         self, d_in: int, d_out: int, *, rng: np.random.Generator, dtype: torch.dtype
     ) -> Params:
-        """Fresh parameters whose output is exactly zero (drawn by the torch-free
-        :func:`cola_fed.adapters.init.initial_params`, so both backends start alike)."""
+        """Fresh parameters whose output is exactly zero (drawn by the family's torch-free
+        ``init``, so both backends start alike)."""
         return {name: torch.from_numpy(value).to(dtype)
-                for name, value in initial_params(self.spec, d_in, d_out, rng).items()}
+                for name, value in self.family.init(self.spec, d_in, d_out, rng).items()}
 
     @abstractmethod
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +62,7 @@ class Adapter(ABC):
         """``(dW, db)`` such that ``g(x) = x @ dW.T + db``; only for mergeable kinds."""
         raise AdapterError(
             f"a {self.kind!r} adapter is not linear in x and cannot be merged; "
-            "use unmerged mode or a 'lowrank'/'linear' adapter"
+            "use unmerged mode or a mergeable family such as 'lowrank' or 'linear'"
         )
 
     def check(self, params: Params, d_in: int, d_out: int, where: str) -> None:

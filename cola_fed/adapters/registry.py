@@ -1,63 +1,127 @@
-"""Adapter families by name: register once, build from a spec, recognise from a state."""
+"""Adapter families by kind: register once, build from a spec, recognise from a state. Torch-free.
+
+Built-in families register themselves below, one call each. A plugin family registers with
+:func:`register_adapter` in code, or by an entry point in the ``cola_fed.adapters`` group (the
+value names its :class:`AdapterFamily` class), so that a node that never imported the plugin
+still finds the kind a plan names.
+"""
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
-import torch
+from cola_fed.adapters.family import AdapterFamily
+from cola_fed.errors import AdapterError, ConfigError
 
-from cola_fed.adapters.base import Adapter
-from cola_fed.adapters.linear import LinearAdapter
-from cola_fed.adapters.lowrank import LowRankAdapter
-from cola_fed.adapters.mlp import MLPAdapter
-from cola_fed.adapters.spec import AdapterSpec
-from cola_fed.errors import AdapterError
+if TYPE_CHECKING:
+    from cola_fed.adapters.base import Adapter
+    from cola_fed.adapters.spec import AdapterSpec
 
-ADAPTERS: dict[str, type[Adapter]] = {}
+ENTRY_POINT_GROUP = "cola_fed.adapters"
+_KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
-
-def register_adapter(cls: type[Adapter]) -> type[Adapter]:
-    """Make an adapter family available under ``cls.kind``."""
-    ADAPTERS[cls.kind] = cls
-    return cls
+FAMILIES: dict[str, AdapterFamily] = {}
 
 
-for _cls in (LowRankAdapter, LinearAdapter, MLPAdapter):
-    register_adapter(_cls)
+def register_adapter(family: AdapterFamily | type[AdapterFamily]) -> AdapterFamily:
+    """Make a family available under its ``kind``; returns the registered instance.
+
+    Registering a kind again replaces it (a plugin may override a built-in on purpose).
+    """
+    if isinstance(family, type):
+        family = family()
+    if not isinstance(family, AdapterFamily):
+        raise ConfigError(f"register_adapter: expected an AdapterFamily, got {family!r:.60}")
+    kind = getattr(family, "kind", None)
+    if not isinstance(kind, str) or not _KIND.fullmatch(kind):
+        raise ConfigError(f"register_adapter: kind must be lower case letters, digits, '-' or "
+                          f"'_' (at most 32), got {kind!r:.40}")
+    if not isinstance(getattr(family, "ops", None), str) or ":" not in family.ops:
+        raise ConfigError(f"register_adapter: {kind!r} needs ops = 'module:Class' of its torch "
+                          "operations")
+    FAMILIES[kind] = family
+    return family
+
+
+def family_of(kind: str) -> AdapterFamily:
+    """The family registered as ``kind`` (entry points are looked up on first miss)."""
+    family = FAMILIES.get(kind)
+    if family is None:
+        _load_entry_point(kind)
+        family = FAMILIES.get(kind)
+    if family is None:
+        raise ConfigError(f"adapter.kind: no adapter family {kind!r:.40} is registered; known: "
+                          f"{', '.join(known_kinds())}")
+    return family
+
+
+def known_kinds() -> list[str]:
+    """Every registered kind, built-ins first."""
+    return list(FAMILIES)
+
+
+def is_known_kind(kind: Any) -> bool:
+    """Whether ``kind`` names a registered family (without raising)."""
+    if not isinstance(kind, str):
+        return False
+    try:
+        family_of(kind)
+    except ConfigError:
+        return False
+    return True
 
 
 def build_adapter(spec: AdapterSpec) -> Adapter:
-    """The adapter family named by ``spec.kind``, configured by ``spec``."""
+    """The torch operations of ``spec``'s family, configured by ``spec`` (imports torch)."""
+    family = family_of(spec.kind)
+    module_name, _, class_name = family.ops.partition(":")
     try:
-        return ADAPTERS[spec.kind](spec)
-    except KeyError:
-        raise AdapterError(
-            f"no adapter family {spec.kind!r} is registered; known: {sorted(ADAPTERS)}"
-        ) from None
+        ops = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise AdapterError(f"adapter family {spec.kind!r}: cannot load its torch operations "
+                           f"{family.ops!r}: {err}") from None
+    return ops(spec)
 
 
-def infer_spec(params: Mapping[str, torch.Tensor], activation: str = "relu") -> AdapterSpec:
+def infer_spec(params: Mapping[str, Any], activation: str = "relu") -> AdapterSpec:
     """Recover the :class:`AdapterSpec` of an adapter state from its parameter names and shapes.
 
-    The MLP activation is not visible in a state; it is ``activation``.
+    The first registered family that recognises the shapes wins; an MLP's activation is not
+    visible in a state, it is ``activation``.
     """
-    names = set(params)
-    if names == {"A", "B"}:
-        return AdapterSpec(kind="lowrank", rank=int(params["A"].shape[0]))
-    if names in ({"weight"}, {"weight", "bias"}):
-        return AdapterSpec(kind="linear", bias="bias" in names)
-    if "fc0.weight" in names and len(names) % 2 == 0:
-        depth = len(names) // 2 - 1
-        widths = [int(params[f"fc{i}.weight"].shape[0]) for i in range(depth)]
-        if depth >= 1:
-            growth = widths[1] // widths[0] if depth > 1 else 2
-            spec = AdapterSpec(
-                kind="mlp", hidden=widths[0], depth=depth, growth=max(growth, 1),
-                activation=activation,
-            )
-            if list(spec.hidden_sizes) == widths:
-                return spec
+    shapes = {name: tuple(int(s) for s in value.shape) for name, value in params.items()}
+    for family in FAMILIES.values():
+        spec = family.infer(shapes, activation)
+        if spec is not None:
+            return spec
     raise AdapterError(
-        f"cannot tell which adapter family has parameters {sorted(names)}; expected "
-        "{'A', 'B'} (lowrank), {'weight'[, 'bias']} (linear) or 'fc0.weight', ... (mlp)"
+        f"cannot tell which adapter family has parameters {sorted(shapes)}; expected "
+        "{'A', 'B'} (lowrank), {'weight'[, 'bias']} (linear), 'fc0.weight', ... (mlp), or pass "
+        "the spec"
     )
+
+
+def _load_entry_point(kind: str) -> None:
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name == kind:
+            try:
+                register_adapter(point.load())
+            except Exception as err:  # a broken plugin must say which one
+                raise ConfigError(f"adapter family {kind!r}: entry point {point.value!r} "
+                                  f"failed to load: {err}") from None
+
+
+def _register_built_ins() -> None:
+    from cola_fed.adapters.linear import Linear
+    from cola_fed.adapters.lowrank import LowRank
+    from cola_fed.adapters.mlp import MLP
+
+    for family in (LowRank, Linear, MLP):
+        register_adapter(family)
+
+
+_register_built_ins()

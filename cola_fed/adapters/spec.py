@@ -1,13 +1,20 @@
-"""What a client's auxiliary models look like: a small, validated, torch-free description."""
+"""What a client's auxiliary models look like: a small, validated, torch-free description.
+
+The fields are the shared vocabulary of the families (a rank, a bias, an MLP's widths); each
+family reads the ones it needs, checks them (``AdapterFamily.check``) and may take further
+``options`` of its own. Which kinds exist is open: see :mod:`cola_fed.adapters.registry`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from cola_fed.errors import ConfigError
 
-ADAPTER_KINDS = ("lowrank", "linear", "mlp")
+#: scalar types an option may take
+OptionValue = int | float | bool | str
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 
 
@@ -18,8 +25,9 @@ class AdapterSpec:
     Parameters
     ----------
     kind : str
-        ``"lowrank"`` (``B @ A``, PEFT LoRA's initialisation, scale 1), ``"linear"`` (a full
-        ``d_out x d_in`` matrix, zero-initialised) or ``"mlp"`` (not mergeable).
+        The family: ``"lowrank"`` (``B @ A``, PEFT LoRA's initialisation, scale 1), ``"linear"``
+        (a full ``d_out x d_in`` matrix, zero-initialised), ``"mlp"`` (not mergeable) or any
+        registered family.
     rank : int
         Rank ``r`` of a Low Rank adapter. Ignored by the other kinds.
     bias : bool
@@ -35,6 +43,9 @@ class AdapterSpec:
     activation : str
         Hidden activation of an MLP adapter: ``relu``, ``gelu`` (exact erf form), ``tanh`` or
         ``silu``.
+    options : mapping
+        Settings of a registered family beyond these fields (its ``options``); stored as sorted
+        ``(name, value)`` pairs so that a spec stays hashable.
     """
 
     kind: str = "lowrank"
@@ -44,12 +55,23 @@ class AdapterSpec:
     depth: int = 2
     growth: int = 2
     activation: str = "relu"
+    options: tuple[tuple[str, OptionValue], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in ADAPTER_KINDS:
-            raise ConfigError(
-                f"adapter.kind: expected one of {', '.join(ADAPTER_KINDS)}, got {self.kind!r}"
-            )
+        from cola_fed.adapters.registry import family_of
+
+        if isinstance(self.options, Mapping):
+            object.__setattr__(self, "options", tuple(sorted(self.options.items())))
+        if not isinstance(self.options, tuple) or not all(
+                isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str)
+                and isinstance(o[1], OptionValue) for o in self.options):
+            raise ConfigError(f"adapter.options: expected a mapping of names to numbers, "
+                              f"booleans or strings, got {self.options!r:.80}")
+        if not isinstance(self.kind, str):
+            raise ConfigError(f"adapter.kind: expected a string, got {self.kind!r:.40}")
+        family = family_of(self.kind)
+        if not isinstance(self.bias, bool):
+            raise ConfigError(f"adapter.bias: expected true or false, got {self.bias!r}")
         for name in ("rank", "hidden", "depth", "growth"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -59,6 +81,7 @@ class AdapterSpec:
                 f"adapter.activation: expected one of {', '.join(ACTIVATIONS)}, "
                 f"got {self.activation!r}"
             )
+        family.check(self)
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
@@ -68,10 +91,18 @@ class AdapterSpec:
     @property
     def mergeable(self) -> bool:
         """Whether the adapter is linear in ``x`` and can be folded into the base weight."""
-        return self.kind in ("lowrank", "linear")
+        from cola_fed.adapters.registry import family_of
+
+        return family_of(self.kind).mergeable
+
+    def option(self, name: str) -> OptionValue:
+        """The value of one of the family's options."""
+        return dict(self.options)[name]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        values["options"] = dict(self.options)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AdapterSpec:

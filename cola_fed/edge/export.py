@@ -23,7 +23,7 @@ from torch import nn
 
 from cola_fed.adapters.registry import build_adapter
 from cola_fed.edge.graphs import HYPER, GraphKey, content_hash, slot_names
-from cola_fed.gl.optim import adamw_update, sgd_update
+from cola_fed.gl.optim import apply_update
 
 
 class TrainStep(nn.Module):
@@ -41,25 +41,16 @@ class TrainStep(nn.Module):
         params = dict(zip(self.param_names, inputs[:n_params]))
         slots = inputs[n_params:n_params + n_slots]
         x, d = inputs[n_params + n_slots:n_params + n_slots + 2]
-        lr, step, beta1, beta2, eps, weight_decay, momentum, grad_scale = inputs[
-            n_params + n_slots + 2:]
+        hyper = dict(zip(HYPER, inputs[n_params + n_slots + 2:]))
         grads = self.adapter.vjp(params, x, d)
         norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
-        grads = {name: g * grad_scale for name, g in grads.items()}
         new_params, new_slots = [], []
         for i, name in enumerate(self.param_names):
-            if self.key.optimizer == "adamw":
-                p, m, v = adamw_update(params[name], grads[name], slots[2 * i], slots[2 * i + 1],
-                                       step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                                       weight_decay=weight_decay)
-                new_params.append(p)
-                new_slots += [m, v]
-            else:
-                p, buf = sgd_update(params[name], grads[name], slots[i], lr=lr,
-                                    momentum=momentum, nesterov=self.key.nesterov,
-                                    weight_decay=weight_decay)
-                new_params.append(p)
-                new_slots.append(buf)
+            own = dict(zip(self.slots, slots[i * len(self.slots):(i + 1) * len(self.slots)]))
+            new, updated = apply_update(self.key.optimizer, self.key.nesterov, params[name],
+                                        grads[name] * hyper["grad_scale"], own, hyper)
+            new_params.append(new)
+            new_slots += [updated[s] for s in self.slots]
         return (*new_params, *new_slots, norm)
 
     def input_names(self) -> list[str]:

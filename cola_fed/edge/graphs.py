@@ -7,23 +7,24 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cola_fed.adapters.registry import family_of
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.gl.layout import Layout, SpecLike, assign_specs
-from cola_fed.gl.optim_spec import OptimizerSpec
+from cola_fed.gl.optim_spec import HYPER_PARAMETERS, OptimizerSpec, slot_names
 
-#: the scalar hyper-parameter inputs of every train-step graph, in order. ``grad_scale``
-#: multiplies the gradient before the update (1 = as is; global-norm clipping sets it).
-HYPER = ("lr", "step", "beta1", "beta2", "eps", "weight_decay", "momentum", "grad_scale")
-
-
-def slot_names(optimizer: str) -> tuple[str, ...]:
-    """Optimizer state per parameter (SGD graphs always carry a momentum buffer)."""
-    return ("exp_avg", "exp_avg_sq") if optimizer == "adamw" else ("momentum_buffer",)
+#: the scalar hyper-parameter inputs of every train-step graph, in order: the optimizer's
+#: (``OptimizerSpec.hyper``), then ``grad_scale``, which multiplies the gradient before the
+#: update (1 = as is; global-norm clipping sets it).
+HYPER = (*HYPER_PARAMETERS, "grad_scale")
 
 
 @dataclass(frozen=True)
 class GraphKey:
-    """What one graph is specialised for: adapter family and size, layer shape, optimizer."""
+    """What one graph is specialised for: adapter family and size, layer shape, optimizer.
+
+    A convolution's graph is its rows' graph (``d_in = in_channels * kh * kw``): the learner
+    unfolds the compact data before the graph runs.
+    """
 
     spec: AdapterSpec
     d_in: int
@@ -33,11 +34,9 @@ class GraphKey:
 
     @property
     def name(self) -> str:
-        s = self.spec
-        size = {"lowrank": f"r{s.rank}", "linear": "bias" if s.bias else "nobias",
-                "mlp": f"h{s.hidden}x{s.depth}g{s.growth}{s.activation}"}[s.kind]
+        size = family_of(self.spec.kind).graph_tag(self.spec)
         opt = self.optimizer + ("-nesterov" if self.nesterov else "")
-        return f"{s.kind}-{size}-{self.d_in}x{self.d_out}-{opt}"
+        return f"{self.spec.kind}-{size}-{self.d_in}x{self.d_out}-{opt}"
 
 
 def graph_keys(layout: Layout, specs: Iterable[SpecLike],
@@ -56,3 +55,6 @@ def graph_keys(layout: Layout, specs: Iterable[SpecLike],
 def content_hash(model: bytes) -> str:
     """SHA-256 of a graph's bytes, hex: how graphs are named in manifests and caches."""
     return hashlib.sha256(model).hexdigest()
+
+
+__all__ = ["HYPER", "GraphKey", "content_hash", "graph_keys", "slot_names"]

@@ -10,15 +10,21 @@ from typing import Any
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.errors import ConfigError
 
-MODULE_TYPES = ("linear", "conv1d")
+MODULE_TYPES = ("linear", "conv1d", "conv2d")
 
 
 @dataclass(frozen=True)
 class LayerInfo:
     """One adapted layer: its module name and feature sizes.
 
-    ``module_type`` is ``"linear"`` (``nn.Linear``, weight ``[d_out, d_in]``) or ``"conv1d"``
-    (Hugging Face ``Conv1D`` as in GPT-2, weight stored transposed as ``[d_in, d_out]``).
+    ``module_type`` is ``"linear"`` (``nn.Linear``, weight ``[d_out, d_in]``), ``"conv1d"``
+    (Hugging Face ``Conv1D`` as in GPT-2, weight stored transposed as ``[d_in, d_out]``) or
+    ``"conv2d"`` (``nn.Conv2d`` with ``groups=1``).
+
+    An adapter sees every layer as a map of rows ``[n, d_in] -> [n, d_out]``. For a convolution
+    a row is one output position's receptive field, unfolded: ``d_in = in_channels * kh * kw``
+    (channel-major, as ``torch.nn.functional.unfold`` orders it) and ``d_out = out_channels``.
+    The geometry fields say how to unfold; a linear layer keeps their defaults.
     """
 
     name: str
@@ -26,6 +32,20 @@ class LayerInfo:
     d_out: int
     module_type: str = "linear"
     has_bias: bool = True
+    kernel_size: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+    @property
+    def is_conv2d(self) -> bool:
+        return self.module_type == "conv2d"
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of a convolution (``d_in`` for any other layer)."""
+        kh, kw = self.kernel_size
+        return self.d_in // (kh * kw) if self.is_conv2d else self.d_in
 
 
 @dataclass(frozen=True)
@@ -58,7 +78,9 @@ class Layout:
 
     @classmethod
     def from_dict(cls, layers: list[dict[str, Any]]) -> Layout:
-        return cls(tuple(LayerInfo(**layer) for layer in layers))
+        geometry = ("kernel_size", "stride", "padding", "dilation")
+        return cls(tuple(LayerInfo(**{k: tuple(v) if k in geometry else v
+                                      for k, v in layer.items()}) for layer in layers))
 
 
 SpecLike = AdapterSpec | Mapping[str, AdapterSpec]

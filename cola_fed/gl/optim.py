@@ -21,12 +21,8 @@ Scalar = Any  # float or 0-d tensor
 
 
 def init_slots(spec: OptimizerSpec, param: Tensor) -> dict[str, Tensor]:
-    """Zero optimizer state for one parameter."""
-    if spec.name == "adamw":
-        return {"exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
-    if spec.momentum > 0:
-        return {"momentum_buffer": torch.zeros_like(param)}
-    return {}
+    """Zero optimizer state for one parameter (``spec.slots``)."""
+    return {name: torch.zeros_like(param) for name in spec.slots}
 
 
 def adamw_update(
@@ -74,31 +70,23 @@ def sgd_update(
     return param - lr * grad, momentum_buffer
 
 
-def global_grad_norm(grads: Mapping[str, Mapping[str, Tensor]]) -> Tensor:
-    """L2 norm over every gradient of every layer (``torch.nn.utils.clip_grad_norm_``'s norm)."""
-    norms = [g.norm() for layer in grads.values() for g in layer.values()]
-    return torch.stack(norms).norm() if norms else torch.tensor(0.0)
-
-
-def clip_coefficient(norm: Tensor, max_norm: Scalar) -> Tensor:
-    """Scale factor of ``clip_grad_norm_``: ``min(1, max_norm / (norm + 1e-6))``."""
-    return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-
-
 def apply_update(
-    spec: OptimizerSpec, param: Tensor, grad: Tensor, slots: dict[str, Tensor], *, step: int
+    optimizer: str, nesterov: bool, param: Tensor, grad: Tensor, slots: Mapping[str, Tensor],
+    hyper: Mapping[str, Scalar],
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Update one parameter with ``spec``'s optimizer at the scheduled learning rate."""
-    lr = spec.lr_at(step)
-    if spec.name == "adamw":
+    """Update one parameter; ``slots`` and ``hyper`` as :class:`OptimizerSpec` names them.
+
+    The torch learner calls it with Python numbers, the exported train-step graph with 0-d
+    tensor inputs: one definition for both backends.
+    """
+    if optimizer == "adamw":
         new, exp_avg, exp_avg_sq = adamw_update(
-            param, grad, slots["exp_avg"], slots["exp_avg_sq"], step=step, lr=lr,
-            beta1=spec.betas[0], beta2=spec.betas[1], eps=spec.eps,
-            weight_decay=spec.weight_decay,
+            param, grad, slots["exp_avg"], slots["exp_avg_sq"], step=hyper["step"],
+            lr=hyper["lr"], beta1=hyper["beta1"], beta2=hyper["beta2"], eps=hyper["eps"],
+            weight_decay=hyper["weight_decay"],
         )
         return new, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
-    new, buffer = sgd_update(
-        param, grad, slots.get("momentum_buffer"), lr=lr, momentum=spec.momentum,
-        nesterov=spec.nesterov, weight_decay=spec.weight_decay,
-    )
-    return new, ({} if buffer is None else {"momentum_buffer": buffer})
+    new, buffer = sgd_update(param, grad, slots["momentum_buffer"], lr=hyper["lr"],
+                             momentum=hyper["momentum"], nesterov=nesterov,
+                             weight_decay=hyper["weight_decay"])
+    return new, {"momentum_buffer": buffer}

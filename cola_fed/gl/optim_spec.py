@@ -1,7 +1,9 @@
 """How a client's adapters are optimised: a small, validated, torch-free description.
 
-The same spec drives the torch learner and the ONNX Runtime learner, so the two agree on every
-hyper-parameter and on the learning-rate schedule.
+The same spec drives the torch learner and the ONNX Runtime learner: it names each parameter's
+optimizer state (:attr:`OptimizerSpec.slots`), the scalar hyper-parameters of every step
+(:meth:`OptimizerSpec.hyper`: schedule included) and the clipping coefficient, so the two
+backends agree on all of them and their saved states are interchangeable.
 """
 
 from __future__ import annotations
@@ -12,6 +14,16 @@ from typing import Any
 from cola_fed.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd")
+
+#: the scalar hyper-parameters of one step, in the order train-step graphs take them
+HYPER_PARAMETERS = ("lr", "step", "beta1", "beta2", "eps", "weight_decay", "momentum")
+
+
+def slot_names(optimizer: str) -> tuple[str, ...]:
+    """Optimizer state per parameter. SGD always keeps a momentum buffer (with momentum 0 it
+    holds the last gradient and the update is plain SGD's, bit for bit), so that a state has one
+    shape whatever the momentum and moves between backends as it is."""
+    return ("exp_avg", "exp_avg_sq") if optimizer == "adamw" else ("momentum_buffer",)
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,25 @@ class OptimizerSpec:
             return self.lr
         remaining = (self.total_steps - done) / (self.total_steps - self.warmup_steps)
         return self.lr * max(0.0, remaining)
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        """The optimizer state kept per parameter (see :func:`slot_names`)."""
+        return slot_names(self.name)
+
+    def hyper(self, step: int) -> dict[str, float]:
+        """The scalar hyper-parameters of the ``step``-th step (1-based), ``HYPER_PARAMETERS``
+        in order: the scheduled learning rate and the optimizer's constants."""
+        return {"lr": self.lr_at(step), "step": float(step), "beta1": self.betas[0],
+                "beta2": self.betas[1], "eps": self.eps, "weight_decay": self.weight_decay,
+                "momentum": self.momentum}
+
+    def clip_coefficient(self, grad_norm: float) -> float:
+        """``torch.nn.utils.clip_grad_norm_``'s scale for a global gradient norm: ``min(1,
+        max_grad_norm / (norm + 1e-6))``, or 1 without clipping."""
+        if self.max_grad_norm is None:
+            return 1.0
+        return min(1.0, self.max_grad_norm / (grad_norm + 1e-6))
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)

@@ -1,8 +1,4 @@
-"""Linear adapter: ``g(x) = x W^T (+ b)``, zero-initialised.
-
-ColA Linear is full fine-tuning of the targeted matrices; with a bias it also adapts a frozen
-task head.
-"""
+"""The Linear family's torch operations: ``g(x) = x W^T (+ b)``, its VJP and ``delta W = W``."""
 
 from __future__ import annotations
 
@@ -12,7 +8,6 @@ from cola_fed.adapters.base import Adapter, Params
 
 
 class LinearAdapter(Adapter):
-    kind = "linear"
 
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         out = x @ params["weight"].T

@@ -1,8 +1,4 @@
-"""Low Rank adapter: ``g(x) = x A^T B^T`` with ``A [r, d_in]``, ``B [d_out, r]``, scale 1.
-
-Initialised as PEFT's LoRA (A kaiming-uniform, B zero), so ColA Low Rank with r = 8 is LoRA with
-``r = 8, lora_alpha = 8``.
-"""
+"""The Low Rank family's torch operations: ``g(x) = x A^T B^T``, its VJP and ``delta W = B A``."""
 
 from __future__ import annotations
 
@@ -12,7 +8,6 @@ from cola_fed.adapters.base import Adapter, Params
 
 
 class LowRankAdapter(Adapter):
-    kind = "lowrank"
 
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return (x @ params["A"].T) @ params["B"].T

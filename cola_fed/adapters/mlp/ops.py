@@ -1,8 +1,5 @@
-"""MLP adapter: ``d_in -> hidden ... -> d_out`` with a zero-initialised last layer.
-
-Not linear in ``x``, so it cannot be merged; its VJP is the chain rule written out, with each
-activation's derivative in closed form.
-"""
+"""The MLP family's torch operations; its VJP is the chain rule written out, with each
+activation's derivative in closed form."""
 
 from __future__ import annotations
 
@@ -37,7 +34,6 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 class MLPAdapter(Adapter):
-    kind = "mlp"
 
     @property
     def _num_layers(self) -> int:

@@ -1,0 +1,301 @@
+"""One learner contract for every backend: what a client does with adaptation data. Torch-free.
+
+Gradient Learning regresses each adapter onto "its current output minus the gradient":
+
+    l_GL(w) = 1/2 sum_i || g(x_i; w) - stopgrad(g(x_i; w_t) - d_i) ||^2
+
+whose gradient at ``w = w_t`` is ``sum_i d_i^T dg(x_i)/dw``, exactly the parameter gradient that
+backpropagation through the full model would give (the adapter's closed-form VJP).
+
+:class:`LearnerBase` owns everything that does not depend on how that VJP and the optimizer step
+are computed: the seeded initial adapters, the checks of incoming chunks, the buffering of an
+adaptation interval, unfolding convolution data into rows, global-norm clipping, and the state
+with its checks and its one file format. A backend supplies :meth:`LearnerBase._step_layer`
+only: the PyTorch :class:`~cola_fed.gl.learner.GradientLearner` and the ONNX Runtime
+:class:`~cola_fed.edge.ort_learner.OrtLearner`. Their states are interchangeable, for every
+optimizer setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from cola_fed.adapters.init import initial_state as draw_initial_state
+from cola_fed.adapters.init import state_shapes
+from cola_fed.adapters.spec import AdapterSpec
+from cola_fed.errors import AdapterError, ConfigError, GradientError
+from cola_fed.gl.data import AdaptationData
+from cola_fed.gl.layer_data import shape_error, to_rows
+from cola_fed.gl.layout import Layout, SpecLike, assign_specs
+from cola_fed.gl.learner_state import state_from_bytes, state_to_bytes
+from cola_fed.gl.optim_spec import OptimizerSpec
+
+Arrays = dict[str, np.ndarray]
+#: what a backend's step returns for one layer: new parameters, new slots, gradient norm
+LayerStep = tuple[Arrays, dict[str, Arrays], float]
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """What a client's learner offers, whatever computes its steps."""
+
+    layout: Layout
+    specs: dict[str, AdapterSpec]
+    optimizer: OptimizerSpec
+    interval: int
+    step: int
+
+    def fit(self, data: AdaptationData) -> dict[str, float]:
+        """Buffer one chunk of adaptation data; every ``interval`` chunks, take one step."""
+
+    def adapter_state(self) -> Mapping[str, Mapping[str, Any]]:
+        """``{layer: {param: array}}``: the only thing a client ever returns."""
+
+    def load_adapter_state(self, state: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace the adapters' weights (shapes checked); optimizer state is kept."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a ``state_dict`` of either backend (checked before anything changes)."""
+
+    def to_bytes(self) -> bytes:
+        """``state_dict`` as one safetensors blob."""
+
+    def load_bytes(self, blob: bytes) -> None:
+        """Restore a ``to_bytes`` blob of either backend."""
+
+
+class LearnerBase:
+    """A client's auxiliary models and their optimizer state, trained from adaptation data.
+
+    Parameters
+    ----------
+    layout : Layout
+        The adapted layers.
+    spec : AdapterSpec or mapping
+        One adapter spec for every layer, or a mapping of layer selectors to specs (see
+        :func:`cola_fed.gl.layout.assign_specs`); layers no selector picks are not adapted.
+    optimizer : OptimizerSpec
+        Optimizer, schedule and clipping.
+    seed : int
+        Seeds the adapters' initialisation (:func:`cola_fed.adapters.init.initial_state`): the
+        same seed gives the same adapters on every backend.
+    initial_state : mapping, optional
+        ``{layer: {param: array}}``: adapters to start from instead of the seeded ones.
+    interval : int
+        Adaptation interval ``I``: buffer ``I`` chunks, then take one step on their
+        concatenation (the sum of the per-chunk gradients at the stale weights).
+    dtype : numpy dtype
+        Of adapters, optimizer state and the rows a step sees.
+    """
+
+    def __init__(self, layout: Layout, spec: SpecLike, optimizer: OptimizerSpec, *,
+                 seed: int = 0, initial_state: Mapping[str, Mapping[str, Any]] | None = None,
+                 interval: int = 1, dtype: Any = np.float32) -> None:
+        if not isinstance(optimizer, OptimizerSpec):
+            raise ConfigError(f"optimizer: expected an OptimizerSpec, got {optimizer!r:.60}")
+        if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
+            raise ConfigError(f"interval: expected a positive integer, got {interval!r}")
+        self.layout, self.optimizer, self.interval = layout, optimizer, interval
+        self.specs: dict[str, AdapterSpec] = assign_specs(layout, spec)
+        self.dtype = np.dtype(dtype)
+        self.step = 0
+        self._shapes = state_shapes(layout, self.specs)
+        if initial_state is None:
+            initial_state = draw_initial_state(layout, self.specs, seed)
+        self._params: dict[str, Arrays] = self._checked_params(initial_state)
+        self._slots: dict[str, dict[str, Arrays]] = {
+            name: {p: {s: np.zeros_like(v) for s in optimizer.slots} for p, v in params.items()}
+            for name, params in self._params.items()}
+        self._buffer: list[AdaptationData] = []
+
+    # ----------------------------------------------------------------------------------------
+    # the contract
+
+    def adapter_state(self) -> Mapping[str, Mapping[str, Any]]:
+        """``{layer name: {param name: array}}``: the only thing a client ever returns."""
+        return {n: {p: v.copy() for p, v in ps.items()} for n, ps in self._params.items()}
+
+    def load_adapter_state(self, state: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace the adapters' weights (shapes checked); optimizer state is kept."""
+        self._params = self._checked_params(state)
+
+    def fit(self, data: AdaptationData) -> dict[str, float]:
+        """Buffer one chunk of adaptation data; every ``interval`` chunks, take one step.
+
+        A chunk is refused whole (unknown layer, wrong shape, bad row index, non-finite value)
+        before anything is kept. Returns metrics: ``stepped`` (1.0 when a step was taken),
+        ``grad_norm`` (the global norm of the Gradient Learning gradient, before clipping),
+        ``lr``, ``rows`` (adapter rows in this chunk) and ``loss``.
+        """
+        self._check_chunk(data)
+        self._buffer.append(data)
+        rows = sum(_array(data.grads[n]).size // self.layout[n].d_out for n in data.layer_names)
+        metrics = {"stepped": 0.0, "rows": float(rows), "loss": float(data.loss)}
+        if len(self._buffer) < self.interval:
+            return metrics
+        buffered, self._buffer = self._buffer, []
+        return {**metrics, **self._take_step(buffered)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimizer slots, step and buffered chunks, as numpy arrays."""
+        return {"step": self.step, "params": dict(self.adapter_state()),
+                "slots": {n: {p: {s: v.copy() for s, v in ss.items()} for p, ss in ps.items()}
+                          for n, ps in self._slots.items()},
+                "buffer": [{n: tuple(_array(a) for a in c.layer(n)) for n in c.layer_names}
+                           for c in self._buffer]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of either backend; checked before anything changes."""
+        try:
+            params = self._checked_params(state["params"])
+            slots = self._checked_slots(state["slots"])
+            step = state["step"]
+            raw_buffer = list(state.get("buffer", []))
+        except KeyError as err:
+            raise AdapterError(f"learner state is missing {err}") from None
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+            raise AdapterError(f"learner state: step must be an integer >= 0, got {step!r:.40}")
+        buffer = [AdaptationData({n: x for n, (x, _) in c.items()},
+                                 {n: d for n, (_, d) in c.items()}, {n: n for n in c})
+                  for c in raw_buffer]
+        if len(buffer) >= self.interval:
+            raise AdapterError(f"learner state: {len(buffer)} buffered chunks, but this "
+                               f"learner steps every {self.interval}")
+        for chunk in buffer:
+            self._check_chunk(chunk)
+        self._params, self._slots, self.step, self._buffer = params, slots, int(step), buffer
+
+    def to_bytes(self) -> bytes:
+        """:meth:`state_dict` as a safetensors blob (:mod:`cola_fed.gl.learner_state`)."""
+        return state_to_bytes(self.state_dict())
+
+    def load_bytes(self, blob: bytes) -> None:
+        """Restore a :meth:`to_bytes` blob of either backend (checked as ``load_state_dict``)."""
+        self.load_state_dict(state_from_bytes(blob))
+
+    # ----------------------------------------------------------------------------------------
+    # the one thing a backend supplies
+
+    def _step_layer(self, name: str, x: np.ndarray, d: np.ndarray, hyper: Mapping[str, float],
+                    grad_scale: float) -> LayerStep:
+        """One optimizer step of layer ``name`` on adapter rows ``x [n, d_in]``, ``d [n,
+        d_out]`` (in ``self.dtype``), its gradient scaled by ``grad_scale`` first.
+
+        Returns the new parameters and slots, and the norm of the unscaled gradient. Must not
+        change the learner: the base calls it a second time, at the clipping coefficient, when
+        the global norm calls for clipping.
+        """
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------
+    # shared mechanics
+
+    def _take_step(self, buffered: list[AdaptationData]) -> dict[str, float]:
+        """One step on the buffered chunks: every layer at scale 1, which also gives the global
+        norm; again at ``clip_grad_norm_``'s coefficient when that is below 1."""
+        self.step += 1
+        hyper = self.optimizer.hyper(self.step)
+        layers = [n for n in self._params if any(n in c.grads for c in buffered)]
+        results = {n: self._step_layer(n, *self._rows(n, buffered), hyper, 1.0) for n in layers}
+        norm = float(np.sqrt(sum(r[2] ** 2 for r in results.values())))
+        coef = self.optimizer.clip_coefficient(norm)
+        if coef < 1.0:
+            results = {n: self._step_layer(n, *self._rows(n, buffered), hyper, coef)
+                       for n in layers}
+        for name, (params, slots, _) in results.items():
+            self._params[name], self._slots[name] = params, slots
+        return {"stepped": 1.0, "grad_norm": norm, "lr": hyper["lr"]}
+
+    def _rows(self, name: str, chunks: list[AdaptationData]) -> tuple[np.ndarray, np.ndarray]:
+        """Layer ``name``'s adapter rows in ``chunks``, gathered and (convolutions) unfolded
+        only now, so that a step's peak memory is the chunks plus one layer's rows."""
+        info = self.layout[name]
+        parts = [to_rows(info, *(_array(a) for a in c.layer(name)))
+                 for c in chunks if name in c.grads]
+        x = parts[0][0] if len(parts) == 1 else np.concatenate([x for x, _ in parts])
+        d = parts[0][1] if len(parts) == 1 else np.concatenate([d for _, d in parts])
+        return (np.ascontiguousarray(x, dtype=self.dtype),
+                np.ascontiguousarray(d, dtype=self.dtype))
+
+    def _check_chunk(self, data: AdaptationData) -> None:
+        """Refuse a chunk with unknown layers, wrong shapes, bad row indices or non-finite
+        values, before anything is kept."""
+        for name in data.layer_names:
+            if name not in self._params:
+                raise AdapterError(f"adaptation data for {name!r}, which this learner does not "
+                                   f"adapt; it adapts {sorted(self._params)}")
+            if data.input_of.get(name) not in data.inputs:
+                raise GradientError(f"layer {name!r}: its input rows are missing")
+            x, d = _array(data.inputs[data.input_of[name]]), _array(data.grads[name])
+            rows = data.rows.get(name)
+            error = shape_error(self.layout[name], x.shape, d.shape, has_rows=rows is not None)
+            if error:
+                raise GradientError(error)
+            if rows is not None:
+                rows = _array(rows)
+                n = d.shape[0]
+                if rows.shape != (n,) or rows.dtype.kind not in "iu" or (n and (
+                        rows.min() < 0 or rows.max() >= x.shape[0])):
+                    raise GradientError(f"layer {name!r}: row indices do not fit the shared rows")
+        # values last, each array once (layers that share their input share the check)
+        first_reader = {data.input_of[n]: n for n in reversed(data.layer_names)}
+        checks = [("x", first_reader[g], data.inputs[g]) for g in first_reader]
+        checks += [("d", n, data.grads[n]) for n in data.layer_names]
+        for label, name, value in checks:
+            value = _array(value)
+            bad = int(value.size - np.isfinite(value).sum())
+            if bad:
+                raise GradientError(f"layer {name!r}: {bad} non-finite values in {label}; the "
+                                    "chunk was rejected and the learner is unchanged")
+
+    def _checked_params(self, state: Mapping[str, Mapping[str, Any]]) -> dict[str, Arrays]:
+        """``state`` in this learner's dtype, refused unless it has exactly its layers and each
+        family's parameter shapes."""
+        if not isinstance(state, Mapping) or set(state) != set(self._shapes):
+            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise AdapterError(f"adapter state has layers {got}, this learner adapts "
+                               f"{sorted(self._shapes)}")
+        checked = {}
+        for name, expected in self._shapes.items():
+            params = {p: np.array(_array(v), dtype=self.dtype) for p, v in state[name].items()}
+            got = {p: tuple(v.shape) for p, v in params.items()}
+            if got != expected:
+                raise AdapterError(f"layer {name!r}: a {self.specs[name].kind!r} adapter has "
+                                   f"parameters {expected}, got {got}")
+            checked[name] = params
+        return checked
+
+    def _checked_slots(self, slots: Mapping[str, Any]) -> dict[str, dict[str, Arrays]]:
+        """Optimizer state for every parameter, with exactly ``optimizer.slots`` of its shape.
+
+        A state written before SGD always kept its momentum buffer has none for plain SGD;
+        that buffer is zero (it is only ever read scaled by a momentum of 0).
+        """
+        names = set(self.optimizer.slots)
+        checked: dict[str, dict[str, Arrays]] = {}
+        for layer, shapes in self._shapes.items():
+            checked[layer] = {}
+            for param, shape in shapes.items():
+                got = dict(slots.get(layer, {}).get(param, {})) if isinstance(slots, Mapping) \
+                    else {}
+                if not got and self.optimizer.name == "sgd" and self.optimizer.momentum == 0:
+                    got = {"momentum_buffer": np.zeros(shape)}
+                values = {s: np.array(_array(v), dtype=self.dtype) for s, v in got.items()}
+                if set(values) != names or any(v.shape != shape for v in values.values()):
+                    raise AdapterError(f"learner state: optimizer slots of {layer!r}/{param!r} "
+                                       f"do not match a {self.optimizer.name!r} optimizer")
+                checked[layer][param] = values
+        return checked
+
+
+def _array(value: Any) -> np.ndarray:
+    """A numpy view of an array or a CPU/GPU torch tensor (duck-typed: no torch import)."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
