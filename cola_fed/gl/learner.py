@@ -91,7 +91,7 @@ class GradientLearner(LearnerBase):
 
     def _gradient(self, name: str, x: np.ndarray, d: np.ndarray) -> dict[str, Tensor]:
         params = {p: torch.from_numpy(v) for p, v in self._params[name].items()}
-        return self._adapters[name].vjp(params, torch.from_numpy(x), torch.from_numpy(d))
+        return self._adapters[name].vjp(params, _tensor(x), _tensor(d))
 
     def _step_layer(self, name: str, x: np.ndarray, d: np.ndarray, hyper: Mapping[str, float],
                     grad_scale: float) -> LayerStep:
@@ -112,3 +112,9 @@ class GradientLearner(LearnerBase):
             params[pname] = new.numpy()
             slots[pname] = {s: v.numpy() for s, v in new_slots.items()}
         return params, slots, norm
+
+
+def _tensor(array: np.ndarray) -> Tensor:
+    """A tensor sharing ``array``'s memory; read-only arrays (decoded in place from the wire)
+    are copied, as torch tensors must own writable memory."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())

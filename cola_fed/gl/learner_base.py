@@ -263,7 +263,12 @@ class LearnerBase:
                                f"{sorted(self._shapes)}")
         checked = {}
         for name, expected in self._shapes.items():
-            params = {p: np.array(_array(v), dtype=self.dtype) for p, v in state[name].items()}
+            try:
+                params = {p: np.array(_array(v), dtype=self.dtype)
+                          for p, v in state[name].items()}
+            except (AttributeError, TypeError, ValueError):
+                raise AdapterError(f"layer {name!r}: the adapter state is not a mapping of "
+                                   "parameter names to numeric arrays") from None
             got = {p: tuple(v.shape) for p, v in params.items()}
             if got != expected:
                 raise AdapterError(f"layer {name!r}: a {self.specs[name].kind!r} adapter has "
