@@ -4,6 +4,10 @@ ColA Low Rank with rank r and scale 1 is LoRA with ``r = lora_alpha = r``; the f
 loads with ``peft.PeftModel.from_pretrained(base_model, folder)`` and gives the same outputs as the
 ColA-adapted model. A head adapted with a Linear adapter (the frozen, freshly initialised
 classifier) is exported as PEFT's ``modules_to_save``: base head weights plus the adapter.
+
+On an ``nn.Conv2d`` the Low Rank factors are stored as rows (``A [r, C_in*kh*kw]``,
+``B [C_out, r]``), which are PEFT's LoRA Conv2d ``lora_A.weight [r, C_in, kh, kw]`` and
+``lora_B.weight [C_out, r, 1, 1]`` flattened; they are reshaped back on export.
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ def export_peft(
                                f"got {spec.kind!r}")
     if len(ranks) != 1:
         raise AdapterError(f"PEFT LoRA needs one rank for all layers, got {sorted(ranks)}")
+    for name in lora_layers:
+        if layout[name].is_conv2d and layout[name].dilation != (1, 1):
+            # PEFT builds lora_A with the base kernel, stride and padding but not its dilation
+            raise AdapterError(f"layer {name!r}: PEFT's LoRA Conv2d ignores dilation "
+                               f"{layout[name].dilation}; it cannot reproduce this adapter")
     rank = ranks.pop()
     fan_in_fan_out = any(layout[n].module_type == "conv1d" for n in lora_layers)
     config = LoraConfig(
@@ -60,13 +69,23 @@ def export_peft(
     tensors: dict[str, torch.Tensor] = {}
     for name in lora_layers:
         params = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in adapters[name].items()}
-        tensors[f"base_model.model.{name}.lora_A.weight"] = params["A"].contiguous()
-        tensors[f"base_model.model.{name}.lora_B.weight"] = params["B"].contiguous()
+        a, b = params["A"], params["B"]
+        if layout[name].is_conv2d:
+            a = a.reshape(rank, layout[name].in_channels, *layout[name].kernel_size)
+            b = b.reshape(*b.shape, 1, 1)
+        tensors[f"base_model.model.{name}.lora_A.weight"] = a.contiguous()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = b.contiguous()
     for name in heads:
         module = modules[name]
         params = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in adapters[name].items()}
-        weight = module.weight.detach().float() + params["weight"]
+        delta = params["weight"]  # [d_out, d_in], to the module's own weight layout
+        if layout[name].module_type == "conv1d":
+            delta = delta.T
+        weight = module.weight.detach().float() + delta.reshape(module.weight.shape)
         tensors[f"base_model.model.{name}.weight"] = weight.contiguous()
+        if "bias" in params and module.bias is None:
+            raise AdapterError(f"layer {name!r} has no bias for its adapter's bias; PEFT's "
+                               "modules_to_save cannot carry it")
         if module.bias is not None:
             bias = module.bias.detach().float() + params.get("bias", torch.zeros_like(module.bias))
             tensors[f"base_model.model.{name}.bias"] = bias.contiguous()

@@ -213,3 +213,31 @@ def test_node_caps_bound_the_adapters_a_plan_asks_for():
     with pytest.raises(ProtocolError, match="adapters take"):
         NodeCaps(max_payload_mb=64).check(wide, 1)  # partition 1: a Linear adapter
     NodeCaps(max_payload_mb=2048).check(wide, 1)
+
+
+CONV = LayerInfo("conv", 3 * 3 * 5, 8, "conv2d", True, kernel_size=(3, 5), stride=(2, 1),
+                 padding=(1, 2), dilation=(1, 1))
+
+
+def test_a_plan_carries_a_convolution_s_geometry():
+    p = dataclasses.replace(plan(), layout=Layout((CONV, LayerInfo("head", 64, 10))))
+    raw = json.loads(json.dumps(p.to_dict()))
+    assert raw["layout"][0]["kernel_size"] == [3, 5]
+    back = Plan.from_dict(raw)
+    assert back == p and back.layout["conv"].kernel_size == (3, 5)
+    assert back.layout["conv"].in_channels == 3
+
+
+@pytest.mark.parametrize("layer, key, value, expected", [
+    (0, "stride", [0, 1], r"stride: expected an integer in \[1, 1024\]"),
+    (0, "padding", [-1, 0], r"padding: expected an integer in \[0, 1024\]"),
+    (0, "dilation", [1], "dilation: expected two integers"),
+    (0, "kernel_size", [3, 5.0], "kernel_size: expected int"),
+    (0, "kernel_size", [3, 4], "must be a multiple of 12"),
+    (1, "kernel_size", [3, 3], "a linear layer has no geometry"),
+])
+def test_a_plan_layout_s_geometry_is_checked(layer, key, value, expected):
+    raw = dataclasses.replace(plan(), layout=Layout((CONV, LayerInfo("head", 64, 10)))).to_dict()
+    raw["layout"][layer][key] = value
+    with pytest.raises(ProtocolError, match=expected):
+        Plan.from_dict(json.loads(json.dumps(raw)))

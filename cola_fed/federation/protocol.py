@@ -45,7 +45,8 @@ from typing import Any, ClassVar
 from flwr.app import ConfigRecord, RecordDict
 
 from cola_fed.adapters.init import state_nbytes
-from cola_fed.adapters.spec import ACTIVATIONS, ADAPTER_KINDS, AdapterSpec
+from cola_fed.adapters.registry import is_known_kind
+from cola_fed.adapters.spec import ACTIVATIONS, AdapterSpec
 from cola_fed.config import (
     BACKENDS,
     DATA_MODES,
@@ -221,11 +222,16 @@ _TASK_FIELDS = {"name": str, "text_column": str, "label_column": str, "prompt_co
                 "eval_batches": int, "partitioner": str, "partition_by": str,
                 "dirichlet_alpha": float, "server_test_size": int, "seed": int}
 _SPEC_FIELDS = {"kind": str, "rank": int, "bias": bool, "hidden": int, "depth": int,
-                "growth": int, "activation": str}
+                "growth": int, "activation": str, "options": dict}
 _OPTIMIZER_FIELDS = {"name": str, "lr": float, "weight_decay": float, "betas": list,
                      "eps": float, "momentum": float, "nesterov": bool, "warmup_steps": int,
                      "total_steps": "int?", "max_grad_norm": "float?"}
-_LAYER_FIELDS = {"name": str, "d_in": int, "d_out": int, "module_type": str, "has_bias": bool}
+_LAYER_FIELDS = {"name": str, "d_in": int, "d_out": int, "module_type": str, "has_bias": bool,
+                 "kernel_size": list, "stride": list, "padding": list, "dilation": list}
+#: a convolution's geometry fields: the least value of each, and the default of a layer that is
+#: not a convolution (which must keep it)
+_GEOMETRY = {"kernel_size": (1, (1, 1)), "stride": (1, (1, 1)), "padding": (0, (0, 0)),
+             "dilation": (1, (1, 1))}
 
 
 @dataclass(frozen=True)
@@ -287,7 +293,8 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         task = {k: getattr(self.task, k) for k in _TASK_FIELDS}
         return {
-            "layout": [dataclasses.asdict(layer) for layer in self.layout],
+            "layout": [{k: list(v) if isinstance(v, tuple) else v  # JSON has no tuples
+                        for k, v in dataclasses.asdict(layer).items()} for layer in self.layout],
             "task": task,
             "node-specs": [{sel: spec.to_dict() for sel, spec in specs.items()}
                            for specs in self.node_specs],
@@ -346,10 +353,29 @@ def _layout(raw: list) -> Layout:
             raise ProtocolError(f"plan.layout[{i}].module_type: expected one of {MODULE_TYPES}")
         for dim in ("d_in", "d_out"):
             _in_range(layer[dim], 1, 2**20, f"plan.layout[{i}].{dim}")
+        for key, (low, default) in _GEOMETRY.items():
+            layer[key] = _int_pair(layer[key], low, f"plan.layout[{i}].{key}")
+            if layer["module_type"] != "conv2d" and layer[key] != default:
+                raise ProtocolError(f"plan.layout[{i}].{key}: a {layer['module_type']} layer "
+                                    f"has no geometry; expected {list(default)}")
+        kh, kw = layer["kernel_size"]
+        if layer["d_in"] % (kh * kw):
+            raise ProtocolError(f"plan.layout[{i}].d_in: a conv2d layer's d_in = in_channels * "
+                                f"kh * kw must be a multiple of {kh * kw}, got {layer['d_in']}")
         layers.append(LayerInfo(**layer))
     if len({layer.name for layer in layers}) != len(layers):
         raise ProtocolError("plan.layout: duplicate layer names")
     return Layout(tuple(layers))
+
+
+def _int_pair(raw: list, low: int, where: str) -> tuple[int, int]:
+    """Two integers in ``[low, 1024]`` (a convolution's kernel, stride, padding or dilation)."""
+    if len(raw) != 2:
+        raise ProtocolError(f"{where}: expected two integers, got {raw!r:.80}")
+    for value in raw:
+        _check_type(value, int, where)
+        _in_range(value, low, 2**10, where)
+    return raw[0], raw[1]
 
 
 def _task(raw: dict) -> TaskConfig:
@@ -367,13 +393,25 @@ def _node_specs(raw: Any, where: str) -> dict[str, AdapterSpec]:
     specs = {}
     for selector, spec in raw.items():
         spec = _take(spec, _SPEC_FIELDS, f"{where}.{selector:.40}")
-        if spec["kind"] not in ADAPTER_KINDS or spec["activation"] not in ACTIVATIONS:
-            raise ProtocolError(f"{where}: unknown adapter kind or activation")
+        if not is_known_kind(spec["kind"]) or spec["activation"] not in ACTIVATIONS:
+            raise ProtocolError(f"{where}: adapter kind {spec['kind']!r:.40} is not installed "
+                                "on this node, or unknown activation")
+        _check_options(spec["options"], where)
         for size in ("rank", "hidden", "growth"):
             _in_range(spec[size], 1, 2**20, f"{where}.{size}")
         _in_range(spec["depth"], 1, 16, f"{where}.depth")
         specs[selector] = _validated(lambda s=spec: AdapterSpec(**s), where)
     return specs
+
+
+def _check_options(options: dict, where: str) -> None:
+    """A family's options: at most 16 short names, each a number, boolean or short string."""
+    if len(options) > 16 or not all(
+            isinstance(k, str) and 1 <= len(k) <= 32 and (
+                isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= 64))
+            for k, v in options.items()):
+        raise ProtocolError(f"{where}.options: expected at most 16 names of at most 32 "
+                            "characters, each a number, a boolean or a string of at most 64")
 
 
 def _optimizer(raw: dict) -> OptimizerSpec:

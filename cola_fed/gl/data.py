@@ -8,18 +8,23 @@ For every adapted layer the client needs the rows ``x`` that entered the layer a
 - layers that read the same input tensor (BERT's ``query`` and ``value``) share one ``x``; each
   layer then names the rows of that shared ``x`` it uses.
 
+A convolution's ``x`` and ``d`` are kept compact, 4-D (``[B, C_in, H, W]`` and
+``[B, C_out, H', W']``, see :mod:`cola_fed.gl.layer_data`); its "rows" are then samples.
+
 Arrays are torch tensors on the server and numpy arrays after the wire; both index alike.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 
 @dataclass
 class AdaptationData:
-    """Per adapted layer ``(x [n, d_in], d [n, d_out])`` of one client's batch, stored compactly.
+    """Per adapted layer ``(x [n, d_in], d [n, d_out])`` of one client's batch, stored compactly
+    (a convolution's ``(x [B, C_in, H, W], d [B, C_out, H', W'])``, indexed by sample).
 
     Attributes
     ----------
@@ -56,9 +61,10 @@ class AdaptationData:
         return (x if rows is None else x[rows]), self.grads[name]
 
     def num_values(self) -> int:
-        """Floats carried (the size that matters on the wire)."""
+        """Floats carried (the size that matters on the wire), whatever the arrays' ndim."""
         arrays = [*self.inputs.values(), *self.grads.values()]
-        return sum(int(a.shape[0]) * int(a.shape[1]) for a in arrays)
+        return sum(math.prod(int(n) for n in a.shape) for a in arrays)
 
     def num_rows(self, name: str) -> int:
+        """Rows of ``d`` of one layer (samples, for a convolution)."""
         return int(self.grads[name].shape[0])

@@ -5,7 +5,8 @@ pass over their concatenated batches, routing every sample through its own clien
 and captures at every adapted layer the input ``x`` and the gradient ``d = dL/dh`` of the loss at
 the adapted output ``h = f(x) + g(x)``. Each client's loss is the mean over its own samples and
 the pass backpropagates the sum of those losses, so each client receives exactly the ``d`` it
-would get alone.
+would get alone. An ``nn.Conv2d`` is adapted as rows of unfolded receptive fields; its ``x`` and
+``d`` are captured 4-D and travel that way (the learner unfolds them).
 
 Modes
 -----
@@ -28,12 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cola_fed.adapters.base import Adapter, Params
 from cola_fed.adapters.registry import build_adapter, infer_spec
 from cola_fed.errors import AdapterError, ColaError, ConfigError, GradientError, TargetError
 from cola_fed.gl.data import AdaptationData
+from cola_fed.gl.layer_data import output_size
 from cola_fed.gl.layout import LayerInfo, SpecLike, assign_specs
 from cola_fed.gl.losses import LossFn, default_loss, logits_of
 from cola_fed.gl.targets import Targets, find_targets
@@ -262,7 +265,7 @@ class ServerEngine:
         x = args[0]
         routes = active.routes.get(layer.name)
         if routes:
-            output = output + _adapter_output(routes, x, output)
+            output = output + _adapter_output(layer, routes, x, output)
         if not active.capture:
             return output
         if x.shape[0] != output.shape[0]:
@@ -284,10 +287,14 @@ class ServerEngine:
         grads: Mapping[str, list[torch.Tensor | None]],
         loss: torch.Tensor,
     ) -> AdaptationData:
-        """Slice one client's rows out of the pass, drop zero-gradient rows, share inputs."""
+        """Slice one client's rows out of the pass, drop zero-gradient rows, share inputs.
+
+        A convolution's ``x`` and ``d`` stay 4-D (``[B, C, H, W]``, compact: the learner unfolds
+        them), so its "rows" are samples: a sample whose ``d`` is all zero is dropped whole.
+        """
         xs: dict[str, torch.Tensor] = {}
         ds: dict[str, torch.Tensor] = {}
-        signature: dict[str, tuple[int, ...]] = {}
+        signature: dict[str, tuple[Any, ...]] = {}
         for info in self.layout:
             layer_calls = calls.get(info.name)
             if not layer_calls:
@@ -297,12 +304,22 @@ class ServerEngine:
                 )
             x_parts, d_parts = [], []
             for (x, out), g in zip(layer_calls, grads[info.name]):
-                x_parts.append(x[start:stop].reshape(-1, info.d_in))
                 g = torch.zeros_like(out) if g is None else g
-                d_parts.append(g[start:stop].reshape(-1, info.d_out))
+                if info.is_conv2d:
+                    x_parts.append(x[start:stop])
+                    d_parts.append(g[start:stop])
+                else:
+                    x_parts.append(x[start:stop].reshape(-1, info.d_in))
+                    d_parts.append(g[start:stop].reshape(-1, info.d_out))
+            if info.is_conv2d and len({tuple(x.shape[2:]) for x in x_parts}) > 1:
+                raise TargetError(
+                    f"layer {info.name!r} is called several times on inputs of different "
+                    "spatial sizes; a convolution is adapted only if every call has one size"
+                )
             xs[info.name] = torch.cat(x_parts) if len(x_parts) > 1 else x_parts[0]
             ds[info.name] = torch.cat(d_parts) if len(d_parts) > 1 else d_parts[0]
-            signature[info.name] = tuple(id(x) for x, _ in layer_calls)
+            # layers share x only if they read the same tensors and keep x in the same form
+            signature[info.name] = (info.is_conv2d, *(id(x) for x, _ in layer_calls))
             if not torch.isfinite(ds[info.name].sum()):  # one reduction; NaN and Inf survive it
                 bad = int((~torch.isfinite(ds[info.name])).sum())
                 what = f"{bad} non-finite values" if bad else "values too large to sum"
@@ -312,12 +329,12 @@ class ServerEngine:
                 )
         dtype = torch.promote_types(next(iter(xs.values())).dtype, torch.float32)
         data = AdaptationData({}, {}, {}, {}, loss=float(loss.detach()), num_samples=stop - start)
-        groups: dict[tuple[int, ...], list[str]] = {}
+        groups: dict[tuple[Any, ...], list[str]] = {}
         for name in self.layout.names:
             groups.setdefault(signature[name], []).append(name)
         for members in groups.values():
             key = members[0]
-            live = {name: ds[name].ne(0).any(dim=1) for name in members}
+            live = {name: ds[name].flatten(1).ne(0).any(dim=1) for name in members}
             union = torch.stack(list(live.values())).any(dim=0)
             data.inputs[key] = xs[key][union].detach().to(dtype)
             for name in members:
@@ -407,7 +424,12 @@ class ServerEngine:
                             f"layer {name!r} has no bias to merge an adapter bias into; "
                             "use unmerged mode"
                         )
-                    weight_delta = dw.T if info.module_type == "conv1d" else dw
+                    if info.module_type == "conv1d":
+                        weight_delta = dw.T
+                    elif info.is_conv2d:  # rows [C_out, C_in*kh*kw] are the kernel flattened
+                        weight_delta = dw.reshape(module.weight.shape)
+                    else:
+                        weight_delta = dw
                     for target, delta in ((module.weight, weight_delta), (module.bias, db)):
                         if delta is None:
                             continue
@@ -440,12 +462,17 @@ def _routes(
 
 
 def _adapter_output(
-    routes: list[tuple[int, int, Adapter, Params]], x: torch.Tensor, output: torch.Tensor
+    layer: LayerInfo,
+    routes: list[tuple[int, int, Adapter, Params]],
+    x: torch.Tensor,
+    output: torch.Tensor,
 ) -> torch.Tensor:
     """Every sample's own adapter output, in the base dtype (adapters compute in their own)."""
 
     def run(adapter: Adapter, params: Params, rows: torch.Tensor) -> torch.Tensor:
         dtype = next(iter(params.values())).dtype
+        if layer.is_conv2d:
+            return _conv2d_adapter_output(layer, adapter, params, rows.to(dtype)).to(output.dtype)
         return adapter.forward(params, rows.to(dtype)).to(output.dtype)
 
     if len(routes) == 1 and routes[0][0] == 0 and routes[0][1] == x.shape[0]:
@@ -469,6 +496,19 @@ def _adapter_output(
         for rows, chosen in zip(x.split(sizes), adapters)
     ]
     return torch.cat(pieces)
+
+
+def _conv2d_adapter_output(
+    layer: LayerInfo, adapter: Adapter, params: Params, x: torch.Tensor
+) -> torch.Tensor:
+    """An adapter on a convolution: ``g`` applied to every output position's unfolded receptive
+    field (``F.unfold``'s order, as :func:`cola_fed.gl.layer_data.unfold`), folded back to
+    ``[B, C_out, H', W']``."""
+    cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
+                    stride=layer.stride)  # [B, C_in*kh*kw, H'*W']
+    out = adapter.forward(params, cols.transpose(1, 2))  # [B, H'*W', C_out]
+    h_out, w_out = output_size(layer, x.shape[2], x.shape[3])
+    return out.transpose(1, 2).reshape(x.shape[0], layer.d_out, h_out, w_out)
 
 
 def _delta_weights(

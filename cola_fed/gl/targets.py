@@ -41,10 +41,41 @@ def layer_info(name: str, module: nn.Module) -> LayerInfo:
     if _is_conv1d(module):
         d_in, d_out = module.weight.shape
         return LayerInfo(name, int(d_in), int(d_out), "conv1d", module.bias is not None)
+    if isinstance(module, nn.Conv2d):
+        return _conv2d_info(name, module)
     raise TargetError(
-        f"target {name!r} is a {type(module).__name__}; cola-fed adapts nn.Linear and "
-        "Hugging Face Conv1D modules. Choose targets that name such layers."
+        f"target {name!r} is a {type(module).__name__}; cola-fed adapts nn.Linear, nn.Conv2d "
+        "and Hugging Face Conv1D modules. Choose targets that name such layers."
     )
+
+
+def _conv2d_info(name: str, module: nn.Conv2d) -> LayerInfo:
+    """Describe an ``nn.Conv2d``: adapters see it as rows of unfolded receptive fields, which
+    only a dense (``groups=1``), zero-padded convolution is a plain matrix product of."""
+    if module.groups != 1:
+        raise TargetError(f"target {name!r} is an nn.Conv2d with groups={module.groups}; "
+                          "cola-fed adapts only groups=1 convolutions")
+    if module.padding_mode != "zeros":
+        raise TargetError(f"target {name!r} is an nn.Conv2d with padding_mode="
+                          f"{module.padding_mode!r}; cola-fed adapts only padding_mode='zeros'")
+    kh, kw = module.kernel_size
+    dilation = (int(module.dilation[0]), int(module.dilation[1]))
+    if module.padding == "same":
+        # torch pads total = dilation * (k - 1) per side pair; only an even total is symmetric
+        totals = (dilation[0] * (kh - 1), dilation[1] * (kw - 1))
+        if any(total % 2 for total in totals):
+            raise TargetError(f"target {name!r}: padding='same' with kernel {(kh, kw)} and "
+                              f"dilation {dilation} pads asymmetrically; cola-fed needs "
+                              "symmetric padding (use an odd kernel or explicit padding)")
+        padding = (totals[0] // 2, totals[1] // 2)
+    elif module.padding == "valid":
+        padding = (0, 0)
+    else:
+        padding = (int(module.padding[0]), int(module.padding[1]))
+    return LayerInfo(name, module.in_channels * kh * kw, module.out_channels, "conv2d",
+                     module.bias is not None, kernel_size=(int(kh), int(kw)),
+                     stride=(int(module.stride[0]), int(module.stride[1])), padding=padding,
+                     dilation=dilation)
 
 
 def default_targets(model: nn.Module) -> list[str]:

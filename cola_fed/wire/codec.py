@@ -28,6 +28,7 @@ from safetensors.numpy import save as st_save
 
 from cola_fed.errors import MalformedPayloadError
 from cola_fed.gl.data import AdaptationData
+from cola_fed.gl.layer_data import shape_error
 from cola_fed.gl.layout import Layout
 from cola_fed.wire.strict_json import loads_strict
 
@@ -442,7 +443,8 @@ def decode_adaptation(
     blob : bytes, bytearray or memoryview
         The payload.
     layout : Layout, optional
-        The adapted layers; each layer's ``x`` and ``d`` widths must match it.
+        The adapted layers; each layer's ``x`` and ``d`` shapes must match it (a convolution's
+        are 4-D, with the channels and output size its geometry gives).
     limits : Limits, optional
         Size caps checked before anything is allocated.
 
@@ -476,17 +478,17 @@ def decode_adaptation(
     for name in layers:
         x_dtype, x_shape = specs[f"x/{input_of[name]}"]
         d_dtype, d_shape = specs[f"d/{name}"]
-        if x_dtype != wire or d_dtype != wire or len(x_shape) != 2 or len(d_shape) != 2:
-            raise MalformedPayloadError(f"layer {name!r}: x and d must be 2-D {dtype} tensors")
+        # rows [n, d] of a linear layer, or a convolution's compact [B, C, H, W]
+        if (x_dtype != wire or d_dtype != wire or len(x_shape) not in (2, 4)
+                or len(d_shape) != len(x_shape)):
+            raise MalformedPayloadError(
+                f"layer {name!r}: x and d must be {dtype} tensors, both 2-D or both 4-D")
         if layout is not None:
             if name not in layout:
                 raise MalformedPayloadError(f"layer {name!r} is not an adapted layer")
-            info = layout[name]
-            if x_shape[1] != info.d_in or d_shape[1] != info.d_out:
-                raise MalformedPayloadError(
-                    f"layer {name!r}: expected x [n, {info.d_in}] and d [n, {info.d_out}], "
-                    f"got {list(x_shape)} and {list(d_shape)}"
-                )
+            error = shape_error(layout[name], x_shape, d_shape, has_rows=True)
+            if error is not None:
+                raise MalformedPayloadError(error)
         if has_rows[name] is True:
             r_dtype, r_shape = specs[f"rows/{name}"]
             if r_dtype.kind != "i" or r_shape != (d_shape[0],):
