@@ -218,8 +218,8 @@ def _index(value: Any, options: int, where: str) -> int:
 
 _TASK_FIELDS = {"name": str, "text_column": str, "label_column": str, "prompt_column": str,
                 "response_column": str, "template": str, "label_names": str, "num_labels": int,
-                "pad_id": int, "eos_id": int, "batch_size": int, "max_length": int,
-                "eval_batches": int, "partitioner": str, "partition_by": str,
+                "pad_id": int, "eos_id": int, "decoder_start_id": int, "batch_size": int,
+                "max_length": int, "eval_batches": int, "partitioner": str, "partition_by": str,
                 "dirichlet_alpha": float, "server_test_size": int, "seed": int}
 _SPEC_FIELDS = {"kind": str, "rank": int, "bias": bool, "hidden": int, "depth": int,
                 "growth": int, "activation": str, "options": dict}

@@ -47,9 +47,31 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return classification_loss(logits[:, :-1, :], labels[:, 1:])
 
 
+def seq2seq_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token cross-entropy of an encoder-decoder LM over its decoder labels (-100 ignored).
+
+    Not shifted: the batch's ``decoder_input_ids`` are the labels already shifted right, so
+    the logits at position ``t`` predict ``labels[:, t]``. A batch whose labels are all
+    ignored gives a zero loss that still has a graph (:func:`classification_loss`).
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"decoder logits {tuple(logits.shape)} do not match the labels "
+                         f"{tuple(labels.shape)}: the decoder inputs and the labels must have "
+                         "the same length")
+    return classification_loss(logits, labels)
+
+
+#: class-name endings of encoder-decoder LMs (their logits are per decoder token)
+SEQ2SEQ_LM_CLASSES = ("ForConditionalGeneration", "MTModel", "EncoderDecoderModel")
+
+
 def default_loss(model: nn.Module) -> LossFn:
     """The loss a Hugging Face model of this class computes from ``labels``."""
     name = type(model).__name__
     if name.endswith("ForCausalLM") or name.endswith("LMHeadModel"):
         return causal_lm_loss
+    # decoder-only vision-language models are "...ForConditionalGeneration" too (shifted)
+    encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    if encoder_decoder is True and name.endswith(SEQ2SEQ_LM_CLASSES):
+        return seq2seq_lm_loss
     return classification_loss

@@ -9,7 +9,9 @@
   fresh, seeded classification head, adapted by a Linear adapter with bias;
 - ``causal-lm``: plain text, or instruction/response pairs whose loss counts the response
   tokens only. Metrics: token accuracy, loss and perplexity on held-out text and, with
-  ``task.rouge-prompts``, ROUGE-L of greedy generations on server-held test prompts.
+  ``task.rouge-prompts``, ROUGE-L of greedy generations on server-held test prompts;
+- ``seq2seq``: source -> target pairs on an encoder-decoder LM (BART, T5); the node sends the
+  decoder inputs (the labels shifted right). Metrics as ``causal-lm``.
 
 The node side is torch-free: it encodes its rows with the model's ``tokenizer.json`` through
 the ``tokenizers`` library, from the copy the server ships at hello (checked against the signed
@@ -408,3 +410,156 @@ def _find_head(model: Any) -> str:
             return name
     raise ConfigError(f"task.model: cannot find the classification head of "
                       f"{type(model).__name__} (looked for {HEAD_NAMES})")
+
+
+class Seq2SeqTask(CausalLMTask):
+    """Source -> target on an encoder-decoder LM (BART, T5, ...): the encoder reads the source
+    (``task.prompt-column`` or ``task.template``), the decoder learns to write the target
+    (``task.response-column``) and its end-of-sequence token.
+
+    A batch is ``input_ids`` and ``attention_mask`` of the source, the target's ``labels``
+    (-100 on padding) and ``decoder_input_ids``: the labels shifted right after the decoder
+    start token (``task.decoder-start-id``: the model's), padding where the labels are -100,
+    with its ``decoder_attention_mask``. The node builds them, so the server's loss is the
+    unshifted token cross-entropy (:func:`cola_fed.gl.losses.seq2seq_lm_loss`). Sources and
+    targets each take up to ``task.max-length`` tokens.
+    """
+
+    name = "seq2seq"
+
+    # ---- server side
+
+    def build_model(self) -> Any:
+        import inspect
+
+        model = self._load_model("AutoModelForSeq2SeqLM")
+        if not getattr(model.config, "is_encoder_decoder", False):
+            raise ConfigError(f"task.model: {type(model).__name__} is not an encoder-decoder "
+                              "model; the seq2seq task needs one (causal-lm: decoder-only)")
+        if "decoder_attention_mask" not in inspect.signature(model.forward).parameters:
+            raise ConfigError(f"task.model: {type(model).__name__} takes no "
+                              "decoder_attention_mask, which the seq2seq task sends")
+        return model
+
+    def plan_config(self) -> TaskConfig:
+        """The plan's task, with the decoder start id resolved too."""
+        import dataclasses
+
+        return dataclasses.replace(super().plan_config(), decoder_start_id=self.decoder_start_id)
+
+    @functools.cached_property
+    def decoder_start_id(self) -> int:
+        """The token the decoder starts from: configured, else the model's
+        ``decoder_start_token_id`` (``config.json``, then ``generation_config.json``)."""
+        start = self.config.decoder_start_id
+        if start < 0 and not self.config.model:
+            raise ConfigError("plan: task.decoder-start-id must come resolved from the server")
+        if start < 0:
+            start = self._model_decoder_start()
+        size = self.tokenizer().get_vocab_size(with_added_tokens=True)
+        if start >= size:
+            raise ConfigError(f"task.decoder-start-id: token id {start} is outside the "
+                              f"tokenizer's vocabulary of {size}")
+        return start
+
+    def _model_decoder_start(self) -> int:
+        """The model's ``decoder_start_token_id``: its ``config.json``'s, else its
+        ``generation_config.json``'s (where newer checkpoints keep it)."""
+        generation = self.model_folder / "generation_config.json"
+        try:
+            generation_config = json.loads(generation.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            generation_config = {}
+        for values in (self.model_config, generation_config):
+            found = (_first_id(values.get("decoder_start_token_id"))
+                     if isinstance(values, dict) else None)
+            if found is not None:
+                return found
+        raise ConfigError(f"task.decoder-start-id: {self.model_folder} names no "
+                          "decoder_start_token_id; set task.decoder-start-id (T5: its padding "
+                          "id, BART: its end-of-sequence id)")
+
+    def check(self, num_partitions: int | None = None) -> None:
+        self.decoder_start_id  # noqa: B018 - refuses a model without one now
+        super().check(num_partitions)
+
+    # ---- node side
+
+    def pairs(self, rows: np.ndarray) -> tuple[list[str], list[str]]:
+        """The source and the target of each row."""
+        if not self.config.response_column:
+            raise ConfigError("task.response-column: the seq2seq task needs the target column "
+                              "(and task.prompt-column or task.template for the source)")
+        prompts, responses = super().pairs(rows)
+        assert responses is not None  # a response column is set
+        return prompts, responses
+
+    def encode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The source's ids and mask; the target's labels and the decoder inputs (the labels
+        shifted right after the start token), each ``task.max-length`` wide."""
+        sources, targets = self.pairs(rows)
+        eos = self.special_ids[1]
+        target_ids = [[*t, eos] for t in self.encode_ids(targets, special=False)]
+        ids, mask = self.pad(self.encode_ids(sources))
+        target, decoder_mask = self.pad(target_ids)
+        decoder_ids = np.full_like(target, self.special_ids[0])
+        decoder_ids[:, 0] = self.decoder_start_id
+        decoder_ids[:, 1:] = np.where(decoder_mask[:, :-1] == 1, target[:, :-1],
+                                      self.special_ids[0])
+        return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": decoder_ids,
+                "decoder_attention_mask": decoder_mask,
+                "labels": np.where(decoder_mask == 1, target, IGNORE)}
+
+    def input_contract(self) -> InputContract:
+        """Source and decoder token ids below the model's vocabulary, 0/1 masks, and labels
+        in the vocabulary or -100, all int64 ``(batch, max_length)``."""
+        tokens = (BATCH, self.config.max_length)
+        return InputContract({
+            "input_ids": TensorContract("int64", tokens, 0, self.vocab_size),
+            "attention_mask": TensorContract("int64", tokens, 0, 2),
+            "decoder_input_ids": TensorContract("int64", tokens, 0, self.vocab_size),
+            "decoder_attention_mask": TensorContract("int64", tokens, 0, 2),
+            "labels": self.label_contract(),
+        })
+
+    def correct(self, logits: Any, labels: Any) -> tuple[int, int]:
+        """Token accuracy over the target tokens (the logits at ``t`` predict label ``t``)."""
+        valid = labels != IGNORE
+        return int(((logits.argmax(-1) == labels) & valid).sum()), int(valid.sum())
+
+    # ---- ROUGE-L of greedy generations (server side)
+
+    def generate(self, predict: Callable[[dict[str, np.ndarray]], Any],
+                 prompts: list[str]) -> list[str]:
+        """Greedy targets of the sources ``prompts`` (at most ``task.max-new-tokens`` tokens,
+        within ``task.max-length``), through ``predict`` (batch -> decoder logits): the
+        decoder reruns on its growing inputs (no cache), so the engine's adapters apply."""
+        pad, eos = self.special_ids
+        ids, mask = self.pad(self.encode_ids(prompts))
+        decoder_ids = np.full_like(ids, pad)
+        decoder_ids[:, 0] = self.decoder_start_id
+        decoder_mask = np.zeros_like(mask)
+        decoder_mask[:, 0] = 1
+        lengths = np.ones(len(prompts), dtype=np.int64)
+        done = np.zeros(len(prompts), dtype=bool)
+        out: list[list[int]] = [[] for _ in prompts]
+        for _ in range(self.config.max_new_tokens):
+            if done.all():
+                break
+            logits = predict({"input_ids": ids, "attention_mask": mask,
+                              "decoder_input_ids": decoder_ids,
+                              "decoder_attention_mask": decoder_mask,
+                              "labels": np.full_like(ids, IGNORE)})
+            nxt = np.asarray(logits[np.arange(len(prompts)), lengths - 1].argmax(-1))
+            for row, token in enumerate(nxt.tolist()):
+                if done[row]:
+                    continue
+                done[row] = token == eos or lengths[row] >= ids.shape[1]
+                if token != eos:
+                    out[row].append(token)
+                if done[row]:
+                    continue
+                decoder_ids[row, lengths[row]], decoder_mask[row, lengths[row]] = token, 1
+                lengths[row] += 1
+        tokenizer = self.tokenizer()
+        return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in out]
