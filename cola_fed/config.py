@@ -196,6 +196,8 @@ class AdapterConfig:
             name, sep, text = (t.strip() for t in item.partition("="))
             if not sep or not name:
                 raise ConfigError(f"adapter.options: expected name=value, got {item!r}")
+            if name in values:
+                raise ConfigError(f"adapter.options: {name} is given twice")
             values[name] = _option_value(text)
         return values
 

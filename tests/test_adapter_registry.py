@@ -86,6 +86,18 @@ def test_the_family_is_known_and_its_options_are_checked():
         infer_spec({"down": np.zeros((3, 5)), "up": np.zeros((4, 3))})
 
 
+def test_options_are_canonical_and_name_distinct_graphs():
+    from cola_fed.edge.graphs import GraphKey
+
+    assert AdapterSpec(kind=KIND, rank=2, options=(("alpha", 2.0),)) == spec(2.0)
+    for bad in ((("alpha", 1.0), ("alpha", 2.0)), {"alpha": float("nan")}, {"alpha": 2**60}):
+        with pytest.raises(ConfigError, match=r"adapter\.options"):
+            AdapterSpec(kind=KIND, options=bad)
+    # option values are free text for a plugin: names must still tell every spec apart
+    names = {GraphKey(spec(alpha), 4, 3, "sgd").name for alpha in (1.0, 10.0, 0.1, 1e-1 + 1e-9)}
+    assert len(names) == 4 and all("/" not in n and "." not in n for n in names)
+
+
 def test_config_gives_each_kind_its_own_options():
     config = AdapterConfig(kind=KIND, kinds="lowrank," + KIND, options="alpha=2.5", rank=2)
     assert config.spec_for(0).kind == "lowrank" and config.spec_for(0).options == ()
@@ -127,7 +139,7 @@ def test_onnx_learner_trains_it_as_the_torch_learner(net64):
     engine = ServerEngine(net64.float(), targets=["fc1", "fc2"])
     optimizer = OptimizerSpec(name="sgd", lr=0.1, momentum=0.9, max_grad_norm=0.5)
     keys = graph_keys(engine.layout, [spec()], optimizer)
-    assert all(name.startswith(f"{KIND}-rank2alpha4p0-") for name in keys)
+    assert all(name.startswith(f"{KIND}-rank2o") for name in keys)
     edge = OrtLearner(engine.layout, spec(), optimizer, export_graphs(keys.values()), seed=3)
     reference = GradientLearner(engine.layout, spec(), optimizer, seed=3)
     for step in range(4):

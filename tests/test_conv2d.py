@@ -405,3 +405,26 @@ def test_dilated_convolution_adapters_do_not_export(tmp_path):
     state = adapter_state(engine.layout, AdapterSpec(kind="lowrank", rank=4), seed=0)
     with pytest.raises(AdapterError, match="ignores dilation"):
         export_peft(base, state, tmp_path / "lora")
+
+
+@pytest.mark.parametrize("geometry", [
+    dict(kernel_size=(1, 1), padding=(40, 40)),  # a 1x1 input padded into thousands of rows
+    dict(kernel_size=(16, 16), padding=(0, 0)),  # every pixel repeated 256 times
+])
+def test_convolution_data_whose_unfolding_outgrows_the_cap_is_refused(geometry):
+    """The compact data is small; what the learner would unfold from it is bounded first."""
+    from cola_fed.gl.layer_data import output_size, unfolded_values
+    from cola_fed.wire.codec import Limits
+
+    kh, kw = geometry["kernel_size"]
+    channels, side = (64, 1) if kh == 1 else (4, 60)
+    info = LayerInfo("conv", channels * kh * kw, 1, "conv2d", True, **geometry)
+    x = np.ones((2, channels, side, side), np.float32)
+    d = np.ones((2, 1, *output_size(info, side, side)), np.float32)
+    blob = encode_adaptation(AdaptationData({"conv": x}, {"conv": d}, {"conv": "conv"}))
+    needed = 4 * unfolded_values(info, x.shape)
+    assert needed > 50 * len(blob)
+    layout = Layout((info,))
+    assert decode_adaptation(blob, layout=layout, limits=Limits(max_bytes=needed)).grads
+    with pytest.raises(MalformedPayloadError, match="unfolding"):
+        decode_adaptation(blob, layout=layout, limits=Limits(max_bytes=needed - 1))

@@ -135,7 +135,20 @@ def test_a_node_refuses_a_reply_larger_than_its_cap(caplog):
     assert STATE_SESSION not in grid.contexts[VICTIM].state
 
 
-def test_a_changed_server_identity_is_refused_by_a_node_that_remembers(tmp_path, caplog):
+def test_a_changed_server_identity_is_refused_by_a_node_that_remembers(tmp_path, caplog,
+                                                                       monkeypatch):
+    """...before the node reads the plan: reading it may load an installed adapter plugin."""
+    from cola_fed.federation import client
+
+    read_by = []
+
+    class Recording(client.HelloTranscript):
+        @classmethod
+        def decode(cls, blob):
+            read_by.append(1)
+            return super().decode(blob)
+
+    monkeypatch.setattr(client, "HelloTranscript", Recording)
     known = tmp_path / "known-servers.json"
     KnownServers(known).check("default", public_bytes(Ed25519PrivateKey.generate()))
     config = RunConfig.from_flat({**DIGITS, "num-server-rounds": 1})
@@ -146,6 +159,12 @@ def test_a_changed_server_identity_is_refused_by_a_node_that_remembers(tmp_path,
         strategy.start(grid, num_rounds=1, timeout=3)
     assert "UntrustedKeyError" in caplog.text and "cola-fed trust forget" in caplog.text
     assert set(strategy.sessions) == {1000}
+    victim_reads = len(read_by)
+    lone = LocalGrid(1)  # the victim alone: it must refuse without reading any plan
+    lone.contexts[next(iter(lone.contexts))].node_config["known-servers"] = str(known)
+    read_by.clear()
+    build_strategy(config).start(lone, num_rounds=1, timeout=3)
+    assert read_by == [] and victim_reads > 0
 
 
 def test_relay_edits_of_train_messages_fail_for_that_message_alone(caplog):

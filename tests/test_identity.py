@@ -223,6 +223,16 @@ def test_trust_on_first_use_remembers_and_then_insists(home, caplog):
     assert known.check("lab-server", public(2)) == fingerprint(public(2))
 
 
+def test_a_first_look_refuses_a_changed_key_and_remembers_nothing(home):
+    known = KnownServers()
+    assert known.check("lab", public(1), remember=False) == fingerprint(public(1))
+    assert not known.path.exists()
+    known.check("lab", public(1))
+    with pytest.raises(UntrustedKeyError, match="remembers"):
+        known.check("lab", public(2), remember=False)
+    assert known.entries() == {"lab": fingerprint(public(1))}
+
+
 def test_pinned_mismatch_raises_and_writes_nothing(home):
     known = KnownServers()
     pinned = fingerprint(public(1)).replace(":", "").upper()

@@ -16,6 +16,8 @@ exporter and the federation then use it without any change to cola-fed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -89,11 +91,14 @@ class AdapterFamily:
 
     def graph_tag(self, spec: AdapterSpec) -> str:
         """The size part of this family's graph names (``r8`` in ``lowrank-r8-64x64-adamw``):
-        two specs with the same tag must train with the same graph. Default: every field the
-        family reads, and its options."""
+        specs that train with different graphs must get different tags. Default: every field
+        the family reads (validated numbers, booleans and activation names), then a digest of
+        its options, whose values may be any text."""
         parts = [f"{name}{getattr(spec, name)}" for name in self.fields]
-        parts += [f"{name}{value}" for name, value in spec.options]
-        return "".join(parts).replace(".", "p").replace("-", "m") or "default"
+        if spec.options:
+            canonical = json.dumps(spec.options, separators=(",", ":")).encode()
+            parts.append("o" + hashlib.sha256(canonical).hexdigest()[:12])
+        return "".join(parts) or "default"
 
     def infer(self, shapes: Mapping[str, tuple[int, ...]], activation: str) -> AdapterSpec | None:
         """The spec of a state with these parameter shapes, if it is one of this family's; used

@@ -55,7 +55,9 @@ def family_of(kind: str) -> AdapterFamily:
         family = FAMILIES.get(kind)
     if family is None:
         raise ConfigError(f"adapter.kind: no adapter family {kind!r:.40} is registered; known: "
-                          f"{', '.join(known_kinds())}")
+                          f"{', '.join(known_kinds())}. A plugin family must be installed in "
+                          f"this environment, declared in the {ENTRY_POINT_GROUP!r} entry-point "
+                          "group, for simulations and nodes to find it (docs/adapters.md)")
     return family
 
 
@@ -100,19 +102,31 @@ def infer_spec(params: Mapping[str, Any], activation: str = "relu") -> AdapterSp
             return spec
     raise AdapterError(
         f"cannot tell which adapter family has parameters {sorted(shapes)}; expected "
-        "{'A', 'B'} (lowrank), {'weight'[, 'bias']} (linear), 'fc0.weight', ... (mlp), or pass "
-        "the spec"
+        "{'A', 'B'} (lowrank), {'weight'[, 'bias']} (linear), 'fc0.weight', ... (mlp). For "
+        "another family pass its spec (ServerEngine.compute(..., specs={client: AdapterSpec(...)})"
+        "), or give the family an AdapterFamily.infer"
     )
 
 
 def _load_entry_point(kind: str) -> None:
+    """Register the family an installed package declares for ``kind`` (called only when
+    ``kind`` is not registered): that kind only."""
+    if not _KIND.fullmatch(kind):
+        return
     for point in entry_points(group=ENTRY_POINT_GROUP):
         if point.name == kind:
             try:
-                register_adapter(point.load())
+                family = point.load()
+                family = family() if isinstance(family, type) else family
             except Exception as err:  # a broken plugin must say which one
                 raise ConfigError(f"adapter family {kind!r}: entry point {point.value!r} "
                                   f"failed to load: {err}") from None
+            if kind in FAMILIES:  # the plugin registered itself on import
+                return
+            if getattr(family, "kind", None) != kind:
+                raise ConfigError(f"adapter family {kind!r}: entry point {point.value!r} "
+                                  f"declares kind {getattr(family, 'kind', None)!r:.40}")
+            register_adapter(family)
 
 
 def _register_built_ins() -> None:

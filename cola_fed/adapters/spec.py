@@ -7,6 +7,7 @@ family reads the ones it needs, checks them (``AdapterFamily.check``) and may ta
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -60,16 +61,14 @@ class AdapterSpec:
     def __post_init__(self) -> None:
         from cola_fed.adapters.registry import family_of
 
-        if isinstance(self.options, Mapping):
-            object.__setattr__(self, "options", tuple(sorted(self.options.items())))
-        if not isinstance(self.options, tuple) or not all(
-                isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str)
-                and isinstance(o[1], OptionValue) for o in self.options):
-            raise ConfigError(f"adapter.options: expected a mapping of names to numbers, "
-                              f"booleans or strings, got {self.options!r:.80}")
+        object.__setattr__(self, "options", _canonical_options(self.options))
         if not isinstance(self.kind, str):
             raise ConfigError(f"adapter.kind: expected a string, got {self.kind!r:.40}")
         family = family_of(self.kind)
+        # an option declared float may be written as an integer ("alpha=16"): one spec either way
+        object.__setattr__(self, "options", tuple(
+            (name, float(value) if family.options.get(name) is float and type(value) is int
+             else value) for name, value in self.options))
         if not isinstance(self.bias, bool):
             raise ConfigError(f"adapter.bias: expected true or false, got {self.bias!r}")
         for name in ("rank", "hidden", "depth", "growth"):
@@ -110,3 +109,24 @@ class AdapterSpec:
         if unknown:
             raise ConfigError(f"adapter: unknown keys {sorted(unknown)}")
         return cls(**values)
+
+
+def _canonical_options(options: Any) -> tuple[tuple[str, OptionValue], ...]:
+    """``options`` as sorted ``(name, value)`` pairs, each name once and each value a finite
+    number (integers within +-2^53, as JSON carries them exactly), a boolean or a string."""
+    pairs = list(options.items()) if isinstance(options, Mapping) else options
+    problem = None
+    if not isinstance(pairs, (list, tuple)) or not all(
+            isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in pairs):
+        problem = "expected a mapping of names to numbers, booleans or strings"
+    elif len({name for name, _ in pairs}) != len(pairs):
+        problem = "a name is given twice"
+    else:
+        for name, value in pairs:
+            if not (isinstance(value, (bool, str))
+                    or (isinstance(value, int) and abs(value) < 2**53)
+                    or (isinstance(value, float) and math.isfinite(value))):
+                problem = f"{name}: expected a finite number, a boolean or a string"
+    if problem:
+        raise ConfigError(f"adapter.options: {problem}, got {options!r:.80}")
+    return tuple(sorted(pairs))

@@ -48,7 +48,9 @@ def graph_keys(layout: Layout, specs: Iterable[SpecLike],
         for layer, layer_spec in assign_specs(layout, spec).items():
             info = layout[layer]
             key = GraphKey(layer_spec, info.d_in, info.d_out, optimizer.name, optimizer.nesterov)
-            keys[key.name] = key
+            if keys.setdefault(key.name, key) != key:
+                raise ValueError(f"adapter family {layer_spec.kind!r}: two specs share the graph "
+                                 f"name {key.name!r}; its graph_tag must tell them apart")
     return dict(sorted(keys.items()))
 
 

@@ -263,16 +263,21 @@ def _checked_hello(hello: Hello, context: Context, caps: NodeCaps) -> HelloTrans
     """The hello's transcript, once its signature holds under a server identity this node pins
     or remembers, it is for this run and node, and its plan is within this node's caps."""
     verify_transcript(hello.identity, hello.transcript, hello.signature)
+    config = context.node_config
+    pinned = config.get("server-key-fingerprint") or None
+    known = KnownServers(config.get("known-servers") or None)
+    federation = str(config.get("federation") or "default")
+    # a key this node pins or remembers otherwise is refused before its plan is even read
+    # (reading it may load an installed adapter plugin the plan names)
+    known.check(federation, hello.identity, pinned=pinned, remember=False)
     transcript = HelloTranscript.decode(hello.transcript)
     if transcript.identity != hello.identity:
         raise ProtocolError("the hello's transcript names another server identity")
     if (transcript.run_id, transcript.node_id) != (context.run_id, context.node_id):
         raise ProtocolError(f"a hello for run {transcript.run_id} and node {transcript.node_id} "
                             f"reached node {context.node_id} of run {context.run_id}")
-    config = context.node_config  # only a hello fit to act on teaches trust on first use
-    pinned = config.get("server-key-fingerprint") or None
-    KnownServers(config.get("known-servers") or None).check(
-        str(config.get("federation") or "default"), hello.identity, pinned=pinned)
+    # only a hello fit to act on teaches trust on first use
+    known.check(federation, hello.identity, pinned=pinned)
     caps.check(transcript.plan, _partition(context)[0])
     return transcript
 

@@ -123,8 +123,10 @@ class ServerEngine:
 
         ``batches[c]`` is a dict of model keyword arguments including ``labels``; ``adapters[c]``
         is ``{layer name: {param name: tensor}}`` as returned by ``GradientLearner.adapter_state``
-        (layers it omits are not adapted for that client). ``specs[c]`` is only needed for MLP
-        adapters with a non-default activation; otherwise the family is read off the state.
+        (layers it omits are not adapted for that client). ``specs[c]`` (an ``AdapterSpec`` or
+        a mapping of layer selectors to specs) is needed for MLP adapters with a non-default
+        activation and for families a state does not reveal (a plugin's with options, or
+        without an ``infer``); otherwise the family is read off the state.
         In ``col`` mode the collaborative model is the mean ``delta W`` of the clients in
         this call, or ``collaborative`` (from :meth:`collaborative_deltas`) when a round's
         clients are computed in several calls against one model.

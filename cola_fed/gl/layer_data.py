@@ -52,6 +52,15 @@ def shape_error(info: LayerInfo, x_shape: tuple[int, ...], d_shape: tuple[int, .
     return f"layer {info.name!r}: expected {expected}, got {list(x_shape)} and {list(d_shape)}"
 
 
+def unfolded_values(info: LayerInfo, x_shape: tuple[int, ...]) -> int:
+    """How many values unfolding a convolution input of ``x_shape`` materialises: the padded
+    copy and the rows. Overlapping patches make this far larger than the compact data (each
+    input value lands in up to ``kh * kw`` rows), so a node bounds it before it unfolds."""
+    b, c, h, w = x_shape
+    (ph, pw), (h_out, w_out) = info.padding, output_size(info, h, w)
+    return b * c * (h + 2 * ph) * (w + 2 * pw) + b * max(h_out, 0) * max(w_out, 0) * info.d_in
+
+
 def unfold(x: np.ndarray, info: LayerInfo) -> np.ndarray:
     """The receptive field of every output position of a convolution, as rows
     ``[B * H' * W', C_in * kh * kw]`` (sample, then output row, then output column)."""

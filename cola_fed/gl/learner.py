@@ -76,7 +76,7 @@ class GradientLearner(LearnerBase):
                          dtype=torch.empty(0, dtype=dtype).numpy().dtype)
         self.torch_dtype = dtype
         self._adapters: dict[str, Adapter] = {n: build_adapter(s) for n, s in self.specs.items()}
-        self._grads: dict[tuple[int, str], dict[str, Tensor]] = {}  # this step's, per layer
+        self._grads: dict[str, dict[str, Tensor]] = {}  # per layer, during one step only
 
     def adapter_state(self) -> NestedTensors:
         """``{layer name: {param name: tensor}}``: the only thing a client ever returns."""
@@ -93,13 +93,17 @@ class GradientLearner(LearnerBase):
         params = {p: torch.from_numpy(v) for p, v in self._params[name].items()}
         return self._adapters[name].vjp(params, _tensor(x), _tensor(d))
 
+    def _take_step(self, buffered: list[AdaptationData]) -> dict[str, float]:
+        try:
+            return super()._take_step(buffered)
+        finally:
+            self._grads = {}
+
     def _step_layer(self, name: str, x: np.ndarray, d: np.ndarray, hyper: Mapping[str, float],
                     grad_scale: float) -> LayerStep:
-        key = (self.step, name)  # a clipping step asks twice; the gradient is computed once
-        if key not in self._grads:
-            self._grads = {key: self._gradient(name, x, d)} | {
-                k: v for k, v in self._grads.items() if k[0] == self.step}
-        grads = self._grads[key]
+        if name not in self._grads:  # a clipping step asks twice; compute the gradient once
+            self._grads[name] = self._gradient(name, x, d)
+        grads = self._grads[name]
         norm = float(torch.sqrt(sum((g * g).sum() for g in grads.values())))
         params, slots = {}, {}
         for pname, grad in grads.items():

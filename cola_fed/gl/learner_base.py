@@ -159,8 +159,10 @@ class LearnerBase:
             raw_buffer = list(state.get("buffer", []))
         except KeyError as err:
             raise AdapterError(f"learner state is missing {err}") from None
-        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
-            raise AdapterError(f"learner state: step must be an integer >= 0, got {step!r:.40}")
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or not (
+                0 <= step < 2**53):
+            raise AdapterError(f"learner state: step must be an integer in [0, 2^53), got "
+                               f"{step!r:.40}")
         buffer = [AdaptationData({n: x for n, (x, _) in c.items()},
                                  {n: d for n, (_, d) in c.items()}, {n: n for n in c})
                   for c in raw_buffer]
@@ -273,6 +275,8 @@ class LearnerBase:
             if got != expected:
                 raise AdapterError(f"layer {name!r}: a {self.specs[name].kind!r} adapter has "
                                    f"parameters {expected}, got {got}")
+            if not all(np.isfinite(v).all() for v in params.values()):
+                raise AdapterError(f"layer {name!r}: the adapter state is not finite")
             checked[name] = params
         return checked
 
@@ -295,6 +299,10 @@ class LearnerBase:
                 if set(values) != names or any(v.shape != shape for v in values.values()):
                     raise AdapterError(f"learner state: optimizer slots of {layer!r}/{param!r} "
                                        f"do not match a {self.optimizer.name!r} optimizer")
+                if not all(np.isfinite(v).all() for v in values.values()) or (
+                        "exp_avg_sq" in values and (values["exp_avg_sq"] < 0).any()):
+                    raise AdapterError(f"learner state: optimizer slots of {layer!r}/{param!r} "
+                                       "are not finite, or a second moment is negative")
                 checked[layer][param] = values
         return checked
 

@@ -17,6 +17,9 @@ import numpy as np
 
 from cola_fed.errors import AdapterError
 
+#: most buffered chunks a state may hold (an adaptation interval is far smaller)
+MAX_BUFFERED = 4096
+
 
 def state_to_bytes(state: dict[str, Any]) -> bytes:
     """A learner's ``state_dict`` (numpy arrays) as a safetensors blob."""
@@ -44,6 +47,8 @@ def state_from_bytes(blob: bytes | memoryview) -> dict[str, Any]:
         step, buffered = int(meta["step"]), int(meta["buffered"])
     except Exception as err:  # safetensors raises its own error types
         raise AdapterError(f"unreadable learner state: {err}") from None
+    if not 0 <= buffered <= MAX_BUFFERED:
+        raise AdapterError(f"learner state: {buffered} buffered chunks (at most {MAX_BUFFERED})")
     state: dict[str, Any] = {"step": step, "params": {}, "slots": {},
                              "buffer": [{} for _ in range(buffered)]}
     chunks: dict[tuple[int, str], dict[str, np.ndarray]] = {}
@@ -59,6 +64,8 @@ def state_from_bytes(blob: bytes | memoryview) -> dict[str, Any]:
         elif head == "b":
             index, _, rest = rest.partition("/")
             which, _, layer = rest.partition("/")
+            if not (index.isascii() and index.isdigit() and int(index) < buffered):
+                raise AdapterError(f"learner state: malformed buffered chunk key {key!r:.80}")
             chunks.setdefault((int(index), layer), {})[which] = value
     for (index, layer), pair in chunks.items():
         if index >= buffered or set(pair) != {"x", "d"}:

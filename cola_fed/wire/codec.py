@@ -28,7 +28,7 @@ from safetensors.numpy import save as st_save
 
 from cola_fed.errors import MalformedPayloadError
 from cola_fed.gl.data import AdaptationData
-from cola_fed.gl.layer_data import shape_error
+from cola_fed.gl.layer_data import shape_error, unfolded_values
 from cola_fed.gl.layout import Layout
 from cola_fed.wire.strict_json import loads_strict
 
@@ -489,6 +489,13 @@ def decode_adaptation(
             error = shape_error(layout[name], x_shape, d_shape, has_rows=True)
             if error is not None:
                 raise MalformedPayloadError(error)
+            if layout[name].is_conv2d:  # compact on the wire, unfolded by the learner
+                values = unfolded_values(layout[name], (d_shape[0], *x_shape[1:]))
+                if 4 * values > limits.max_bytes:
+                    raise MalformedPayloadError(
+                        f"layer {name!r}: unfolding this convolution data would take "
+                        f"{4 * values / 2**20:.0f} MiB, above this node's cap of "
+                        f"{limits.max_bytes / 2**20:.0f} MiB")
         if has_rows[name] is True:
             r_dtype, r_shape = specs[f"rows/{name}"]
             if r_dtype.kind != "i" or r_shape != (d_shape[0],):

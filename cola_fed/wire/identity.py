@@ -401,18 +401,25 @@ class KnownServers:
     def __repr__(self) -> str:
         return f"KnownServers({str(self.path)!r})"
 
-    def check(self, name: str, public: bytes, *, pinned: str | None = None) -> str:
+    def check(self, name: str, public: bytes, *, pinned: str | None = None,
+              remember: bool = True) -> str:
         """Verify server ``name``'s raw public key; returns its fingerprint.
 
         With ``pinned``, the key must match that fingerprint and the file is not touched.
         Otherwise a remembered server must present the key it presented before, and a new one
-        is remembered (trust on first use, logged at WARNING). A mismatch raises
+        is remembered (trust on first use, logged at WARNING) unless ``remember`` is false
+        (a first look, before the rest of the hello has been checked). A mismatch raises
         :class:`UntrustedKeyError`.
         """
         _check_name(name)
         seen = fingerprint(_check_public(public))
         if pinned is not None:
             return self._check_pinned(name, seen, normalise_fingerprint(pinned))
+        if not remember:
+            known = self._read().get(name)
+            if known is not None and known != seen:
+                raise UntrustedKeyError(self._mismatch(name, seen, known))
+            return seen
         with self._locked():
             servers = self._read()
             known = servers.get(name)
