@@ -505,7 +505,13 @@ def _conv2d_adapter_output(
 ) -> torch.Tensor:
     """An adapter on a convolution: ``g`` applied to every output position's unfolded receptive
     field (``F.unfold``'s order, as :func:`cola_fed.gl.layer_data.unfold`), folded back to
-    ``[B, C_out, H', W']``."""
+    ``[B, C_out, H', W']``. A mergeable family is linear in its rows, so it runs as one
+    convolution by its ``delta W`` instead: the same function, without materialising the
+    patches (``kh * kw`` copies of the input)."""
+    if adapter.family.mergeable:
+        dw, db = adapter.delta_weight(params)
+        kernel = dw.reshape(layer.d_out, layer.in_channels, *layer.kernel_size)
+        return F.conv2d(x, kernel, db, layer.stride, layer.padding, layer.dilation)
     cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
                     stride=layer.stride)  # [B, C_in*kh*kw, H'*W']
     out = adapter.forward(params, cols.transpose(1, 2))  # [B, H'*W', C_out]
