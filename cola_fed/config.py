@@ -38,7 +38,8 @@ class TaskConfig:
     ----------
     name : str
         A built-in task (``text-classification``: MiniLM-L6 on Rotten Tomatoes; ``digits``;
-        ``byte-lm``: a tiny random GPT-2 over bytes), a generic Hugging Face task
+        ``mnist``: a frozen random CNN; ``byte-lm``: a tiny random GPT-2 over bytes), a
+        generic Hugging Face task
         (``sequence-classification``, ``causal-lm``, ``seq2seq``: the model is ``model``), a
         task a package registers, or a ``package.module:Class`` path
         (:mod:`cola_fed.tasks.registry`).
