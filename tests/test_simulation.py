@@ -87,9 +87,17 @@ def test_a_simulation_killed_mid_run_resumes_to_the_adapters_of_an_uninterrupted
     runner = threading.Thread(target=doomed_run)
     runner.start()
     pointer = out / "checkpoint" / "LATEST"
+
+    def last_round() -> int:  # the results follow the checkpoint (a plot takes a while)
+        try:
+            return json.loads((out / "metrics.json").read_text())["last-round"]
+        except (OSError, ValueError, KeyError):
+            return -1
+
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (
-            pointer.is_file() and pointer.read_text() not in ("round-0.json", "round-1.json")):
+            pointer.is_file() and pointer.read_text() not in ("round-0.json", "round-1.json")
+            and last_round() >= 2):
         time.sleep(0.05)
     victims = sim.flower_processes_on_ports(*ports)
     assert victims, "no simulation processes to kill"
