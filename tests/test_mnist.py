@@ -126,7 +126,7 @@ def test_the_frozen_cnn_is_seeded_and_its_convolutions_and_head_are_adapted():
     assert logits.shape == (4, CLASSES)
 
 
-def _federation(kind: str, rounds: int):
+def _federation(kind: str, rounds: int, **overrides):
     from cola_fed.federation.local_grid import LocalGrid
     from cola_fed.federation.server import build_strategy
 
@@ -137,7 +137,7 @@ def _federation(kind: str, rounds: int):
         "optimizer.lr": 0.03, "optimizer.momentum": 0.9, "optimizer.nesterov": True,
         "optimizer.weight-decay": 5e-4, "optimizer.max-grad-norm": 1.0,
         "strategy.min-available-nodes": 2, "strategy.evaluate-every": rounds,
-        "num-server-rounds": rounds, "checkpoint.every": 0, "edge.graphs": False})
+        "num-server-rounds": rounds, "checkpoint.every": 0, "edge.graphs": False, **overrides})
     strategy = build_strategy(config)
     strategy.start(LocalGrid(2), num_rounds=rounds, timeout=60)
     return strategy
@@ -151,6 +151,22 @@ def test_each_adapter_kind_learns_mnist_through_the_frozen_cnn(kind):
     assert last["round"] == 8 and last["failed"] == 0 and last["nodes"] == 2
     assert last["server-accuracy-mean"] > first["server-accuracy-mean"] + 0.1
     assert last["accuracy-mean"] > first["accuracy-mean"]
+
+
+def test_a_node_on_onnx_runtime_trains_the_convolutions_as_a_torch_node(monkeypatch, tmp_path):
+    """The conv adapters' data arrives compact, the ONNX node unfolds it and runs its rows'
+    graphs: after 3 rounds its adapters are the all-PyTorch run's."""
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("COLA_FED_CACHE", str(tmp_path / "cache"))
+    runs = {backends: _federation("mlp", rounds=3, **{"edge.graphs": True,
+                                                       "edge.backends": backends})
+            for backends in ("onnx,torch", "torch")}
+    mixed, reference = ({s.partition_id: s for s in run.sessions.values()}
+                        for run in runs.values())
+    assert mixed[0].backend == "onnx" and reference[0].backend == "torch"
+    for layer, params in reference[0].adapters.items():
+        for name, value in params.items():
+            assert np.abs(mixed[0].adapters[layer][name] - value).max() <= 1e-5, (layer, name)
 
 
 @pytest.mark.slow
