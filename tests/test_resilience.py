@@ -559,3 +559,33 @@ def test_a_resumed_server_whose_clock_is_behind_is_not_taken_for_a_replay(tmp_pa
     strategy, _ = run_with_state(tmp_path, 8, 2, 3, resume=True)
     assert strategy.refused_at_hello == {} and all(
         s.rounds_trained == 3 for s in strategy.members.values())
+
+
+@pytest.mark.parametrize("nodes", [2, 1])
+def test_a_target_the_model_never_calls_stops_the_run_not_the_nodes(monkeypatch, caplog, nodes):
+    """Every node's batch failing on the model's own structure is the run's configuration: the
+    run stops with the reason, and no node is blamed. One node alone never stops a run."""
+    import logging
+
+    import torch
+
+    from cola_fed.tasks.digits import DigitsTask
+    from federation_runs import run
+
+    build = DigitsTask.build_model
+
+    def with_a_spare_layer(self):
+        model = build(self)
+        model.spare = torch.nn.Linear(4, 4)  # adapted, but forward never calls it
+        return model
+
+    monkeypatch.setattr(DigitsTask, "build_model", with_a_spare_layer)
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, _ = run({"adapter.targets": "fc1,spare", "strategy.min-train-nodes": 1},
+                          nodes=nodes, rounds=2)
+    if nodes == 2:
+        assert "was not called" in strategy.stopped and "not the nodes" in strategy.stopped
+        assert strategy.last_round == 0
+        assert not any(s.failures for s in strategy.sessions.values())
+    else:
+        assert strategy.stopped is None and "its batch breaks the pass" in caplog.text

@@ -34,7 +34,13 @@ from cola_fed.adapters.init import state_nbytes, state_shapes
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.config import RunConfig, flatten
 from cola_fed.edge.graphs import content_hash, graph_keys
-from cola_fed.errors import AdapterBoundsError, ConfigError, ProtocolError, RunStopped
+from cola_fed.errors import (
+    AdapterBoundsError,
+    ConfigError,
+    ProtocolError,
+    RunStopped,
+    TargetError,
+)
 from cola_fed.federation.checkpoint import Checkpoint, flatten_state, unflatten_state
 from cola_fed.federation.protocol import (
     KIND_HELLO,
@@ -636,16 +642,19 @@ class ColaStrategy(Strategy):
             except Exception as err:
                 log.warning("round %d: the shared pass failed (%s: %s); retrying node by node",
                             server_round, type(err).__name__, err)
-                out = {}
+                out, broken = {}, []
                 for session in list(live):
                     try:
                         out.update(self._compute([session], i, collaborators))
                     except Exception as alone:
-                        self._fault(session.node_id, server_round, alone,
-                                    "its batch breaks the pass")
-                        del chunks[session.node_id]
-                        live.remove(session)
-                        collaborators.pop(str(session.node_id), None)
+                        broken.append((session, alone))
+                _stop_if_the_model_is_at_fault([e for _, e in broken], len(live))
+                for session, alone in broken:
+                    self._fault(session.node_id, server_round, alone,
+                                "its batch breaks the pass")
+                    del chunks[session.node_id]
+                    live.remove(session)
+                    collaborators.pop(str(session.node_id), None)
                 if len(live) < before:  # one shared pass of the others, as a clean round
                     out = self._compute(live, i, collaborators)
             for node, data in out.items():
@@ -1111,6 +1120,18 @@ def _spread(name: str, values: Iterable[float]) -> dict[str, float]:
         return {}
     return {f"{name}-mean": statistics.fmean(values), f"{name}-std": statistics.pstdev(values),
             f"{name}-min": min(values), f"{name}-max": max(values)}
+
+
+def _stop_if_the_model_is_at_fault(broken: list[Exception], live: int) -> None:
+    """Stop the run when every node of a pass (two or more) breaks it alone with one and the
+    same ``TargetError``: batches that passed their input contract all fail on the model's
+    own structure (a target the forward pass never calls), which is the run's configuration,
+    not the nodes' fault. One node alone never stops a run."""
+    errors = {f"{type(e).__name__}: {e}" for e in broken}
+    if live >= 2 and len(broken) == live and len(errors) == 1 and all(
+            isinstance(e, TargetError) for e in broken):
+        raise RunStopped(f"every node's batch breaks the server's pass with the same error, "
+                         f"so the model or its targets are wrong, not the nodes: {errors.pop()}")
 
 
 def _as_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
