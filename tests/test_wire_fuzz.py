@@ -228,6 +228,7 @@ WRONG = ["null", "true", "false", "0", "-1", "1.5", '""', '"adaptation"', "[]", 
 STILL_VALID = {("adaptation", "kind"): {'"adaptation"'},
                ("adaptation", "loss"): {"null", "0", "-1", "1.5"},
                ("adaptation", "num_samples"): {"0"},
+               ("adaptation", "weight_gradient"): {"[]"},
                ("metrics", "metrics"): {"{}", '{"q":1}'}}
 
 

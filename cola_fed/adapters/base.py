@@ -58,6 +58,13 @@ class Adapter(ABC):
     def vjp(self, params: Params, x: torch.Tensor, d: torch.Tensor) -> Params:
         """``sum_i d_i^T dg(x_i)/dparams`` for rows ``x [n, d_in]`` and ``d [n, d_out]``."""
 
+    def vjp_weight(self, params: Params, g: torch.Tensor, g_bias: torch.Tensor) -> Params:
+        """The same gradient as :meth:`vjp`, from the weight-space gradient ``G = d^T x``
+        (``[d_out, d_in]``) and the sum of ``d``'s rows; only for families that declare
+        ``weight_gradient``."""
+        raise AdapterError(f"a {self.kind!r} adapter does not learn from the weight-space "
+                           "gradient; send it rows")
+
     def delta_weight(self, params: Params) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(dW, db)`` such that ``g(x) = x @ dW.T + db``; only for mergeable kinds."""
         raise AdapterError(

@@ -53,6 +53,10 @@ class AdapterFamily:
     mergeable : bool
         Whether ``g`` is linear in ``x``, so that it folds into the frozen weight (merged and
         collaborative modes, PEFT export).
+    weight_gradient : bool
+        Whether its gradient depends on the adaptation data only through the weight-space
+        gradient ``G = d^T x`` and the sum of ``d`` (then its ops implement ``vjp_weight``
+        and the server may send that smaller, exact form: :mod:`cola_fed.gl.weight_gradient`).
     """
 
     kind: ClassVar[str]
@@ -60,6 +64,7 @@ class AdapterFamily:
     fields: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[Mapping[str, type]] = {}
     mergeable: ClassVar[bool] = False
+    weight_gradient: ClassVar[bool] = False
 
     def check(self, spec: AdapterSpec) -> None:
         """Raise :class:`ConfigError` unless ``spec`` configures this family soundly. The spec's

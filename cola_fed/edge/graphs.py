@@ -31,26 +31,35 @@ class GraphKey:
     d_out: int
     optimizer: str  # "adamw" or "sgd"
     nesterov: bool = False
+    form: str = "rows"  # or "weight-gradient": the graph takes G and g_bias instead of x, d
 
     @property
     def name(self) -> str:
         size = family_of(self.spec.kind).graph_tag(self.spec)
         opt = self.optimizer + ("-nesterov" if self.nesterov else "")
-        return f"{self.spec.kind}-{size}-{self.d_in}x{self.d_out}-{opt}"
+        form = "-g" if self.form == "weight-gradient" else ""
+        return f"{self.spec.kind}-{size}-{self.d_in}x{self.d_out}-{opt}{form}"
 
 
-def graph_keys(layout: Layout, specs: Iterable[SpecLike],
-               optimizer: OptimizerSpec) -> dict[str, GraphKey]:
+def graph_keys(layout: Layout, specs: Iterable[SpecLike], optimizer: OptimizerSpec,
+               *, weight_gradient: bool = False) -> dict[str, GraphKey]:
     """``name -> key`` of every graph needed to train ``layout`` under any of ``specs`` (one
-    per kind of node: e.g. ``Plan.all_specs()``)."""
+    per kind of node: e.g. ``Plan.all_specs()``); with ``weight_gradient``, also the
+    weight-space graphs of the families that learn from ``G``."""
     keys = {}
     for spec in specs:
         for layer, layer_spec in assign_specs(layout, spec).items():
             info = layout[layer]
-            key = GraphKey(layer_spec, info.d_in, info.d_out, optimizer.name, optimizer.nesterov)
-            if keys.setdefault(key.name, key) != key:
-                raise ValueError(f"adapter family {layer_spec.kind!r}: two specs share the graph "
-                                 f"name {key.name!r}; its graph_tag must tell them apart")
+            forms = ["rows"]
+            if weight_gradient and family_of(layer_spec.kind).weight_gradient:
+                forms.append("weight-gradient")
+            for form in forms:
+                key = GraphKey(layer_spec, info.d_in, info.d_out, optimizer.name,
+                               optimizer.nesterov, form)
+                if keys.setdefault(key.name, key) != key:
+                    raise ValueError(f"adapter family {layer_spec.kind!r}: two specs share the "
+                                     f"graph name {key.name!r}; its graph_tag must tell them "
+                                     "apart")
     return dict(sorted(keys.items()))
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from cola_fed.edge.graphs import GraphKey
 from cola_fed.errors import AdapterError, ConfigError
 from cola_fed.gl.layout import Layout, SpecLike
-from cola_fed.gl.learner_base import LayerStep, LearnerBase
+from cola_fed.gl.learner_base import LayerInputs, LayerStep, LearnerBase, WeightGradient
 from cola_fed.gl.optim_spec import OptimizerSpec
 
 
@@ -69,17 +69,21 @@ class OrtLearner(LearnerBase):
         # one format only: an ORT-format model among ONNX graphs would escape the graph checks
         options.add_session_config_entry("session.load_model_format", graph_format.upper())
         by_graph: dict[str, Any] = {}  # layers of one shape and kind share one session
-        self._sessions = {}
+        self._sessions: dict[tuple[str, str], Any] = {}  # (layer, form) -> session
         for name, layer_spec in self.specs.items():
             info = layout[name]
-            key = GraphKey(layer_spec, info.d_in, info.d_out, optimizer.name, optimizer.nesterov)
-            if key.name not in graphs:
-                raise ConfigError(f"no train-step graph {key.name!r} for layer {name!r}")
-            if key.name not in by_graph:
-                by_graph[key.name] = ort.InferenceSession(graphs[key.name], options,
-                                                          providers=["CPUExecutionProvider"])
-                self._check_graph(name, key.name, by_graph[key.name])
-            self._sessions[name] = by_graph[key.name]
+            for form in ("rows", "weight-gradient"):
+                key = GraphKey(layer_spec, info.d_in, info.d_out, optimizer.name,
+                               optimizer.nesterov, form)
+                if key.name not in graphs:
+                    if form == "rows":
+                        raise ConfigError(f"no train-step graph {key.name!r} for layer {name!r}")
+                    continue  # this node then takes rows only for the layer
+                if key.name not in by_graph:
+                    by_graph[key.name] = ort.InferenceSession(
+                        graphs[key.name], options, providers=["CPUExecutionProvider"])
+                    self._check_graph(name, key.name, by_graph[key.name])
+                self._sessions[name, form] = by_graph[key.name]
 
     def _check_graph(self, layer: str, graph: str, session: Any) -> None:
         """Refuse a graph whose parameter inputs are not the family's shapes for ``layer``."""
@@ -89,12 +93,19 @@ class OrtLearner(LearnerBase):
             raise AdapterError(f"graph {graph!r}: parameter inputs {got}, layer {layer!r} "
                                f"needs {expected}")
 
-    def _step_layer(self, name: str, x: np.ndarray, d: np.ndarray, hyper: Mapping[str, float],
+    def _takes_weight_gradient(self, name: str) -> bool:
+        return (name, "weight-gradient") in self._sessions
+
+    def _step_layer(self, name: str, inputs: LayerInputs, hyper: Mapping[str, float],
                     grad_scale: float) -> LayerStep:
-        session = self._sessions[name]
         feeds = {k: np.asarray(v, dtype=np.float32) for k, v in hyper.items()}
         feeds["grad_scale"] = np.asarray(grad_scale, dtype=np.float32)
-        feeds["x"], feeds["d"] = x, d
+        if isinstance(inputs, WeightGradient):  # checked at fit: this node has its graph
+            session = self._sessions[name, "weight-gradient"]
+            feeds["g"], feeds["g_bias"] = inputs.g, inputs.g_bias
+        else:
+            session = self._sessions[name, "rows"]
+            feeds["x"], feeds["d"] = inputs.x, inputs.d
         for p, value in self._params[name].items():
             feeds[p] = value
             for s, slot in self._slots[name][p].items():

@@ -379,14 +379,18 @@ def _torch_installed() -> bool:
 
 def _graphs_needed(plan: Plan, partition_id: int) -> dict[str, str]:
     """``name -> sha256`` of the train-step graphs this node trains with, as the signed plan
-    lists them."""
-    needed = graph_keys(plan.layout, [plan.specs_for(partition_id)], plan.optimizer)
+    lists them: every rows graph of its adapters, and the weight-space graphs the server
+    lists (without them the server sends this node rows only)."""
+    specs = [plan.specs_for(partition_id)]
+    needed = graph_keys(plan.layout, specs, plan.optimizer)
     missing = sorted(set(needed) - set(plan.graphs))
     if missing:
         raise ProtocolError(f"this node trains on ONNX Runtime, but the server lists no "
                             f"train-step graph {missing}; run the server with edge.graphs = "
                             "true, or install PyTorch on this node")
-    return {name: plan.graphs[name] for name in needed}
+    optional = graph_keys(plan.layout, specs, plan.optimizer, weight_gradient=True)
+    return {name: plan.graphs[name] for name in optional
+            if name in needed or name in plan.graphs}
 
 
 def _receive_graphs(hello: Hello, context: Context, plan: Plan,

@@ -536,7 +536,9 @@ class NodeCaps:
 
     def limits(self, plan: Plan) -> Limits:
         """Decoding limits of a payload from the server under this plan."""
-        return Limits(max_bytes=self.max_payload_bytes, max_rows=plan.max_rows)
+        # a layer in weight-space form is d_out rows of G, whatever the batch
+        widest = max(layer.d_out for layer in plan.layout)
+        return Limits(max_bytes=self.max_payload_bytes, max_rows=max(plan.max_rows, widest))
 
 
 # --------------------------------------------------------------------------------------------

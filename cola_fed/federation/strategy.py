@@ -69,6 +69,7 @@ from cola_fed.federation.protocol import (
 from cola_fed.gl.data import AdaptationData
 from cola_fed.gl.engine import Deltas, ServerEngine
 from cola_fed.gl.layout import Layout, assign_specs
+from cola_fed.gl.weight_gradient import to_form
 from cola_fed.tasks.base import ClientData, Task
 from cola_fed.wire import (
     SecureChannel,
@@ -430,7 +431,8 @@ class ColaStrategy(Strategy):
         from cola_fed.edge.export import export_graphs
 
         started = time.monotonic()
-        keys = graph_keys(self.plan.layout, self.plan.all_specs(), self.plan.optimizer)
+        keys = graph_keys(self.plan.layout, self.plan.all_specs(), self.plan.optimizer,
+                          weight_gradient=self.config.wire.form != "rows")
         graphs = export_graphs(keys.values())
         log.info("hello: %d train-step graphs for ONNX nodes, %.0f kB, ready in %.1f s",
                  len(graphs), sum(map(len, graphs.values())) / 1e3, time.monotonic() - started)
@@ -672,7 +674,16 @@ class ColaStrategy(Strategy):
             {n: s.adapters for n, s in by_name.items()},
             specs={n: s.specs for n, s in by_name.items()}, mode=self.config.strategy.mode,
             collaborative=self._collaborative(collaborators))
-        return {s.node_id: out[n] for n, s in by_name.items()}
+        return {s.node_id: self._in_wire_form(s, out[n]) for n, s in by_name.items()}
+
+    def _in_wire_form(self, session: NodeSession, data: AdaptationData) -> AdaptationData:
+        """``data`` in the exact form ``wire.form`` picks per layer (an ONNX node takes the
+        weight-space form only with the graphs this server ships)."""
+        form = self.config.wire.form
+        if session.backend == "onnx" and not self.graphs:
+            form = "rows"
+        return to_form(data, self.plan.layout, assign_specs(self.plan.layout, session.specs),
+                       form)
 
     def _collaborative(self, collaborators: dict[str, NodeSession]) -> Deltas | None:
         """``col`` mode: the round's model, the mean delta W of its sampled nodes, formed once

@@ -11,6 +11,11 @@ For every adapted layer the client needs the rows ``x`` that entered the layer a
 A convolution's ``x`` and ``d`` are kept compact, 4-D (``[B, C_in, H, W]`` and
 ``[B, C_out, H', W']``, see :mod:`cola_fed.gl.layer_data`); its "rows" are then samples.
 
+A layer whose adapter family learns from the weight-space gradient alone (Linear, Low Rank) may
+instead carry ``G = d^T x`` (``[d_out, d_in]``) and the column sums of ``d`` (``[d_out]``): exact,
+and smaller than the rows whenever there are more rows than ``d_in * d_out / (d_in + d_out)``
+(:mod:`cola_fed.gl.weight_gradient`).
+
 Arrays are torch tensors on the server and numpy arrays after the wire; both index alike.
 """
 
@@ -41,6 +46,9 @@ class AdaptationData:
         The client's mean loss on this batch (at the adapters the server ran with).
     num_samples : int
         Number of samples of the client's batch.
+    weight_grads : dict
+        Per layer carried in weight-space form instead of rows, ``(G [d_out, d_in], g_bias
+        [d_out])``: ``G = d^T x`` over the layer's rows and ``g_bias`` the sum of its ``d``.
     """
 
     inputs: dict[str, Any]
@@ -49,9 +57,16 @@ class AdaptationData:
     rows: dict[str, Any | None] = field(default_factory=dict)
     loss: float = float("nan")
     num_samples: int = 0
+    weight_grads: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     @property
     def layer_names(self) -> list[str]:
+        """Every layer this chunk carries, in rows or in weight-space form."""
+        return [*self.grads, *self.weight_grads]
+
+    @property
+    def row_layers(self) -> list[str]:
+        """The layers carried as rows ``(x, d)``."""
         return list(self.grads)
 
     def layer(self, name: str) -> tuple[Any, Any]:
@@ -62,7 +77,8 @@ class AdaptationData:
 
     def num_values(self) -> int:
         """Floats carried (the size that matters on the wire), whatever the arrays' ndim."""
-        arrays = [*self.inputs.values(), *self.grads.values()]
+        arrays = [*self.inputs.values(), *self.grads.values(),
+                  *(a for pair in self.weight_grads.values() for a in pair)]
         return sum(math.prod(int(n) for n in a.shape) for a in arrays)
 
     def num_rows(self, name: str) -> int:

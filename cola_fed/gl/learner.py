@@ -15,7 +15,7 @@ from cola_fed.adapters.registry import build_adapter
 from cola_fed.errors import ConfigError
 from cola_fed.gl.data import AdaptationData
 from cola_fed.gl.layout import Layout, SpecLike
-from cola_fed.gl.learner_base import LayerStep, LearnerBase
+from cola_fed.gl.learner_base import LayerInputs, LayerStep, LearnerBase, WeightGradient
 from cola_fed.gl.optim import apply_update
 from cola_fed.gl.optim_spec import OptimizerSpec
 
@@ -86,12 +86,15 @@ class GradientLearner(LearnerBase):
     def gradient(self, data: AdaptationData) -> NestedTensors:
         """The Gradient Learning gradient of one chunk at the current weights (no step taken)."""
         self._check_chunk(data)
-        return {name: self._gradient(name, *self._rows(name, [data]))
-                for name in self._params if name in data.grads}
+        return {name: self._gradient(name, self._inputs(name, [data]))
+                for name in self._params if name in data.layer_names}
 
-    def _gradient(self, name: str, x: np.ndarray, d: np.ndarray) -> dict[str, Tensor]:
+    def _gradient(self, name: str, inputs: LayerInputs) -> dict[str, Tensor]:
         params = {p: torch.from_numpy(v) for p, v in self._params[name].items()}
-        return self._adapters[name].vjp(params, _tensor(x), _tensor(d))
+        if isinstance(inputs, WeightGradient):
+            return self._adapters[name].vjp_weight(params, _tensor(inputs.g),
+                                                   _tensor(inputs.g_bias))
+        return self._adapters[name].vjp(params, _tensor(inputs.x), _tensor(inputs.d))
 
     def _take_step(self, buffered: list[AdaptationData]) -> dict[str, float]:
         try:
@@ -99,10 +102,10 @@ class GradientLearner(LearnerBase):
         finally:
             self._grads = {}
 
-    def _step_layer(self, name: str, x: np.ndarray, d: np.ndarray, hyper: Mapping[str, float],
+    def _step_layer(self, name: str, inputs: LayerInputs, hyper: Mapping[str, float],
                     grad_scale: float) -> LayerStep:
         if name not in self._grads:  # a clipping step asks twice; compute the gradient once
-            self._grads[name] = self._gradient(name, x, d)
+            self._grads[name] = self._gradient(name, inputs)
         grads = self._grads[name]
         norm = float(torch.sqrt(sum((g * g).sum() for g in grads.values())))
         params, slots = {}, {}

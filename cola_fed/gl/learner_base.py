@@ -19,12 +19,14 @@ optimizer setting.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from cola_fed.adapters.init import initial_state as draw_initial_state
 from cola_fed.adapters.init import state_shapes
+from cola_fed.adapters.registry import family_of
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.errors import AdapterError, ConfigError, GradientError
 from cola_fed.gl.data import AdaptationData
@@ -36,6 +38,27 @@ from cola_fed.gl.optim_spec import OptimizerSpec
 Arrays = dict[str, np.ndarray]
 #: what a backend's step returns for one layer: new parameters, new slots, gradient norm
 LayerStep = tuple[Arrays, dict[str, Arrays], float]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A layer's adaptation data for one step as adapter rows ``x [n, d_in]``, ``d [n,
+    d_out]``."""
+
+    x: np.ndarray
+    d: np.ndarray
+
+
+@dataclass(frozen=True)
+class WeightGradient:
+    """A layer's adaptation data for one step in weight-space form: ``G = d^T x [d_out, d_in]``
+    and the sum of ``d``'s rows ``[d_out]`` (:mod:`cola_fed.gl.weight_gradient`)."""
+
+    g: np.ndarray
+    g_bias: np.ndarray
+
+
+LayerInputs = Rows | WeightGradient
 
 
 @runtime_checkable
@@ -134,21 +157,22 @@ class LearnerBase:
         ``lr``, ``rows`` (adapter rows in this chunk) and ``loss``.
         """
         self._check_chunk(data)
-        self._buffer.append(data)
-        rows = sum(_array(data.grads[n]).size // self.layout[n].d_out for n in data.layer_names)
+        buffered = [*self._buffer, data]
+        rows = sum(_array(data.grads[n]).size // self.layout[n].d_out for n in data.row_layers)
         metrics = {"stepped": 0.0, "rows": float(rows), "loss": float(data.loss)}
-        if len(self._buffer) < self.interval:
+        if len(buffered) < self.interval:
+            self._buffer = buffered
             return metrics
-        buffered, self._buffer = self._buffer, []
-        return {**metrics, **self._take_step(buffered)}
+        metrics.update(self._take_step(buffered))  # changes nothing if it raises
+        self._buffer = []
+        return metrics
 
     def state_dict(self) -> dict[str, Any]:
         """Weights, optimizer slots, step and buffered chunks, as numpy arrays."""
         return {"step": self.step, "params": dict(self.adapter_state()),
                 "slots": {n: {p: {s: v.copy() for s, v in ss.items()} for p, ss in ps.items()}
                           for n, ps in self._slots.items()},
-                "buffer": [{n: tuple(_array(a) for a in c.layer(n)) for n in c.layer_names}
-                           for c in self._buffer]}
+                "buffer": [_buffered(c) for c in self._buffer]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` of either backend; checked before anything changes."""
@@ -163,9 +187,10 @@ class LearnerBase:
                 0 <= step < 2**53):
             raise AdapterError(f"learner state: step must be an integer in [0, 2^53), got "
                                f"{step!r:.40}")
-        buffer = [AdaptationData({n: x for n, (x, _) in c.items()},
-                                 {n: d for n, (_, d) in c.items()}, {n: n for n in c})
-                  for c in raw_buffer]
+        try:
+            buffer = [_chunk(c) for c in raw_buffer]
+        except (KeyError, TypeError, AttributeError):
+            raise AdapterError("learner state: a buffered chunk is malformed") from None
         if len(buffer) >= self.interval:
             raise AdapterError(f"learner state: {len(buffer)} buffered chunks, but this "
                                f"learner steps every {self.interval}")
@@ -184,10 +209,11 @@ class LearnerBase:
     # ----------------------------------------------------------------------------------------
     # the one thing a backend supplies
 
-    def _step_layer(self, name: str, x: np.ndarray, d: np.ndarray, hyper: Mapping[str, float],
+    def _step_layer(self, name: str, inputs: LayerInputs, hyper: Mapping[str, float],
                     grad_scale: float) -> LayerStep:
-        """One optimizer step of layer ``name`` on adapter rows ``x [n, d_in]``, ``d [n,
-        d_out]`` (in ``self.dtype``), its gradient scaled by ``grad_scale`` first.
+        """One optimizer step of layer ``name`` on its adaptation data, :class:`Rows` or
+        :class:`WeightGradient` (in ``self.dtype``), its gradient scaled by ``grad_scale``
+        first.
 
         Returns the new parameters and slots, and the norm of the unscaled gradient. Must not
         change the learner: the base calls it a second time, at the clipping coefficient, when
@@ -201,29 +227,50 @@ class LearnerBase:
     def _take_step(self, buffered: list[AdaptationData]) -> dict[str, float]:
         """One step on the buffered chunks: every layer at scale 1, which also gives the global
         norm; again at ``clip_grad_norm_``'s coefficient when that is below 1."""
-        self.step += 1
-        hyper = self.optimizer.hyper(self.step)
-        layers = [n for n in self._params if any(n in c.grads for c in buffered)]
-        results = {n: self._step_layer(n, *self._rows(n, buffered), hyper, 1.0) for n in layers}
+        hyper = self.optimizer.hyper(self.step + 1)
+        layers = [n for n in self._params if any(n in c.layer_names for c in buffered)]
+        results = {n: self._step_layer(n, self._inputs(n, buffered), hyper, 1.0) for n in layers}
         norm = float(np.sqrt(sum(r[2] ** 2 for r in results.values())))
         coef = self.optimizer.clip_coefficient(norm)
         if coef < 1.0:
-            results = {n: self._step_layer(n, *self._rows(n, buffered), hyper, coef)
+            results = {n: self._step_layer(n, self._inputs(n, buffered), hyper, coef)
                        for n in layers}
         for name, (params, slots, _) in results.items():
             self._params[name], self._slots[name] = params, slots
+        self.step += 1
         return {"stepped": 1.0, "grad_norm": norm, "lr": hyper["lr"]}
 
-    def _rows(self, name: str, chunks: list[AdaptationData]) -> tuple[np.ndarray, np.ndarray]:
-        """Layer ``name``'s adapter rows in ``chunks``, gathered and (convolutions) unfolded
-        only now, so that a step's peak memory is the chunks plus one layer's rows."""
+    def _inputs(self, name: str, chunks: list[AdaptationData]) -> LayerInputs:
+        """Layer ``name``'s data in ``chunks`` for one step, formed only now, so that a step's
+        peak memory is the chunks plus one layer's: its rows gathered and (convolutions)
+        unfolded, or, when any chunk carries the layer in weight-space form, the sum of every
+        chunk's ``G`` and ``g_bias`` (rows turned into theirs), as concatenating rows would."""
+        if not any(name in c.weight_grads for c in chunks):
+            x, d = self._rows(name, chunks)
+            return Rows(x, d)
+        g, g_bias = 0.0, 0.0
+        for chunk in chunks:
+            if name in chunk.weight_grads:
+                part = tuple(_array(a).astype(np.float64) for a in chunk.weight_grads[name])
+            elif name in chunk.grads:
+                x, d = self._rows(name, [chunk], np.float64)
+                part = (d.T @ x, d.sum(0))
+            else:
+                continue
+            g, g_bias = g + part[0], g_bias + part[1]
+        return WeightGradient(np.ascontiguousarray(g, dtype=self.dtype),
+                              np.ascontiguousarray(g_bias, dtype=self.dtype))
+
+    def _rows(self, name: str, chunks: list[AdaptationData],
+              dtype: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Layer ``name``'s adapter rows in ``chunks``, gathered and (convolutions) unfolded."""
         info = self.layout[name]
         parts = [to_rows(info, *(_array(a) for a in c.layer(name)))
                  for c in chunks if name in c.grads]
         x = parts[0][0] if len(parts) == 1 else np.concatenate([x for x, _ in parts])
         d = parts[0][1] if len(parts) == 1 else np.concatenate([d for _, d in parts])
-        return (np.ascontiguousarray(x, dtype=self.dtype),
-                np.ascontiguousarray(d, dtype=self.dtype))
+        dtype = dtype or self.dtype
+        return np.ascontiguousarray(x, dtype=dtype), np.ascontiguousarray(d, dtype=dtype)
 
     def _check_chunk(self, data: AdaptationData) -> None:
         """Refuse a chunk with unknown layers, wrong shapes, bad row indices or non-finite
@@ -232,6 +279,11 @@ class LearnerBase:
             if name not in self._params:
                 raise AdapterError(f"adaptation data for {name!r}, which this learner does not "
                                    f"adapt; it adapts {sorted(self._params)}")
+        if set(data.grads) & set(data.weight_grads):
+            raise GradientError("a layer is carried both as rows and in weight-space form")
+        for name, pair in data.weight_grads.items():
+            self._check_weight_gradient(name, pair)
+        for name in data.row_layers:
             if data.input_of.get(name) not in data.inputs:
                 raise GradientError(f"layer {name!r}: its input rows are missing")
             x, d = _array(data.inputs[data.input_of[name]]), _array(data.grads[name])
@@ -246,15 +298,36 @@ class LearnerBase:
                         rows.min() < 0 or rows.max() >= x.shape[0])):
                     raise GradientError(f"layer {name!r}: row indices do not fit the shared rows")
         # values last, each array once (layers that share their input share the check)
-        first_reader = {data.input_of[n]: n for n in reversed(data.layer_names)}
+        first_reader = {data.input_of[n]: n for n in reversed(data.row_layers)}
         checks = [("x", first_reader[g], data.inputs[g]) for g in first_reader]
-        checks += [("d", n, data.grads[n]) for n in data.layer_names]
+        checks += [("d", n, data.grads[n]) for n in data.row_layers]
+        checks += [(label, n, value) for n, pair in data.weight_grads.items()
+                   for label, value in zip(("G", "g_bias"), pair)]
         for label, name, value in checks:
             value = _array(value)
             bad = int(value.size - np.isfinite(value).sum())
             if bad:
                 raise GradientError(f"layer {name!r}: {bad} non-finite values in {label}; the "
                                     "chunk was rejected and the learner is unchanged")
+
+    def _takes_weight_gradient(self, name: str) -> bool:
+        """Whether this learner can step layer ``name`` from the weight-space form (a backend
+        may need more than the family's consent, e.g. a graph)."""
+        return bool(family_of(self.specs[name].kind).weight_gradient)
+
+    def _check_weight_gradient(self, name: str, pair: Any) -> None:
+        """A layer in weight-space form: a learner that takes it, ``G [d_out, d_in]`` and
+        ``g_bias [d_out]``."""
+        if not self._takes_weight_gradient(name):
+            raise GradientError(f"layer {name!r}: this learner does not learn its "
+                                f"{self.specs[name].kind!r} adapter from the weight-space "
+                                "gradient; it needs rows")
+        info = self.layout[name]
+        if not isinstance(pair, tuple) or len(pair) != 2 or (
+                _array(pair[0]).shape != (info.d_out, info.d_in)
+                or _array(pair[1]).shape != (info.d_out,)):
+            raise GradientError(f"layer {name!r}: expected G [{info.d_out}, {info.d_in}] and "
+                                f"g_bias [{info.d_out}]")
 
     def _checked_params(self, state: Mapping[str, Mapping[str, Any]]) -> dict[str, Arrays]:
         """``state`` in this learner's dtype, refused unless it has exactly its layers and each
@@ -305,6 +378,24 @@ class LearnerBase:
                                        "are not finite, or a second moment is negative")
                 checked[layer][param] = values
         return checked
+
+
+def _buffered(chunk: AdaptationData) -> dict[str, dict[str, np.ndarray]]:
+    """One buffered chunk as saved: per layer its rows (``x``, ``d``) or ``g``, ``gb``."""
+    saved = {n: dict(zip(("x", "d"), (_array(a) for a in chunk.layer(n))))
+             for n in chunk.row_layers}
+    saved.update({n: dict(zip(("g", "gb"), (_array(a) for a in pair)))
+                  for n, pair in chunk.weight_grads.items()})
+    return saved
+
+
+def _chunk(saved: Mapping[str, Mapping[str, Any]]) -> AdaptationData:
+    """The chunk :func:`_buffered` saved."""
+    rows = {n: p for n, p in saved.items() if "x" in p}
+    return AdaptationData({n: p["x"] for n, p in rows.items()},
+                          {n: p["d"] for n, p in rows.items()}, {n: n for n in rows},
+                          weight_grads={n: (p["g"], p["gb"]) for n, p in saved.items()
+                                        if n not in rows})
 
 
 def _array(value: Any) -> np.ndarray:

@@ -5,7 +5,8 @@ depend on its backend. Layout (no pickle; metadata ``step`` and ``buffered``)::
 
     p/<layer>/<param>          adapter parameters
     s/<layer>/<param>/<slot>   optimizer state (exp_avg, exp_avg_sq | momentum_buffer)
-    b/<i>/x/<layer>, b/<i>/d/<layer>   the i-th buffered chunk of adaptation data
+    b/<i>/x/<layer>, b/<i>/d/<layer>   the i-th buffered chunk of adaptation data: rows,
+    b/<i>/g/<layer>, b/<i>/gb/<layer>  or weight-space form
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from cola_fed.errors import AdapterError
 
 #: most buffered chunks a state may hold (an adaptation interval is far smaller)
 MAX_BUFFERED = 4096
+#: the parts of one buffered layer: its rows, or its weight-space form
+BUFFERED_FORMS = ({"x", "d"}, {"g", "gb"})
 
 
 def state_to_bytes(state: dict[str, Any]) -> bytes:
@@ -29,8 +32,9 @@ def state_to_bytes(state: dict[str, Any]) -> bytes:
     flat.update({f"s/{n}/{p}/{k}": v for n, ps in state["slots"].items()
                  for p, slots in ps.items() for k, v in slots.items()})
     for i, chunk in enumerate(state["buffer"]):
-        for name, (x, d) in chunk.items():
-            flat[f"b/{i}/x/{name}"], flat[f"b/{i}/d/{name}"] = x, d
+        for name, parts in chunk.items():
+            for part, value in parts.items():
+                flat[f"b/{i}/{part}/{name}"] = value
     meta = {"step": str(state["step"]), "buffered": str(len(state["buffer"]))}
     return save({k: np.ascontiguousarray(v) for k, v in flat.items()}, metadata=meta)
 
@@ -67,8 +71,8 @@ def state_from_bytes(blob: bytes | memoryview) -> dict[str, Any]:
             if not (index.isascii() and index.isdigit() and int(index) < buffered):
                 raise AdapterError(f"learner state: malformed buffered chunk key {key!r:.80}")
             chunks.setdefault((int(index), layer), {})[which] = value
-    for (index, layer), pair in chunks.items():
-        if index >= buffered or set(pair) != {"x", "d"}:
+    for (index, layer), parts in chunks.items():
+        if index >= buffered or set(parts) not in BUFFERED_FORMS:
             raise AdapterError(f"learner state: malformed buffered chunk {index} of {layer!r}")
-        state["buffer"][index][layer] = (pair["x"], pair["d"])
+        state["buffer"][index][layer] = parts
     return state

@@ -348,7 +348,8 @@ def _wire_dtype(key: str, value: Any) -> None:
 #: Per payload kind, the header fields besides ``format`` and ``kind`` and their type checks.
 _FIELD_CHECKS: dict[str, dict[str, Callable[[str, Any], None]]] = {
     "adaptation": {"dtype": _wire_dtype, "layers": _layer_names, "input_of": _string_map,
-                   "rows": _bool_map, "loss": _loss, "num_samples": _count},
+                   "rows": _bool_map, "loss": _loss, "num_samples": _count,
+                   "weight_gradient": _layer_names},
     "adapter-state": {"layers": _layer_names},
     "batch": {"keys": _unique_strings},
     "metrics": {"metrics": _number_map},
@@ -418,7 +419,10 @@ def encode_adaptation(data: AdaptationData, *, dtype: str = "float32") -> bytes:
     for key, x in data.inputs.items():
         tensors[f"x/{key}"] = _to_wire(_to_numpy(x), dtype)
     rows = {}
-    for name in data.layer_names:
+    for name, (g, g_bias) in data.weight_grads.items():
+        tensors[f"g/{name}"] = _to_wire(_to_numpy(g), dtype)
+        tensors[f"gb/{name}"] = _to_wire(_to_numpy(g_bias), dtype)
+    for name in data.row_layers:
         tensors[f"d/{name}"] = _to_wire(_to_numpy(data.grads[name]), dtype)
         index = data.rows.get(name)
         rows[name] = index is not None
@@ -427,9 +431,9 @@ def encode_adaptation(data: AdaptationData, *, dtype: str = "float32") -> bytes:
             small = index.size == 0 or int(index.max()) < 2**31
             tensors[f"rows/{name}"] = index.astype(np.int32 if small else np.int64)
     loss = float(data.loss)
-    header = {"dtype": dtype, "layers": data.layer_names, "input_of": data.input_of,
+    header = {"dtype": dtype, "layers": data.row_layers, "input_of": data.input_of,
               "rows": rows, "loss": None if math.isnan(loss) else loss,  # NaN: not computed
-              "num_samples": int(data.num_samples)}
+              "num_samples": int(data.num_samples), "weight_gradient": list(data.weight_grads)}
     return pack("adaptation", tensors, header)
 
 
@@ -464,12 +468,16 @@ def decode_adaptation(
     specs, header = checked.specs, checked.header
     dtype, layers, input_of = header["dtype"], header["layers"], header["input_of"]
     has_rows, num_samples = header["rows"], header["num_samples"]
+    weight_layers = header["weight_gradient"]
+    if set(weight_layers) & set(layers):
+        raise MalformedPayloadError("a layer is carried both as rows and in weight-space form")
     loss = float("nan") if header["loss"] is None else float(header["loss"])
     if set(input_of) != set(layers) or set(has_rows) != set(layers):
         raise MalformedPayloadError("header layers, input_of and rows disagree")
     groups = set(input_of.values())
     expected_names = {f"x/{g}" for g in groups} | {f"d/{n}" for n in layers} | {
-        f"rows/{n}" for n in layers if has_rows[n] is True}
+        f"rows/{n}" for n in layers if has_rows[n] is True} | {
+        f"{part}/{n}" for n in weight_layers for part in ("g", "gb")}
     if set(specs) != expected_names:
         raise MalformedPayloadError(
             f"tensors {sorted(set(specs) ^ expected_names)[:5]} do not match the header"
@@ -504,8 +512,25 @@ def decode_adaptation(
             raise MalformedPayloadError(
                 f"layer {name!r}: {d_shape[0]} gradient rows for {x_shape[0]} input rows"
             )
+    for name in weight_layers:
+        (g_dtype, g_shape), (b_dtype, b_shape) = specs[f"g/{name}"], specs[f"gb/{name}"]
+        if g_dtype != wire or b_dtype != wire or len(g_shape) != 2 or b_shape != g_shape[:1]:
+            raise MalformedPayloadError(f"layer {name!r}: G and g_bias must be {dtype} tensors "
+                                        "[d_out, d_in] and [d_out]")
+        if layout is not None:
+            if name not in layout:
+                raise MalformedPayloadError(f"layer {name!r} is not an adapted layer")
+            info = layout[name]
+            if g_shape != (info.d_out, info.d_in):
+                raise MalformedPayloadError(f"layer {name!r}: expected G [{info.d_out}, "
+                                            f"{info.d_in}], got {list(g_shape)}")
     tensors = _read(checked.blob, specs, checked.starts, copy=False)
     data = AdaptationData({}, {}, dict(input_of), {}, loss=loss, num_samples=num_samples)
+    for name in weight_layers:
+        pair = tuple(_from_wire(tensors[f"{part}/{name}"], dtype) for part in ("g", "gb"))
+        for part, value in zip(("g", "gb"), pair):
+            _check_finite(f"{part}/{name}", value)
+        data.weight_grads[name] = pair
     for group in groups:
         data.inputs[group] = _from_wire(tensors[f"x/{group}"], dtype)
         _check_finite(f"x/{group}", data.inputs[group])

@@ -13,6 +13,7 @@ class Linear(AdapterFamily):
     ops = "cola_fed.adapters.linear.ops:LinearAdapter"
     fields = ("bias",)
     mergeable = True
+    weight_gradient = True
 
     def param_shapes(self, spec: AdapterSpec, d_in: int, d_out: int) -> Shapes:
         return {"weight": (d_out, d_in), **({"bias": (d_out,)} if spec.bias else {})}

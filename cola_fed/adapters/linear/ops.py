@@ -19,5 +19,8 @@ class LinearAdapter(Adapter):
             grads["bias"] = d.sum(0)
         return grads
 
+    def vjp_weight(self, params: Params, g: torch.Tensor, g_bias: torch.Tensor) -> Params:
+        return {"weight": g, **({"bias": g_bias} if "bias" in params else {})}
+
     def delta_weight(self, params: Params) -> tuple[torch.Tensor, torch.Tensor | None]:
         return params["weight"], params.get("bias")

@@ -15,6 +15,7 @@ class LowRank(AdapterFamily):
     ops = "cola_fed.adapters.lowrank.ops:LowRankAdapter"
     fields = ("rank",)
     mergeable = True
+    weight_gradient = True
 
     def param_shapes(self, spec: AdapterSpec, d_in: int, d_out: int) -> Shapes:
         return {"A": (spec.rank, d_in), "B": (d_out, spec.rank)}

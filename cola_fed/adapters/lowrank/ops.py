@@ -16,5 +16,8 @@ class LowRankAdapter(Adapter):
         u = x @ params["A"].T  # [n, r]
         return {"A": (d @ params["B"]).T @ x, "B": d.T @ u}
 
+    def vjp_weight(self, params: Params, g: torch.Tensor, g_bias: torch.Tensor) -> Params:
+        return {"A": params["B"].T @ g, "B": g @ params["A"].T}
+
     def delta_weight(self, params: Params) -> tuple[torch.Tensor, torch.Tensor | None]:
         return params["B"] @ params["A"], None
