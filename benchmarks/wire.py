@@ -4,8 +4,11 @@ MiniLM-L6 with Low Rank (r = 8) adapters on ``query`` and ``value``, Rotten Toma
 32 reviews padded to 128 tokens. For several batches it measures the adaptation-data payload
 against the reference code's form (fp32, every padded row, one ``x`` per layer), losslessly and
 with the opt-in fp16/bf16 casts; whether a general-purpose compressor (zlib, lzma) gains on top;
-the whole client-round (adaptation data down; adapter state and the next batch up, sealed); and
-seal/open throughput of AES-256-GCM on one core.
+the whole client-round (adaptation data down; adapter state and the next batch up, sealed) in
+each exact form (``wire.form``: rows, the weight-space gradient G, or the smaller per layer)
+against a FedAvg-LoRA client round of the same adapters (the adapters down and up, sealed); the
+crossover row count above which G is smaller, here and on SmolLM2-135M's ``q_proj``/``v_proj``
+shapes; and seal/open throughput of AES-256-GCM on one core.
 
     python -m benchmarks.wire [--batches 8]
 """
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import torch
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     import cola_fed
     from benchmarks.common import write_result
@@ -45,24 +49,30 @@ def main(argv: list[str] | None = None) -> None:
         encode_adaptation,
         encode_adapter_state,
         encode_batch,
-        generate_private_key,
         public_bytes,
     )
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    from cola_fed.gl.layout import assign_specs
+    from cola_fed.gl.weight_gradient import FORMS, to_form
+
     data = load_rotten_tomatoes()
     model, tokenizer = load_minilm_classifier()
     engine = cola_fed.ServerEngine(model, targets=["query", "value"])
     learner = cola_fed.GradientLearner(engine.layout, cola_fed.AdapterSpec(kind="lowrank", rank=8))
     state = learner.adapter_state()
+    specs = assign_specs(engine.layout, cola_fed.AdapterSpec(kind="lowrank", rank=8))
     for params in state.values():
         params["B"].normal_(0, 0.01, generator=torch.Generator().manual_seed(0))
 
-    server_key, node_key = generate_private_key(), generate_private_key()
-    server = SecureChannel(server_key, public_bytes(node_key), role="server", run_id=1, node_id=7)
-    node = SecureChannel(node_key, public_bytes(server_key), role="node", run_id=1, node_id=7)
+    server_key, node_key = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    transcript = bytes(32)  # the SHA-256 of a hello transcript: any 32 bytes will do here
+    server = SecureChannel(server_key, public_bytes(node_key), role="server", run_id=1,
+                           node_id=7, transcript=transcript)
+    node = SecureChannel(node_key, public_bytes(server_key), role="node", run_id=1, node_id=7,
+                         transcript=transcript)
 
     rows: list[dict] = []
     blobs = {}
@@ -86,13 +96,28 @@ def main(argv: list[str] | None = None) -> None:
             blobs["float32"])
         upstream = encode_adapter_state(learner.adapter_state()) + encode_batch(
             {k: v for k, v in batch.items()})
-        down = server.seal(blobs["float32"], round=i + 1, kind="train")
-        up = node.seal(upstream, round=i + 1, kind="train")
+        down = server.seal(blobs["float32"], kind="train")
+        up = node.seal(upstream, kind="train")
         row["client_round_bytes_float32"] = len(down) + len(up)
         row["upstream_bytes"] = len(up)
+        # FedAvg-LoRA: the same adapters down and up, sealed
+        lora = encode_adapter_state(state)
+        fedavg = len(server.seal(lora, kind="train")) + len(
+            node.seal(lora, kind="train"))
+        row["fedavg_lora_client_round_bytes"] = fedavg
+        for form in FORMS:
+            shaped = to_form(adaptation, engine.layout, specs, form)
+            for dtype in ("float32", "float16"):
+                blob = encode_adaptation(shaped, dtype=dtype)
+                total = len(server.seal(blob, kind="train")) + len(up)
+                row[f"{form}_{dtype}_client_round_bytes"] = total
+                row[f"{form}_{dtype}_vs_fedavg_lora"] = total / fedavg
         rows.append(row)
         say(f"batch {i}: {row['tokens']} tokens, lossless {row['float32_ratio']:.3f}x, "
-            f"fp16 {row['float16_ratio']:.3f}x, zlib on top {row['zlib_ratio_on_float32']:.3f}")
+            f"fp16 {row['float16_ratio']:.3f}x, zlib on top {row['zlib_ratio_on_float32']:.3f}; "
+            f"client round vs FedAvg-LoRA: rows {row['rows_float32_vs_fedavg_lora']:.1f}x, "
+            f"auto {row['auto_float32_vs_fedavg_lora']:.1f}x (fp16 "
+            f"{row['auto_float16_vs_fedavg_lora']:.1f}x)")
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rows)
@@ -100,12 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     # sealing throughput: one core, a 32 MiB payload, medians over repeats
     payload = os.urandom(32 * 2**20)
     seal_s, open_s = [], []
-    for r in range(args.repeats):
+    for _ in range(args.repeats):
         start = time.perf_counter()
-        sealed = server.seal(payload, round=1000 + r, kind="train")
+        sealed = server.seal(payload, kind="train")
         seal_s.append(time.perf_counter() - start)
         start = time.perf_counter()
-        node.open(sealed, round=1000 + r, kind="train")
+        node.open(sealed, kind="train")
         open_s.append(time.perf_counter() - start)
     mb = len(payload) / 1e6
     result = {
@@ -122,15 +147,30 @@ def main(argv: list[str] | None = None) -> None:
             "lzma_ratio_on_lossless": med("lzma_ratio_on_float32"),
             "client_round_bytes": med("client_round_bytes_float32"),
             "upstream_bytes": med("upstream_bytes"),
+            "fedavg_lora_client_round_bytes": med("fedavg_lora_client_round_bytes"),
+            **{f"{form}_{dtype}_{what}": med(f"{form}_{dtype}_{what}")
+               for form in FORMS for dtype in ("float32", "float16")
+               for what in ("client_round_bytes", "vs_fedavg_lora")},
+        },
+        "crossover_rows": {
+            "minilm_query_value": crossover([(384, 384), (384, 384)]),
+            "smollm2_q_proj_v_proj": crossover([(576, 576), (576, 192)]),
         },
         "aes_gcm_mb_per_s": {"seal": mb / statistics.median(seal_s),
                              "open": mb / statistics.median(open_s)},
     }
-    for key, value in result["median"].items():
-        say(f"  {key:28s} {value:,.3f}")
+    for key, value in {**result["median"], **result["crossover_rows"]}.items():
+        say(f"  {key:40s} {value:,.3f}")
     say(f"  seal {result['aes_gcm_mb_per_s']['seal']:.0f} MB/s, "
         f"open {result['aes_gcm_mb_per_s']['open']:.0f} MB/s")
     say(f"wrote {write_result('wire', result)}")
+
+
+def crossover(shapes: list[tuple[int, int]]) -> float:
+    """Rows above which the weight-space form of layers sharing one input ``(d_in, d_out)``
+    is smaller than their rows: ``sum d_out (d_in + 1) / (d_in + sum d_out)``."""
+    d_in = shapes[0][0]
+    return sum(o * (d_in + 1) for _, o in shapes) / (d_in + sum(o for _, o in shapes))
 
 
 if __name__ == "__main__":

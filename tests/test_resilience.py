@@ -568,9 +568,9 @@ def test_a_target_the_model_never_calls_stops_the_run_not_the_nodes(monkeypatch,
     import logging
 
     import torch
+    from federation_runs import run
 
     from cola_fed.tasks.digits import DigitsTask
-    from federation_runs import run
 
     build = DigitsTask.build_model
 
