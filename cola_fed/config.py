@@ -358,13 +358,14 @@ class DataConfig:
 @dataclass(frozen=True)
 class WireConfig:
     """Payload encoding: ``dtype`` of adaptation data (float16/bfloat16 are lossy, opt-in),
-    its exact ``form`` per layer (``auto``: the smaller of rows and the weight-space gradient
-    ``G = d^T x``, for families that learn from it; ``rows``; ``weight-gradient`` wherever
-    possible; see :mod:`cola_fed.gl.weight_gradient`) and the server identity key file (empty:
-    ``$COLA_FED_HOME/server-identity.pem``, created on first use; see docs/security.md)."""
+    its exact ``form`` per layer (``rows``, the default for now; ``auto``: the smaller of rows
+    and the weight-space gradient ``G = d^T x``, for families that learn from it;
+    ``weight-gradient`` wherever possible; see :mod:`cola_fed.gl.weight_gradient`) and the
+    server identity key file (empty: ``$COLA_FED_HOME/server-identity.pem``, created on first
+    use; see docs/security.md)."""
 
     dtype: str = "float32"
-    form: str = "auto"
+    form: str = "rows"
     server_key: str = ""
 
     def __post_init__(self) -> None:
