@@ -23,7 +23,7 @@ SPECS = {"*": AdapterSpec(kind="lowrank", rank=4), "head": AdapterSpec(kind="lin
 OPTIMIZER = OptimizerSpec(name="adamw", lr=1e-2, weight_decay=0.01, max_grad_norm=0.5)
 
 
-def engine_and_chunks(net64, n: int = 6, dtype=torch.float64):
+def engine_and_chunks(net64, dtype=torch.float64):
     engine = ServerEngine(copy.deepcopy(net64).to(dtype), targets=["fc1", "fc2", "head"])
     return engine
 
@@ -171,3 +171,30 @@ def test_a_federation_in_auto_form_ends_where_one_in_rows_does():
     down = {name: sum(r.get("bytes-down", 0) for r in s.rounds) for name, s in
             (("auto", auto), ("rows", rows))}
     assert down["auto"] < down["rows"]
+
+
+def test_a_buffered_weight_space_chunk_moves_between_backends(net64):
+    pytest.importorskip("onnxscript")
+    from cola_fed.edge import OrtLearner, graph_keys
+    from cola_fed.edge.export import export_graphs
+
+    engine = engine_and_chunks(net64, dtype=torch.float32)
+    specs = assign_specs(engine.layout, SPECS)
+    graphs = export_graphs(graph_keys(engine.layout, [SPECS], OPTIMIZER,
+                                      weight_gradient=True).values())
+    torch_learner = GradientLearner(engine.layout, SPECS, OPTIMIZER, seed=1, interval=2)
+    stay = GradientLearner(engine.layout, SPECS, OPTIMIZER, seed=1, interval=2)
+    chunks = [to_form(engine.compute({"c": batch(s, dtype=torch.float32)},
+                                     {"c": stay.adapter_state()}, specs={"c": SPECS})["c"],
+                      engine.layout, specs, "weight-gradient") for s in range(2)]
+    torch_learner.fit(chunks[0])
+    stay.fit(chunks[0])
+    moved = OrtLearner(engine.layout, SPECS, OPTIMIZER, graphs, seed=1, interval=2)
+    moved.load_bytes(torch_learner.to_bytes())
+    assert len(moved.state_dict()["buffer"]) == 1
+    moved.fit(chunks[1])
+    stay.fit(chunks[1])
+    assert moved.step == stay.step == 1
+    for layer, params in stay.adapter_state().items():
+        for name, value in params.items():
+            assert np.abs(moved.adapter_state()[layer][name] - value.numpy()).max() <= 1e-6
