@@ -405,10 +405,10 @@ def _node_specs(raw: Any, where: str) -> dict[str, AdapterSpec]:
 
 
 def _check_options(options: dict, where: str) -> None:
-    """A family's options: at most 16 short names, each a number, boolean or short string."""
+    """A family's options within the plan's bounds: at most 16 names of at most 32 characters,
+    strings of at most 64 (their types and values are ``AdapterSpec``'s to check)."""
     if len(options) > 16 or not all(
-            isinstance(k, str) and 1 <= len(k) <= 32 and (
-                isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= 64))
+            1 <= len(k) <= 32 and not (isinstance(v, str) and len(v) > 64)
             for k, v in options.items()):
         raise ProtocolError(f"{where}.options: expected at most 16 names of at most 32 "
                             "characters, each a number, a boolean or a string of at most 64")

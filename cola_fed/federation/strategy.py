@@ -680,8 +680,8 @@ class ColaStrategy(Strategy):
         """``data`` in the exact form ``wire.form`` picks per layer (an ONNX node takes the
         weight-space form only with the graphs this server ships)."""
         form = self.config.wire.form
-        if session.backend == "onnx" and not self.graphs:
-            form = "rows"
+        if form == "rows" or (session.backend == "onnx" and not self.graphs):
+            return data
         return to_form(data, self.plan.layout, assign_specs(self.plan.layout, session.specs),
                        form)
 

@@ -73,7 +73,7 @@ class GradientLearner(LearnerBase):
         if dtype not in (torch.float32, torch.float64):
             raise ConfigError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
         super().__init__(layout, spec, optimizer, seed=seed, interval=interval,
-                         dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+                         dtype=np.float32 if dtype == torch.float32 else np.float64)
         self.torch_dtype = dtype
         self._adapters: dict[str, Adapter] = {n: build_adapter(s) for n, s in self.specs.items()}
         self._grads: dict[str, dict[str, Tensor]] = {}  # per layer, during one step only

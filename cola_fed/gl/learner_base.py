@@ -34,6 +34,7 @@ from cola_fed.gl.layer_data import shape_error, to_rows
 from cola_fed.gl.layout import Layout, SpecLike, assign_specs
 from cola_fed.gl.learner_state import state_from_bytes, state_to_bytes
 from cola_fed.gl.optim_spec import OptimizerSpec
+from cola_fed.gl.weight_gradient import weight_gradient
 
 Arrays = dict[str, np.ndarray]
 #: what a backend's step returns for one layer: new parameters, new slots, gradient norm
@@ -253,24 +254,23 @@ class LearnerBase:
             if name in chunk.weight_grads:
                 part = tuple(_array(a).astype(np.float64) for a in chunk.weight_grads[name])
             elif name in chunk.grads:
-                x, d = self._rows(name, [chunk], np.float64)
-                part = (d.T @ x, d.sum(0))
+                part = weight_gradient(self.layout[name], *(_array(a).astype(np.float64)
+                                                             for a in chunk.layer(name)))
             else:
                 continue
             g, g_bias = g + part[0], g_bias + part[1]
         return WeightGradient(np.ascontiguousarray(g, dtype=self.dtype),
                               np.ascontiguousarray(g_bias, dtype=self.dtype))
 
-    def _rows(self, name: str, chunks: list[AdaptationData],
-              dtype: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, name: str, chunks: list[AdaptationData]) -> tuple[np.ndarray, np.ndarray]:
         """Layer ``name``'s adapter rows in ``chunks``, gathered and (convolutions) unfolded."""
         info = self.layout[name]
         parts = [to_rows(info, *(_array(a) for a in c.layer(name)))
                  for c in chunks if name in c.grads]
         x = parts[0][0] if len(parts) == 1 else np.concatenate([x for x, _ in parts])
         d = parts[0][1] if len(parts) == 1 else np.concatenate([d for _, d in parts])
-        dtype = dtype or self.dtype
-        return np.ascontiguousarray(x, dtype=dtype), np.ascontiguousarray(d, dtype=dtype)
+        return (np.ascontiguousarray(x, dtype=self.dtype),
+                np.ascontiguousarray(d, dtype=self.dtype))
 
     def _check_chunk(self, data: AdaptationData) -> None:
         """Refuse a chunk with unknown layers, wrong shapes, bad row indices or non-finite

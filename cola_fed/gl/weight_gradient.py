@@ -60,9 +60,11 @@ def choose(data: AdaptationData, layout: Layout, specs: Mapping[str, AdapterSpec
     """
     if form not in FORMS:
         raise ConfigError(f"wire.form: expected one of {', '.join(FORMS)}, got {form!r}")
+    if form == "rows":
+        return []
     capable = [n for n in data.row_layers
                if n in specs and learns_from_weight_gradient(specs[n])]
-    if form == "rows" or not capable:
+    if not capable:
         return []
     if form == "weight-gradient":
         return capable
