@@ -5,10 +5,12 @@ MiniLM-L6 with Low Rank (r = 8) adapters on ``query`` and ``value``, Rotten Toma
 against the reference code's form (fp32, every padded row, one ``x`` per layer), losslessly and
 with the opt-in fp16/bf16 casts; whether a general-purpose compressor (zlib, lzma) gains on top;
 the whole client-round (adaptation data down; adapter state and the next batch up, sealed) in
-each exact form (``wire.form``: rows, the weight-space gradient G, or the smaller per layer)
-against a FedAvg-LoRA client round of the same adapters (the adapters down and up, sealed); the
-crossover row count above which G is smaller, here and on SmolLM2-135M's ``q_proj``/``v_proj``
-shapes; and seal/open throughput of AES-256-GCM on one core.
+each exact form (``wire.form``: rows, the weight-space gradient G, the adapters' parameter
+gradient, or the smallest per layer) against a FedAvg-LoRA client round of the same adapters
+(the adapters down and up, sealed); the crossover row count above which G is smaller, here and
+on SmolLM2-135M's ``q_proj``/``v_proj`` shapes; the server step with each form computed, against
+the limit (frozen forward plus backward to the adapted outputs), interleaved; and seal/open
+throughput of AES-256-GCM on one core.
 
     python -m benchmarks.wire [--batches 8]
 """
@@ -55,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    from cola_fed.gl.forms import FORMS, to_form
     from cola_fed.gl.layout import assign_specs
-    from cola_fed.gl.weight_gradient import FORMS, to_form
 
     data = load_rotten_tomatoes()
     model, tokenizer = load_minilm_classifier()
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             node.seal(lora, kind="train"))
         row["fedavg_lora_client_round_bytes"] = fedavg
         for form in FORMS:
-            shaped = to_form(adaptation, engine.layout, specs, form)
+            shaped = to_form(adaptation, engine.layout, specs, form, adapters=state)
             for dtype in ("float32", "float16"):
                 blob = encode_adaptation(shaped, dtype=dtype)
                 total = len(server.seal(blob, kind="train")) + len(up)
@@ -116,8 +118,30 @@ def main(argv: list[str] | None = None) -> None:
         say(f"batch {i}: {row['tokens']} tokens, lossless {row['float32_ratio']:.3f}x, "
             f"fp16 {row['float16_ratio']:.3f}x, zlib on top {row['zlib_ratio_on_float32']:.3f}; "
             f"client round vs FedAvg-LoRA: rows {row['rows_float32_vs_fedavg_lora']:.1f}x, "
-            f"auto {row['auto_float32_vs_fedavg_lora']:.1f}x (fp16 "
-            f"{row['auto_float16_vs_fedavg_lora']:.1f}x)")
+            f"G {row['weight-gradient_float32_vs_fedavg_lora']:.1f}x, auto "
+            f"{row['auto_float32_vs_fedavg_lora']:.2f}x (fp16 "
+            f"{row['auto_float16_vs_fedavg_lora']:.2f}x)")
+        last_batch = batch
+
+    # the server step with each form computed, against the limit, interleaved
+    import copy
+
+    from benchmarks.common import interleaved_medians
+    from benchmarks.server_step import _limit_step
+
+    limit = _limit_step(copy.deepcopy(model), last_batch)
+
+    def server_step(form: str):
+        def step():
+            out = engine.compute({"c": last_batch}, {"c": state})["c"]
+            to_form(out, engine.layout, specs, form, adapters=state)
+        return step
+
+    say(f"server step by form vs the limit, {args.repeats} interleaved repeats ...")
+    timings = interleaved_medians({"limit": limit, **{f: server_step(f) for f in FORMS}},
+                                  args.repeats)
+    by_form = {name: {**t, "vs_limit": t["median_s"] / timings["limit"]["median_s"]}
+               for name, t in timings.items()}
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rows)
@@ -156,11 +180,14 @@ def main(argv: list[str] | None = None) -> None:
             "minilm_query_value": crossover([(384, 384), (384, 384)]),
             "smollm2_q_proj_v_proj": crossover([(576, 576), (576, 192)]),
         },
+        "server_step_by_form": by_form,
         "aes_gcm_mb_per_s": {"seal": mb / statistics.median(seal_s),
                              "open": mb / statistics.median(open_s)},
     }
     for key, value in {**result["median"], **result["crossover_rows"]}.items():
         say(f"  {key:40s} {value:,.3f}")
+    for name, t in by_form.items():
+        say(f"  server step {name:20s} {t['median_s'] * 1e3:8.1f} ms  {t['vs_limit']:.3f} x limit")
     say(f"  seal {result['aes_gcm_mb_per_s']['seal']:.0f} MB/s, "
         f"open {result['aes_gcm_mb_per_s']['open']:.0f} MB/s")
     say(f"wrote {write_result('wire', result)}")

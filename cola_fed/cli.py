@@ -150,7 +150,7 @@ def _export_edge(args: argparse.Namespace) -> int:
     layout, _ = find_targets(model, task.adapted_targets(model, config.adapter.target_list))
     plan = build_plan(layout, task, config)
     keys = graph_keys(layout, plan.all_specs(), plan.optimizer,
-                      weight_gradient=config.wire.form != "rows").values()
+                      all_forms=config.wire.form != "rows").values()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifests: dict[str, dict[str, str]] = {"onnx": {}, "ort": {}}

@@ -358,19 +358,20 @@ class DataConfig:
 @dataclass(frozen=True)
 class WireConfig:
     """Payload encoding: ``dtype`` of adaptation data (float16/bfloat16 are lossy, opt-in),
-    its exact ``form`` per layer (``rows``, the default for now; ``auto``: the smaller of rows
-    and the weight-space gradient ``G = d^T x``, for families that learn from it;
-    ``weight-gradient`` wherever possible; see :mod:`cola_fed.gl.weight_gradient`) and the
-    server identity key file (empty: ``$COLA_FED_HOME/server-identity.pem``, created on first
-    use; see docs/security.md)."""
+    its exact ``form`` per layer (``auto``, the default: the smallest of rows, the
+    weight-space gradient ``G = d^T x`` and the adapter's parameter gradient; ``rows``;
+    ``weight-gradient`` or ``parameter-gradient`` wherever possible; see
+    :mod:`cola_fed.gl.forms`) and the server identity key file (empty:
+    ``$COLA_FED_HOME/server-identity.pem``, created on first use; see docs/security.md)."""
 
     dtype: str = "float32"
-    form: str = "rows"
+    form: str = "auto"
     server_key: str = ""
 
     def __post_init__(self) -> None:
         _one_of("wire.dtype", self.dtype, ("float32", "float16", "bfloat16"))
-        _one_of("wire.form", self.form, ("auto", "rows", "weight-gradient"))
+        _one_of("wire.form", self.form, ("auto", "rows", "weight-gradient",
+                                         "parameter-gradient"))
 
 
 BACKENDS = ("torch", "onnx")

@@ -16,7 +16,8 @@ from federation_runs import run
 from cola_fed import AdapterSpec, GradientLearner, OptimizerSpec, ServerEngine
 from cola_fed.errors import GradientError, MalformedPayloadError
 from cola_fed.gl.layout import LayerInfo, Layout, assign_specs
-from cola_fed.gl.weight_gradient import choose, to_form, weight_gradient
+from cola_fed.gl.forms import choose, to_form
+from cola_fed.gl.weight_gradient import weight_gradient
 from cola_fed.wire.codec import decode_adaptation, encode_adaptation
 
 SPECS = {"*": AdapterSpec(kind="lowrank", rank=4), "head": AdapterSpec(kind="linear", bias=True)}
@@ -65,7 +66,7 @@ def test_the_onnx_learner_takes_the_weight_space_form_as_the_torch_learner(net64
 
     engine = engine_and_chunks(net64, dtype=torch.float32)
     specs = assign_specs(engine.layout, SPECS)
-    keys = graph_keys(engine.layout, [SPECS], OPTIMIZER, weight_gradient=True)
+    keys = graph_keys(engine.layout, [SPECS], OPTIMIZER, all_forms=True)
     assert sum(name.endswith("-g") for name in keys) == 3
     edge = OrtLearner(engine.layout, SPECS, OPTIMIZER, export_graphs(keys.values()), seed=1)
     rows_only = OrtLearner(engine.layout, SPECS, OPTIMIZER,
@@ -86,7 +87,8 @@ def test_the_onnx_learner_takes_the_weight_space_form_as_the_torch_learner(net64
             assert np.abs(edge.adapter_state()[layer][name] - value.numpy()).max() <= 1e-5
 
 
-def test_auto_picks_the_smaller_form_and_never_for_an_mlp(bert64):
+def test_auto_picks_the_smaller_form_and_never_g_for_an_mlp(bert64):
+    """Without the node's adapters (no parameter form), auto picks between rows and G."""
     engine = ServerEngine(bert64, targets=["query", "value", "classifier"])
     specs = assign_specs(engine.layout, {"*": AdapterSpec(kind="lowrank"),
                                          "classifier": AdapterSpec(kind="linear", bias=True),
@@ -98,14 +100,14 @@ def test_auto_picks_the_smaller_form_and_never_for_an_mlp(bert64):
     for chunk, expect_g in ((short, False), (long, True)):
         data = engine.compute({"c": chunk}, {"c": learner.adapter_state()},
                               specs={"c": specs})["c"]
-        chosen = choose(data, engine.layout, specs, "auto")
+        chosen = choose([data], engine.layout, specs, "auto", parameter_form=False)
         assert "encoder.layer.1.attention.self.value" not in chosen  # an MLP needs rows
         assert bool(set(chosen) - {"classifier"}) == expect_g
         auto = to_form(data, engine.layout, specs, "auto")
         rows = to_form(data, engine.layout, specs, "rows")
         assert rows is data
         assert auto.num_values() <= data.num_values()
-        assert choose(data, engine.layout, specs, "weight-gradient") == [
+        assert list(choose([data], engine.layout, specs, "weight-gradient")) == [
             n for n in data.row_layers if specs[n].kind != "mlp"]
 
 
@@ -181,7 +183,7 @@ def test_a_buffered_weight_space_chunk_moves_between_backends(net64):
     engine = engine_and_chunks(net64, dtype=torch.float32)
     specs = assign_specs(engine.layout, SPECS)
     graphs = export_graphs(graph_keys(engine.layout, [SPECS], OPTIMIZER,
-                                      weight_gradient=True).values())
+                                      all_forms=True).values())
     torch_learner = GradientLearner(engine.layout, SPECS, OPTIMIZER, seed=1, interval=2)
     stay = GradientLearner(engine.layout, SPECS, OPTIMIZER, seed=1, interval=2)
     chunks = [to_form(engine.compute({"c": batch(s, dtype=torch.float32)},

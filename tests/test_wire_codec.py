@@ -135,7 +135,7 @@ def test_torch_tensors_encode_like_numpy():
 def forge(header: dict, data: bytes = b"", *, cola: dict | None = None) -> bytes:
     cola = cola or {"format": 1, "kind": "adaptation", "dtype": "float32", "layers": ["q"],
                     "input_of": {"q": "x"}, "rows": {"q": False}, "loss": 0.0, "num_samples": 1,
-                    "weight_gradient": []}
+                    "weight_gradient": [], "parameter_gradient": {}}
     header = {**header, "__metadata__": {"cola": json.dumps(cola)}}
     raw = json.dumps(header).encode()
     return struct.pack("<Q", len(raw)) + raw + data

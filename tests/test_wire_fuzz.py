@@ -229,6 +229,7 @@ STILL_VALID = {("adaptation", "kind"): {'"adaptation"'},
                ("adaptation", "loss"): {"null", "0", "-1", "1.5"},
                ("adaptation", "num_samples"): {"0"},
                ("adaptation", "weight_gradient"): {"[]"},
+               ("adaptation", "parameter_gradient"): {"{}"},
                ("metrics", "metrics"): {"{}", '{"q":1}'}}
 
 

@@ -9,8 +9,9 @@ two cannot drift apart. Contract (every hyper-parameter a graph input, so nothin
     outputs: params'..., slots'..., grad_norm     (this layer's gradient norm, before grad_scale)
 
 A weight-space graph (``GraphKey.form = "weight-gradient"``, for families that learn from it)
-takes ``g [d_out, d_in]`` and ``g_bias [d_out]`` in place of ``x`` and ``d``, and is otherwise
-the same.
+takes ``g [d_out, d_in]`` and ``g_bias [d_out]`` in place of ``x`` and ``d``; a parameter-gradient
+graph (``"parameter-gradient"``) takes ``grad.<param>`` per parameter, the gradient itself, and
+only updates. Both are otherwise the same.
 
 Exported with ``torch.onnx.export(dynamo=True, optimize=False)``: the onnxscript optimizer's
 ``x + 0`` rule also removes ``+ 1e-8`` and so drops Adam's epsilon (see docs), hence no optimize.
@@ -39,18 +40,21 @@ class TrainStep(nn.Module):
         self.adapter = build_adapter(key.spec)
         self.param_names = list(self.adapter.param_shapes(key.d_in, key.d_out))
         self.slots = slot_names(key.optimizer)
-        self.weight_gradient = key.form == "weight-gradient"
+        self.form = key.form
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n_params, n_slots = len(self.param_names), len(self.param_names) * len(self.slots)
         params = dict(zip(self.param_names, inputs[:n_params]))
         slots = inputs[n_params:n_params + n_slots]
-        first, second = inputs[n_params + n_slots:n_params + n_slots + 2]
-        hyper = dict(zip(HYPER, inputs[n_params + n_slots + 2:]))
-        if self.weight_gradient:
-            grads = self.adapter.vjp_weight(params, first, second)
+        n_data = len(self.data_names())
+        data = inputs[n_params + n_slots:n_params + n_slots + n_data]
+        hyper = dict(zip(HYPER, inputs[n_params + n_slots + n_data:]))
+        if self.form == "parameter-gradient":
+            grads = dict(zip(self.param_names, data))
+        elif self.form == "weight-gradient":
+            grads = self.adapter.vjp_weight(params, *data)
         else:
-            grads = self.adapter.vjp(params, first, second)
+            grads = self.adapter.vjp(params, *data)
         norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
         new_params, new_slots = [], []
         for i, name in enumerate(self.param_names):
@@ -61,10 +65,15 @@ class TrainStep(nn.Module):
             new_slots += [updated[s] for s in self.slots]
         return (*new_params, *new_slots, norm)
 
+    def data_names(self) -> list[str]:
+        """The adaptation data inputs of this graph's form."""
+        if self.form == "parameter-gradient":
+            return [f"grad.{p}" for p in self.param_names]
+        return ["g", "g_bias"] if self.form == "weight-gradient" else ["x", "d"]
+
     def input_names(self) -> list[str]:
         slots = [f"{p}.{s}" for p in self.param_names for s in self.slots]
-        data = ["g", "g_bias"] if self.weight_gradient else ["x", "d"]
-        return [*self.param_names, *slots, *data, *HYPER]
+        return [*self.param_names, *slots, *self.data_names(), *HYPER]
 
     def output_names(self) -> list[str]:
         slots = [f"{p}.{s}" for p in self.param_names for s in self.slots]
@@ -74,13 +83,15 @@ class TrainStep(nn.Module):
         shapes = self.adapter.param_shapes(self.key.d_in, self.key.d_out)
         params = [torch.zeros(shapes[n]) for n in self.param_names]
         slots = [torch.zeros(shapes[n]) for n in self.param_names for _ in self.slots]
-        if self.weight_gradient:
-            x, d = torch.zeros(self.key.d_out, self.key.d_in), torch.zeros(self.key.d_out)
+        if self.form == "parameter-gradient":
+            data = [torch.zeros(shapes[n]) for n in self.param_names]
+        elif self.form == "weight-gradient":
+            data = [torch.zeros(self.key.d_out, self.key.d_in), torch.zeros(self.key.d_out)]
         else:
-            x, d = torch.zeros(3, self.key.d_in), torch.zeros(3, self.key.d_out)
+            data = [torch.zeros(3, self.key.d_in), torch.zeros(3, self.key.d_out)]
         hyper = [torch.tensor(v, dtype=torch.float32)
                  for v in (1e-3, 1.0, 0.9, 0.999, 1e-8, 0.0, 0.0, 1.0)]
-        return (*params, *slots, x, d, *hyper)
+        return (*params, *slots, *data, *hyper)
 
 
 @functools.lru_cache(maxsize=64)
@@ -92,7 +103,7 @@ def export_train_step(key: GraphKey) -> bytes:
     example = step.example_inputs()
     rows = torch.export.Dim("rows", min=1)
     n_params = len(step.param_names) * (1 + len(step.slots))
-    data = [None, None] if step.weight_gradient else [{0: rows}, {0: rows}]
+    data = [{0: rows}, {0: rows}] if key.form == "rows" else [None] * len(step.data_names())
     dynamic = tuple([None] * n_params + data + [None] * len(HYPER))
     buffer = io.BytesIO()
     with warnings.catch_warnings():

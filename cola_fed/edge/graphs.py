@@ -16,6 +16,8 @@ from cola_fed.gl.optim_spec import HYPER_PARAMETERS, OptimizerSpec, slot_names
 #: (``OptimizerSpec.hyper``), then ``grad_scale``, which multiplies the gradient before the
 #: update (1 = as is; global-norm clipping sets it).
 HYPER = (*HYPER_PARAMETERS, "grad_scale")
+#: a graph's name ends in its form's suffix
+FORM_SUFFIX = {"rows": "", "weight-gradient": "-g", "parameter-gradient": "-p"}
 
 
 @dataclass(frozen=True)
@@ -31,28 +33,32 @@ class GraphKey:
     d_out: int
     optimizer: str  # "adamw" or "sgd"
     nesterov: bool = False
-    form: str = "rows"  # or "weight-gradient": the graph takes G and g_bias instead of x, d
+    #: the adaptation data the graph takes: "rows" (x, d), "weight-gradient" (g, g_bias) or
+    #: "parameter-gradient" (grad.<param>, one per parameter)
+    form: str = "rows"
 
     @property
     def name(self) -> str:
         size = family_of(self.spec.kind).graph_tag(self.spec)
         opt = self.optimizer + ("-nesterov" if self.nesterov else "")
-        form = "-g" if self.form == "weight-gradient" else ""
+        form = FORM_SUFFIX[self.form]
         return f"{self.spec.kind}-{size}-{self.d_in}x{self.d_out}-{opt}{form}"
 
 
 def graph_keys(layout: Layout, specs: Iterable[SpecLike], optimizer: OptimizerSpec,
-               *, weight_gradient: bool = False) -> dict[str, GraphKey]:
+               *, all_forms: bool = False) -> dict[str, GraphKey]:
     """``name -> key`` of every graph needed to train ``layout`` under any of ``specs`` (one
-    per kind of node: e.g. ``Plan.all_specs()``); with ``weight_gradient``, also the
-    weight-space graphs of the families that learn from ``G``."""
+    per kind of node: e.g. ``Plan.all_specs()``) from rows; with ``all_forms``, also from the
+    parameter gradient, and from ``G`` for the families that learn from it."""
     keys = {}
     for spec in specs:
         for layer, layer_spec in assign_specs(layout, spec).items():
             info = layout[layer]
             forms = ["rows"]
-            if weight_gradient and family_of(layer_spec.kind).weight_gradient:
-                forms.append("weight-gradient")
+            if all_forms:
+                forms.append("parameter-gradient")
+                if family_of(layer_spec.kind).weight_gradient:
+                    forms.append("weight-gradient")
             for form in forms:
                 key = GraphKey(layer_spec, info.d_in, info.d_out, optimizer.name,
                                optimizer.nesterov, form)
@@ -68,4 +74,4 @@ def content_hash(model: bytes) -> str:
     return hashlib.sha256(model).hexdigest()
 
 
-__all__ = ["HYPER", "GraphKey", "content_hash", "graph_keys", "slot_names"]
+__all__ = ["FORM_SUFFIX", "HYPER", "GraphKey", "content_hash", "graph_keys", "slot_names"]

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 from flwr.app import ConfigRecord, RecordDict
 
-from cola_fed.adapters.init import state_nbytes
+from cola_fed.adapters.init import state_nbytes, state_shapes
 from cola_fed.adapters.registry import is_known_kind
 from cola_fed.adapters.spec import ACTIVATIONS, AdapterSpec
 from cola_fed.config import (
@@ -536,8 +536,12 @@ class NodeCaps:
 
     def limits(self, plan: Plan) -> Limits:
         """Decoding limits of a payload from the server under this plan."""
-        # a layer in weight-space form is d_out rows of G, whatever the batch
+        # a layer in weight-space form is d_out rows of G, and one as its parameter gradient
+        # has its parameters' shapes, whatever the batch
         widest = max(layer.d_out for layer in plan.layout)
+        for specs in plan.all_specs():
+            for shapes in state_shapes(plan.layout, assign_specs(plan.layout, specs)).values():
+                widest = max(widest, *(shape[0] for shape in shapes.values() if shape))
         return Limits(max_bytes=self.max_payload_bytes, max_rows=max(plan.max_rows, widest))
 
 

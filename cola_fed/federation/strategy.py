@@ -68,8 +68,8 @@ from cola_fed.federation.protocol import (
 )
 from cola_fed.gl.data import AdaptationData
 from cola_fed.gl.engine import Deltas, ServerEngine
+from cola_fed.gl.forms import to_forms
 from cola_fed.gl.layout import Layout, assign_specs
-from cola_fed.gl.weight_gradient import to_form
 from cola_fed.tasks.base import ClientData, Task
 from cola_fed.wire import (
     SecureChannel,
@@ -432,7 +432,7 @@ class ColaStrategy(Strategy):
 
         started = time.monotonic()
         keys = graph_keys(self.plan.layout, self.plan.all_specs(), self.plan.optimizer,
-                          weight_gradient=self.config.wire.form != "rows")
+                          all_forms=self.config.wire.form != "rows")
         graphs = export_graphs(keys.values())
         log.info("hello: %d train-step graphs for ONNX nodes, %.0f kB, ready in %.1f s",
                  len(graphs), sum(map(len, graphs.values())) / 1e3, time.monotonic() - started)
@@ -662,7 +662,7 @@ class ColaStrategy(Strategy):
             for node, data in out.items():
                 if node in chunks:
                     chunks[node].append(data)
-        return chunks
+        return {s.node_id: self._in_wire_form(s, chunks[s.node_id]) for s in live}
 
     def _compute(self, sessions: list[NodeSession], chunk: int,
                  collaborators: dict[str, NodeSession]) -> dict[int, AdaptationData]:
@@ -674,16 +674,20 @@ class ColaStrategy(Strategy):
             {n: s.adapters for n, s in by_name.items()},
             specs={n: s.specs for n, s in by_name.items()}, mode=self.config.strategy.mode,
             collaborative=self._collaborative(collaborators))
-        return {s.node_id: self._in_wire_form(s, out[n]) for n, s in by_name.items()}
+        return {s.node_id: out[n] for n, s in by_name.items()}
 
-    def _in_wire_form(self, session: NodeSession, data: AdaptationData) -> AdaptationData:
-        """``data`` in the exact form ``wire.form`` picks per layer (an ONNX node takes the
-        weight-space form only with the graphs this server ships)."""
+    def _in_wire_form(self, session: NodeSession, chunks: list[AdaptationData]
+                      ) -> list[AdaptationData]:
+        """One node's interval of ``chunks`` in the exact forms ``wire.form`` picks per layer
+        (an ONNX node takes forms other than rows only with the graphs this server ships).
+        The parameter gradient is taken at ``session.adapters``: the state the TRAIN order
+        acknowledges, which the node steps from."""
         form = self.config.wire.form
         if form == "rows" or (session.backend == "onnx" and not self.graphs):
-            return data
-        return to_form(data, self.plan.layout, assign_specs(self.plan.layout, session.specs),
-                       form)
+            return chunks
+        return to_forms(chunks, self.plan.layout,
+                        assign_specs(self.plan.layout, session.specs), form,
+                        adapters=session.adapters)
 
     def _collaborative(self, collaborators: dict[str, NodeSession]) -> Deltas | None:
         """``col`` mode: the round's model, the mean delta W of its sampled nodes, formed once

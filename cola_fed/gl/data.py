@@ -14,7 +14,9 @@ A convolution's ``x`` and ``d`` are kept compact, 4-D (``[B, C_in, H, W]`` and
 A layer whose adapter family learns from the weight-space gradient alone (Linear, Low Rank) may
 instead carry ``G = d^T x`` (``[d_out, d_in]``) and the column sums of ``d`` (``[d_out]``): exact,
 and smaller than the rows whenever there are more rows than ``d_in * d_out / (d_in + d_out)``
-(:mod:`cola_fed.gl.weight_gradient`).
+(:mod:`cola_fed.gl.weight_gradient`). Smaller still, and for every family, a layer may carry the
+gradient of the node's own adapter parameters, computed by the server at the adapters it holds
+and marked with their digest (:mod:`cola_fed.gl.parameter_gradient`).
 
 Arrays are torch tensors on the server and numpy arrays after the wire; both index alike.
 """
@@ -49,6 +51,11 @@ class AdaptationData:
     weight_grads : dict
         Per layer carried in weight-space form instead of rows, ``(G [d_out, d_in], g_bias
         [d_out])``: ``G = d^T x`` over the layer's rows and ``g_bias`` the sum of its ``d``.
+    param_grads : dict
+        Per layer carried as its adapter's parameter gradient, ``{param: array}``.
+    param_at : dict
+        Per layer in ``param_grads``, the digest of the adapter parameters the gradient was
+        computed at (:func:`cola_fed.gl.parameter_gradient.digest`).
     """
 
     inputs: dict[str, Any]
@@ -58,11 +65,13 @@ class AdaptationData:
     loss: float = float("nan")
     num_samples: int = 0
     weight_grads: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    param_grads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    param_at: dict[str, str] = field(default_factory=dict)
 
     @property
     def layer_names(self) -> list[str]:
-        """Every layer this chunk carries, in rows or in weight-space form."""
-        return [*self.grads, *self.weight_grads]
+        """Every layer this chunk carries, in any form."""
+        return [*self.grads, *self.weight_grads, *self.param_grads]
 
     @property
     def row_layers(self) -> list[str]:
@@ -78,7 +87,8 @@ class AdaptationData:
     def num_values(self) -> int:
         """Floats carried (the size that matters on the wire), whatever the arrays' ndim."""
         arrays = [*self.inputs.values(), *self.grads.values(),
-                  *(a for pair in self.weight_grads.values() for a in pair)]
+                  *(a for pair in self.weight_grads.values() for a in pair),
+                  *(a for grads in self.param_grads.values() for a in grads.values())]
         return sum(math.prod(int(n) for n in a.shape) for a in arrays)
 
     def num_rows(self, name: str) -> int:

@@ -15,7 +15,13 @@ from cola_fed.adapters.registry import build_adapter
 from cola_fed.errors import ConfigError
 from cola_fed.gl.data import AdaptationData
 from cola_fed.gl.layout import Layout, SpecLike
-from cola_fed.gl.learner_base import LayerInputs, LayerStep, LearnerBase, WeightGradient
+from cola_fed.gl.learner_base import (
+    LayerInputs,
+    LayerStep,
+    LearnerBase,
+    ParameterGradient,
+    WeightGradient,
+)
 from cola_fed.gl.optim import apply_update
 from cola_fed.gl.optim_spec import OptimizerSpec
 
@@ -90,6 +96,8 @@ class GradientLearner(LearnerBase):
                 for name in self._params if name in data.layer_names}
 
     def _gradient(self, name: str, inputs: LayerInputs) -> dict[str, Tensor]:
+        if isinstance(inputs, ParameterGradient):
+            return {p: _tensor(g) for p, g in inputs.grads.items()}
         params = {p: torch.from_numpy(v) for p, v in self._params[name].items()}
         if isinstance(inputs, WeightGradient):
             return self._adapters[name].vjp_weight(params, _tensor(inputs.g),

@@ -32,8 +32,9 @@ from cola_fed.errors import AdapterError, ConfigError, GradientError
 from cola_fed.gl.data import AdaptationData
 from cola_fed.gl.layer_data import shape_error, to_rows
 from cola_fed.gl.layout import Layout, SpecLike, assign_specs
-from cola_fed.gl.learner_state import state_from_bytes, state_to_bytes
+from cola_fed.gl.learner_state import PARAM_PREFIX, state_from_bytes, state_to_bytes
 from cola_fed.gl.optim_spec import OptimizerSpec
+from cola_fed.gl.parameter_gradient import digest
 from cola_fed.gl.weight_gradient import weight_gradient
 
 Arrays = dict[str, np.ndarray]
@@ -59,7 +60,16 @@ class WeightGradient:
     g_bias: np.ndarray
 
 
-LayerInputs = Rows | WeightGradient
+@dataclass(frozen=True)
+class ParameterGradient:
+    """A layer's adaptation data for one step as its adapter's own parameter gradient
+    ``{param: array}``, computed by the server at this learner's current parameters
+    (:mod:`cola_fed.gl.parameter_gradient`)."""
+
+    grads: dict[str, np.ndarray]
+
+
+LayerInputs = Rows | WeightGradient | ParameterGradient
 
 
 @runtime_checkable
@@ -146,8 +156,12 @@ class LearnerBase:
         return {n: {p: v.copy() for p, v in ps.items()} for n, ps in self._params.items()}
 
     def load_adapter_state(self, state: Mapping[str, Mapping[str, Any]]) -> None:
-        """Replace the adapters' weights (shapes checked); optimizer state is kept."""
-        self._params = self._checked_params(state)
+        """Replace the adapters' weights (shapes checked); optimizer state is kept. Refused
+        while a buffered parameter gradient was computed at other weights."""
+        params = self._checked_params(state)
+        for chunk in self._buffer:
+            self._check_chunk(chunk, params)
+        self._params = params
 
     def fit(self, data: AdaptationData) -> dict[str, float]:
         """Buffer one chunk of adaptation data; every ``interval`` chunks, take one step.
@@ -158,6 +172,7 @@ class LearnerBase:
         ``lr``, ``rows`` (adapter rows in this chunk) and ``loss``.
         """
         self._check_chunk(data)
+        self._check_interval_forms(data)
         buffered = [*self._buffer, data]
         rows = sum(_array(data.grads[n]).size // self.layout[n].d_out for n in data.row_layers)
         metrics = {"stepped": 0.0, "rows": float(rows), "loss": float(data.loss)}
@@ -195,8 +210,9 @@ class LearnerBase:
         if len(buffer) >= self.interval:
             raise AdapterError(f"learner state: {len(buffer)} buffered chunks, but this "
                                f"learner steps every {self.interval}")
-        for chunk in buffer:
-            self._check_chunk(chunk)
+        for i, chunk in enumerate(buffer):
+            self._check_chunk(chunk, params)
+            self._check_interval_forms(chunk, buffer[:i])
         self._params, self._slots, self.step, self._buffer = params, slots, int(step), buffer
 
     def to_bytes(self) -> bytes:
@@ -213,8 +229,8 @@ class LearnerBase:
     def _step_layer(self, name: str, inputs: LayerInputs, hyper: Mapping[str, float],
                     grad_scale: float) -> LayerStep:
         """One optimizer step of layer ``name`` on its adaptation data, :class:`Rows` or
-        :class:`WeightGradient` (in ``self.dtype``), its gradient scaled by ``grad_scale``
-        first.
+        :class:`WeightGradient` or :class:`ParameterGradient` (in ``self.dtype``), its
+        gradient scaled by ``grad_scale`` first.
 
         Returns the new parameters and slots, and the norm of the unscaled gradient. Must not
         change the learner: the base calls it a second time, at the clipping coefficient, when
@@ -246,6 +262,11 @@ class LearnerBase:
         peak memory is the chunks plus one layer's: its rows gathered and (convolutions)
         unfolded, or, when any chunk carries the layer in weight-space form, the sum of every
         chunk's ``G`` and ``g_bias`` (rows turned into theirs), as concatenating rows would."""
+        if any(name in c.param_grads for c in chunks):  # every chunk that carries it (checked)
+            grads = [c.param_grads[name] for c in chunks if name in c.param_grads]
+            return ParameterGradient({
+                p: np.ascontiguousarray(sum(_array(g[p]).astype(np.float64) for g in grads),
+                                        dtype=self.dtype) for p in self._params[name]})
         if not any(name in c.weight_grads for c in chunks):
             x, d = self._rows(name, chunks)
             return Rows(x, d)
@@ -272,17 +293,22 @@ class LearnerBase:
         return (np.ascontiguousarray(x, dtype=self.dtype),
                 np.ascontiguousarray(d, dtype=self.dtype))
 
-    def _check_chunk(self, data: AdaptationData) -> None:
+    def _check_chunk(self, data: AdaptationData, params: dict[str, Arrays] | None = None
+                     ) -> None:
         """Refuse a chunk with unknown layers, wrong shapes, bad row indices or non-finite
-        values, before anything is kept."""
+        values, before anything is kept; a parameter gradient must have been computed at
+        ``params`` (default: the current parameters)."""
         for name in data.layer_names:
             if name not in self._params:
                 raise AdapterError(f"adaptation data for {name!r}, which this learner does not "
                                    f"adapt; it adapts {sorted(self._params)}")
-        if set(data.grads) & set(data.weight_grads):
-            raise GradientError("a layer is carried both as rows and in weight-space form")
+        if len(data.layer_names) != len(set(data.layer_names)):
+            raise GradientError("a layer is carried in more than one form")
         for name, pair in data.weight_grads.items():
             self._check_weight_gradient(name, pair)
+        for name, grads in data.param_grads.items():
+            self._check_parameter_gradient(name, grads, data.param_at.get(name),
+                                           (params or self._params)[name])
         for name in data.row_layers:
             if data.input_of.get(name) not in data.inputs:
                 raise GradientError(f"layer {name!r}: its input rows are missing")
@@ -303,12 +329,51 @@ class LearnerBase:
         checks += [("d", n, data.grads[n]) for n in data.row_layers]
         checks += [(label, n, value) for n, pair in data.weight_grads.items()
                    for label, value in zip(("G", "g_bias"), pair)]
+        checks += [(f"the gradient of {p}", n, value) for n, grads in data.param_grads.items()
+                   for p, value in grads.items()]
         for label, name, value in checks:
             value = _array(value)
             bad = int(value.size - np.isfinite(value).sum())
             if bad:
                 raise GradientError(f"layer {name!r}: {bad} non-finite values in {label}; the "
                                     "chunk was rejected and the learner is unchanged")
+
+    def _check_interval_forms(self, data: AdaptationData,
+                              buffer: list[AdaptationData] | None = None) -> None:
+        """A layer's parameter gradient sums only with other parameter gradients: within one
+        interval (``buffer``, default the current one, and ``data``) a layer comes in that form
+        in every chunk that carries it, or in none."""
+        for chunk in self._buffer if buffer is None else buffer:
+            for name in data.layer_names:
+                if name in chunk.layer_names and (
+                        (name in chunk.param_grads) != (name in data.param_grads)):
+                    raise GradientError(
+                        f"layer {name!r}: its parameter gradient and another form of its "
+                        "adaptation data in one interval; the chunk was rejected and the "
+                        "learner is unchanged")
+
+    def _check_parameter_gradient(self, name: str, grads: Any, at: str | None,
+                                  params: Arrays) -> None:
+        """A layer as its adapter's parameter gradient: a learner that takes it, the family's
+        parameters and shapes, computed at ``params``."""
+        if not self._takes_parameter_gradient(name):
+            raise GradientError(f"layer {name!r}: this learner cannot step from a parameter "
+                                "gradient (no graph for it); it needs rows")
+        expected = self._shapes[name]
+        if not isinstance(grads, Mapping) or set(grads) != set(expected) or any(
+                tuple(_array(grads[p]).shape) != shape for p, shape in expected.items()):
+            raise GradientError(f"layer {name!r}: expected the gradient of parameters "
+                                f"{expected}")
+        if at != digest(params):
+            raise GradientError(
+                f"layer {name!r}: the parameter gradient was computed at other adapters than "
+                "this learner holds (the server and this node disagree about its state); the "
+                "chunk was rejected and the learner is unchanged")
+
+    def _takes_parameter_gradient(self, name: str) -> bool:
+        """Whether this learner can step layer ``name`` from its parameter gradient (a
+        backend may need a graph for it)."""
+        return True
 
     def _takes_weight_gradient(self, name: str) -> bool:
         """Whether this learner can step layer ``name`` from the weight-space form (a backend
@@ -381,21 +446,30 @@ class LearnerBase:
 
 
 def _buffered(chunk: AdaptationData) -> dict[str, dict[str, np.ndarray]]:
-    """One buffered chunk as saved: per layer its rows (``x``, ``d``) or ``g``, ``gb``."""
+    """One buffered chunk as saved: per layer its rows (``x``, ``d``), ``g``, ``gb``, or its
+    parameter gradient (``pg.<param>``) and the digest it was computed at (``at``, bytes)."""
     saved = {n: dict(zip(("x", "d"), (_array(a) for a in chunk.layer(n))))
              for n in chunk.row_layers}
     saved.update({n: dict(zip(("g", "gb"), (_array(a) for a in pair)))
                   for n, pair in chunk.weight_grads.items()})
+    for name, grads in chunk.param_grads.items():
+        at = np.frombuffer(bytes.fromhex(chunk.param_at[name]), dtype=np.uint8)
+        saved[name] = {"at": at, **{f"{PARAM_PREFIX}{p}": _array(v) for p, v in grads.items()}}
     return saved
 
 
 def _chunk(saved: Mapping[str, Mapping[str, Any]]) -> AdaptationData:
     """The chunk :func:`_buffered` saved."""
     rows = {n: p for n, p in saved.items() if "x" in p}
-    return AdaptationData({n: p["x"] for n, p in rows.items()},
-                          {n: p["d"] for n, p in rows.items()}, {n: n for n in rows},
-                          weight_grads={n: (p["g"], p["gb"]) for n, p in saved.items()
-                                        if n not in rows})
+    params = {n: p for n, p in saved.items() if "at" in p}
+    return AdaptationData(
+        {n: p["x"] for n, p in rows.items()}, {n: p["d"] for n, p in rows.items()},
+        {n: n for n in rows},
+        weight_grads={n: (p["g"], p["gb"]) for n, p in saved.items() if "g" in p},
+        param_grads={n: {k[len(PARAM_PREFIX):]: v for k, v in p.items() if k != "at"}
+                     for n, p in params.items()},
+        param_at={n: _array(p["at"]).astype(np.uint8).tobytes().hex()
+                  for n, p in params.items()})
 
 
 def _array(value: Any) -> np.ndarray:

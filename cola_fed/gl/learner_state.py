@@ -6,7 +6,9 @@ depend on its backend. Layout (no pickle; metadata ``step`` and ``buffered``)::
     p/<layer>/<param>          adapter parameters
     s/<layer>/<param>/<slot>   optimizer state (exp_avg, exp_avg_sq | momentum_buffer)
     b/<i>/x/<layer>, b/<i>/d/<layer>   the i-th buffered chunk of adaptation data: rows,
-    b/<i>/g/<layer>, b/<i>/gb/<layer>  or weight-space form
+    b/<i>/g/<layer>, b/<i>/gb/<layer>  or weight-space form,
+    b/<i>/at/<layer>, b/<i>/pg.<param>/<layer>  or parameter gradient, with the SHA-256 (32
+                                                bytes) of the parameters it was computed at
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from cola_fed.errors import AdapterError
 
 #: most buffered chunks a state may hold (an adaptation interval is far smaller)
 MAX_BUFFERED = 4096
-#: the parts of one buffered layer: its rows, or its weight-space form
+#: the parts of one buffered layer: its rows, or its weight-space form (or, see
+#: :func:`_is_parameter_gradient`, its parameter gradient)
 BUFFERED_FORMS = ({"x", "d"}, {"g", "gb"})
+#: how a buffered parameter gradient's parts are named: ``pg.<param>``
+PARAM_PREFIX = "pg."
 
 
 def state_to_bytes(state: dict[str, Any]) -> bytes:
@@ -72,7 +77,17 @@ def state_from_bytes(blob: bytes | memoryview) -> dict[str, Any]:
                 raise AdapterError(f"learner state: malformed buffered chunk key {key!r:.80}")
             chunks.setdefault((int(index), layer), {})[which] = value
     for (index, layer), parts in chunks.items():
-        if index >= buffered or set(parts) not in BUFFERED_FORMS:
+        if index >= buffered or not (set(parts) in BUFFERED_FORMS
+                                     or _is_parameter_gradient(parts)):
             raise AdapterError(f"learner state: malformed buffered chunk {index} of {layer!r}")
         state["buffer"][index][layer] = parts
     return state
+
+
+def _is_parameter_gradient(parts: dict[str, np.ndarray]) -> bool:
+    """A buffered layer's parts are a parameter gradient: a 32-byte digest ``at`` and at least
+    one ``pg.<param>``, nothing else."""
+    at = parts.get("at")
+    grads = [k for k in parts if k != "at"]
+    return (at is not None and at.dtype == np.uint8 and at.shape == (32,) and bool(grads)
+            and all(k.startswith(PARAM_PREFIX) and len(k) > len(PARAM_PREFIX) for k in grads))

@@ -41,6 +41,7 @@ WIRE_DTYPES = ("float32", "float16", "bfloat16")
 _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "U16": np.uint16,
               "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
 _NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,512}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 _TENSOR_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 
 
@@ -320,6 +321,13 @@ def _string_map(key: str, value: Any) -> None:
         raise _refuse(key, "a mapping of strings to strings", value)
 
 
+def _digest_map(key: str, value: Any) -> None:
+    if not (isinstance(value, dict) and all(_NAME.fullmatch(k) for k in value)
+            and all(isinstance(v, str) and _DIGEST.fullmatch(v) for v in value.values())):
+        raise _refuse(key, "a mapping of layer names to SHA-256 digests (64 lowercase hex)",
+                      value)
+
+
 def _bool_map(key: str, value: Any) -> None:
     if not (isinstance(value, dict) and all(isinstance(v, bool) for v in value.values())):
         raise _refuse(key, "a mapping of strings to booleans", value)
@@ -349,7 +357,7 @@ def _wire_dtype(key: str, value: Any) -> None:
 _FIELD_CHECKS: dict[str, dict[str, Callable[[str, Any], None]]] = {
     "adaptation": {"dtype": _wire_dtype, "layers": _layer_names, "input_of": _string_map,
                    "rows": _bool_map, "loss": _loss, "num_samples": _count,
-                   "weight_gradient": _layer_names},
+                   "weight_gradient": _layer_names, "parameter_gradient": _digest_map},
     "adapter-state": {"layers": _layer_names},
     "batch": {"keys": _unique_strings},
     "metrics": {"metrics": _number_map},
@@ -422,6 +430,9 @@ def encode_adaptation(data: AdaptationData, *, dtype: str = "float32") -> bytes:
     for name, (g, g_bias) in data.weight_grads.items():
         tensors[f"g/{name}"] = _to_wire(_to_numpy(g), dtype)
         tensors[f"gb/{name}"] = _to_wire(_to_numpy(g_bias), dtype)
+    for name, grads in data.param_grads.items():
+        for param, value in grads.items():
+            tensors[f"p/{name}/{param}"] = _to_wire(_to_numpy(value), dtype)
     for name in data.row_layers:
         tensors[f"d/{name}"] = _to_wire(_to_numpy(data.grads[name]), dtype)
         index = data.rows.get(name)
@@ -433,7 +444,8 @@ def encode_adaptation(data: AdaptationData, *, dtype: str = "float32") -> bytes:
     loss = float(data.loss)
     header = {"dtype": dtype, "layers": data.row_layers, "input_of": data.input_of,
               "rows": rows, "loss": None if math.isnan(loss) else loss,  # NaN: not computed
-              "num_samples": int(data.num_samples), "weight_gradient": list(data.weight_grads)}
+              "num_samples": int(data.num_samples), "weight_gradient": list(data.weight_grads),
+              "parameter_gradient": dict(data.param_at)}
     return pack("adaptation", tensors, header)
 
 
@@ -468,9 +480,10 @@ def decode_adaptation(
     specs, header = checked.specs, checked.header
     dtype, layers, input_of = header["dtype"], header["layers"], header["input_of"]
     has_rows, num_samples = header["rows"], header["num_samples"]
-    weight_layers = header["weight_gradient"]
-    if set(weight_layers) & set(layers):
-        raise MalformedPayloadError("a layer is carried both as rows and in weight-space form")
+    weight_layers, param_at = header["weight_gradient"], header["parameter_gradient"]
+    if len({*layers, *weight_layers, *param_at}) != len(layers) + len(weight_layers) + len(
+            param_at):
+        raise MalformedPayloadError("a layer is carried in more than one form")
     loss = float("nan") if header["loss"] is None else float(header["loss"])
     if set(input_of) != set(layers) or set(has_rows) != set(layers):
         raise MalformedPayloadError("header layers, input_of and rows disagree")
@@ -478,10 +491,13 @@ def decode_adaptation(
     expected_names = {f"x/{g}" for g in groups} | {f"d/{n}" for n in layers} | {
         f"rows/{n}" for n in layers if has_rows[n] is True} | {
         f"{part}/{n}" for n in weight_layers for part in ("g", "gb")}
-    if set(specs) != expected_names:
+    param_tensors = {n: _parameter_of(n, param_at) for n in specs if n not in expected_names}
+    odd = sorted(expected_names - set(specs)) + [n for n, v in param_tensors.items() if v is None]
+    bare = set(param_at) - {v[0] for v in param_tensors.values() if v is not None}
+    if odd or bare:
         raise MalformedPayloadError(
-            f"tensors {sorted(set(specs) ^ expected_names)[:5]} do not match the header"
-        )
+            f"tensors {odd[:5]} do not match the header" if odd else
+            f"layers {sorted(bare)[:5]} in parameter-gradient form carry no gradient")
     wire = np.dtype(_WIRE_NUMPY[dtype])
     for name in layers:
         x_dtype, x_shape = specs[f"x/{input_of[name]}"]
@@ -524,8 +540,18 @@ def decode_adaptation(
             if g_shape != (info.d_out, info.d_in):
                 raise MalformedPayloadError(f"layer {name!r}: expected G [{info.d_out}, "
                                             f"{info.d_in}], got {list(g_shape)}")
+    for tensor, (name, _) in param_tensors.items():
+        if specs[tensor][0] != wire:
+            raise MalformedPayloadError(f"layer {name!r}: its parameter gradient must be "
+                                        f"{dtype} tensors")
+        if layout is not None and name not in layout:
+            raise MalformedPayloadError(f"layer {name!r} is not an adapted layer")
     tensors = _read(checked.blob, specs, checked.starts, copy=False)
-    data = AdaptationData({}, {}, dict(input_of), {}, loss=loss, num_samples=num_samples)
+    data = AdaptationData({}, {}, dict(input_of), {}, loss=loss, num_samples=num_samples,
+                          param_at=dict(param_at))
+    for tensor, (name, param) in param_tensors.items():
+        data.param_grads.setdefault(name, {})[param] = _from_wire(tensors[tensor], dtype)
+        _check_finite(tensor, data.param_grads[name][param])
     for name in weight_layers:
         pair = tuple(_from_wire(tensors[f"{part}/{name}"], dtype) for part in ("g", "gb"))
         for part, value in zip(("g", "gb"), pair):
@@ -545,6 +571,16 @@ def decode_adaptation(
             rows = rows.astype(np.int64)
         data.rows[name] = rows
     return data
+
+
+def _parameter_of(tensor: str, param_at: Mapping[str, str]) -> tuple[str, str] | None:
+    """``(layer, param)`` of a parameter-gradient tensor ``p/<layer>/<param>`` of a layer the
+    header names, else None."""
+    head, _, rest = tensor.partition("/")
+    layer, _, param = rest.rpartition("/")
+    if head != "p" or layer not in param_at or not _NAME.fullmatch(param):
+        return None
+    return layer, param
 
 
 # --------------------------------------------------------------------------------------------
