@@ -9,9 +9,16 @@ Memory: peak RSS of a node process for whole rounds of the demo run (MiniLM-L6, 
 Tomatoes, 32 reviews x 48 tokens, Low Rank r = 8 on query/value + the head's Linear adapter):
 the real ClientApp handlers on the ONNX backend in a process where torch cannot be imported
 (``cola_fed.federation.node_process``), fed by the real strategy; against a FedAvg-LoRA client,
-which holds the base model and takes one PEFT LoRA step on the same batch size.
+which holds the base model and takes one PEFT LoRA step on the same batch size. The node with
+its own data is measured under each ``--wire FORM[:DTYPE]`` (default: rows and auto in float32,
+rows in float16, or the one that ``--set wire.form=...`` names); ``--set KEY=VALUE`` overrides
+the run config of every set-up (``--wire`` wins for the own-data node);
+``--process-per-message`` also runs each of them with a fresh node process per message, as
+Flower's ClientApp processes do.
 
-    python -m benchmarks.edge [--repeats 30] [--rounds 2]
+    python -m benchmarks.edge [--repeats 30] [--rounds 2] [--memory-only]
+        [--wire rows --wire auto:float16 ...] [--set 'optimizer.lr=0.01' ...]
+        [--process-per-message] [--no-partition]
 """
 
 from __future__ import annotations
@@ -29,11 +36,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the memory run")
     parser.add_argument("--memory-only", action="store_true", help="skip the step timings")
+    parser.add_argument("--wire", action="append", metavar="FORM[:DTYPE]",
+                        help="wire.form (and wire.dtype, default float32) of an own-data node "
+                             f"to measure; repeatable (default: {' '.join(DEFAULT_WIRES)})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        dest="overrides", help="a run-config override for every set-up, "
+                                               "VALUE in TOML (a bare word is a string)")
+    parser.add_argument("--process-per-message", action="store_true",
+                        help="also measure each --wire node with a fresh process per message")
+    parser.add_argument("--no-partition", action="store_true",
+                        help="skip the simulated-partition node (flwr-datasets)")
     parser.add_argument("--fedavg-lora-client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.fedavg_lora_client:  # the child process of the memory comparison
         fedavg_lora_client_step()
         return
+    overrides = dict(parse_override(text) for text in args.overrides)
+    args.wire = args.wire or default_wires(overrides)
+    wires = [parse_wire(text) for text in args.wire]
 
     import torch
 
@@ -74,25 +94,74 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{kind:8s} {opt_name:5s} ort {times['ort']['median_s'] * 1e3:7.2f} ms  "
                   f"eager {times['torch-eager']['median_s'] * 1e3:7.2f} ms  "
                   f"speedup {speedup:.2f}x", file=sys.stderr, flush=True)
-    memory = client_round_memory(args.rounds)
+    memory = client_round_memory(args.rounds, wires, overrides,
+                                 per_message=args.process_per_message,
+                                 partition=not args.no_partition)
     path = write_result("edge", {"config": vars(args) | {"threads": 1}, "steps": results,
                                  "client_round_memory": memory})
     print(f"wrote {path}", file=sys.stderr)
 
 
-def client_round_memory(rounds: int) -> dict:
+#: the own-data node's wire settings measured by default: FORM[:DTYPE]
+DEFAULT_WIRES = ("rows", "rows:float16", "auto")
+_SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def default_wires(overrides: dict) -> list[str]:
+    """The own-data node's wire settings when no ``--wire`` names them: the one that
+    ``--set wire.form=...`` / ``wire.dtype=...`` choose (the run config's defaults for the
+    other), else :data:`DEFAULT_WIRES`."""
+    from cola_fed.config import WireConfig
+
+    if not {"wire.form", "wire.dtype"} & set(overrides):
+        return list(DEFAULT_WIRES)
+    default = WireConfig()
+    return [f"{overrides.get('wire.form', default.form)}:"
+            f"{overrides.get('wire.dtype', default.dtype)}"]
+
+
+def parse_wire(text: str) -> tuple[str, str]:
+    """``FORM[:DTYPE]`` -> ``(wire.form, wire.dtype)``; the dtype defaults to float32. Both are
+    checked as the run config checks them."""
+    from cola_fed.config import WireConfig
+
+    form, _, dtype = text.partition(":")
+    wire = WireConfig(dtype=dtype or "float32", form=form)
+    return wire.form, wire.dtype
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> ``(key, value)``, the value read as TOML (``0.01``, ``true``,
+    ``"auto"``), a bare word that is not TOML as a string (``auto``)."""
+    import tomllib
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise SystemExit(f"--set {text!r}: expected KEY=VALUE")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value.strip()
+
+
+def client_round_memory(rounds: int, wires: list[tuple[str, str]], overrides: dict,
+                        *, per_message: bool = False, partition: bool = True) -> dict:
     """Peak RSS (MB) of an ONNX-backend node process over hello + ``rounds`` rounds of the demo
     run, of the same process's imports alone, and of a FedAvg-LoRA client step.
 
-    Node set-ups: ``own-data``, an edge device with its own reviews (``data-path``, 800 of
-    them); the same with float16 adaptation data on the wire; and ``partition``, a simulated
-    node that cuts its share of the corpus with flwr-datasets (which imports Hugging Face
-    ``datasets`` and pyarrow)."""
+    Node set-ups: ``own-data-<form>-<dtype>``, an edge device with its own reviews
+    (``data-path``, 800 of them), under each of ``wires``; with ``per_message``, the same again
+    with a fresh node process for every message (``-per-message``: Flower runs a ClientApp
+    process per message, which imports, loads ONNX Runtime and tokenises its data every
+    round); and ``partition``, a simulated node that cuts its share of the corpus with
+    flwr-datasets (which imports Hugging Face ``datasets`` and pyarrow), in the run's default
+    wire settings. ``overrides`` go into every set-up's run config."""
     import csv
     import subprocess
     import tempfile
     from pathlib import Path
 
+    from cola_fed.config import RunConfig
     from cola_fed.tasks.text_classification import load_rotten_tomatoes
 
     imports = subprocess.run(
@@ -103,7 +172,8 @@ def client_round_memory(rounds: int) -> dict:
          "import cola_fed.tasks.text_classification, tokenizers\n"
          "print(peak_rss_mb())"],
         capture_output=True, text=True, check=True)
-    result: dict = {"onnx_node_imports_peak_rss_mb": float(imports.stdout.strip())}
+    result: dict = {"onnx_node_imports_peak_rss_mb": float(imports.stdout.strip()),
+                    "overrides": overrides, "setups": {}}
     with tempfile.TemporaryDirectory() as folder:
         reviews = load_rotten_tomatoes()
         path = Path(folder) / "my-reviews.csv"
@@ -111,27 +181,71 @@ def client_round_memory(rounds: int) -> dict:
             writer = csv.writer(handle)
             writer.writerow(["text", "label"])
             writer.writerows(zip(reviews.texts[:800], reviews.labels[:800]))
-        setups = {"own-data": ({"data-path": str(path)}, {}),
-                  "own-data-fp16-wire": ({"data-path": str(path)}, {"wire.dtype": "float16"}),
-                  "partition": ({"num-partitions": 4}, {})}
-        for setup, (node_config, overrides) in setups.items():
-            stats = _node_round_stats(rounds, node_config, overrides, Path(folder) / setup)
-            result[setup] = {"after_hello_peak_rss_mb": stats[0]["peak_rss_mb"],
-                             "round_peak_rss_mb": max(s["peak_rss_mb"] for s in stats),
-                             "round_seconds": [s["seconds"] for s in stats[1:]]}
+        own = {"data-path": str(path)}
+        setups: dict[str, tuple[dict, dict, bool]] = {}
+        for form, dtype in wires:
+            name = f"own-data-{form}-{_SHORT_DTYPES[dtype]}"
+            wire = {"wire.form": form, "wire.dtype": dtype}
+            setups[name] = (own, wire, False)
+            if per_message:
+                setups[f"{name}-per-message"] = (own, wire, True)
+        if partition:
+            setups["partition"] = ({"num-partitions": 4}, {}, False)
+        for setup, (node_config, wire, fresh) in setups.items():
+            config = {**overrides, **wire}
+            stats = _node_round_stats(rounds, node_config, config, Path(folder) / setup,
+                                      per_message=fresh)
+            run_wire = RunConfig.from_flat(config).wire
+            result["setups"][setup] = {
+                "wire_form": run_wire.form, "wire_dtype": run_wire.dtype,
+                "process_per_message": fresh,
+                "after_hello_peak_rss_mb": stats[0]["peak_rss_mb"],
+                "round_peak_rss_mb": max(s["peak_rss_mb"] for s in stats),
+                "held_rss_mb": [s["held_rss_mb"] for s in stats],
+                "round_message_mb": [s["message_bytes"] / 1e6 for s in stats[1:]],
+                "round_seconds": [s["seconds"] for s in stats[1:]]}
+            print(f"{setup:32s} hello {stats[0]['peak_rss_mb']:6.1f} MB  round "
+                  f"{result['setups'][setup]['round_peak_rss_mb']:6.1f} MB  message "
+                  f"{max(result['setups'][setup]['round_message_mb']):5.1f} MB",
+                  file=sys.stderr, flush=True)
     lora = subprocess.run([sys.executable, "-m", "benchmarks.edge", "--fedavg-lora-client"],
                           capture_output=True, text=True, check=True)
     result["fedavg_lora_client_peak_rss_mb"] = float(lora.stdout.strip().splitlines()[-1])
     result["target_mb"] = 150
-    for setup in setups:
-        result[setup]["ratio_to_fedavg_lora"] = (result[setup]["round_peak_rss_mb"]
-                                                 / result["fedavg_lora_client_peak_rss_mb"])
+    for row in result["setups"].values():
+        row["ratio_to_fedavg_lora"] = (row["round_peak_rss_mb"]
+                                       / result["fedavg_lora_client_peak_rss_mb"])
+        row["meets_target"] = row["round_peak_rss_mb"] <= result["target_mb"]
     print(json.dumps(result, indent=2), file=sys.stderr)
     return result
 
 
-def _node_round_stats(rounds: int, node_config: dict, overrides: dict,
-                      cache: object) -> list[dict]:
+class _ProcessPerMessage:
+    """A node whose every message runs in a fresh node process (torch hidden), as a Flower
+    SuperNode runs a ClientApp process per message: what it keeps between messages is its
+    ``Context``, as there."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.stats: list[dict] = []
+
+    def handle(self, msg, context):
+        from cola_fed.federation.local_grid import NodeProcess
+
+        node = NodeProcess(without_torch=True, env=self.env)
+        try:
+            reply, context = node.handle(msg, context)
+        finally:
+            node.close()
+        self.stats.extend(node.stats)
+        return reply, context
+
+    def close(self) -> None:
+        """Nothing runs between messages."""
+
+
+def _node_round_stats(rounds: int, node_config: dict, overrides: dict, cache: object, *,
+                      per_message: bool = False) -> list[dict]:
     """Per-message stats of one ONNX node (torch hidden) in the demo run, driven by the real
     strategy through a LocalGrid."""
     import os
@@ -145,15 +259,18 @@ def _node_round_stats(rounds: int, node_config: dict, overrides: dict,
                                   "optimizer.lr": 0.004, "strategy.min-available-nodes": 1,
                                   "strategy.evaluate-every": rounds, **overrides})
     strategy = build_strategy(config)
-    node = NodeProcess(without_torch=True, env={**os.environ, "COLA_FED_CACHE": str(cache)})
+    env = {**os.environ, "COLA_FED_CACHE": str(cache)}
+    node = (_ProcessPerMessage(env) if per_message
+            else NodeProcess(without_torch=True, env=env))
     try:
-        grid = LocalGrid(1, processes={1000: node})
+        grid = LocalGrid(1, processes={1000: node}, keep_delivered=False)
         grid.contexts[1000].node_config.update(node_config)
         strategy.start(grid, num_rounds=rounds, timeout=600)
     finally:
         node.close()
     session = strategy.sessions[1000]
     assert session.backend == "onnx" and session.rounds_trained == rounds
+    assert not any(s["torch_imported"] for s in node.stats)
     return node.stats
 
 

@@ -150,7 +150,7 @@ def _export_edge(args: argparse.Namespace) -> int:
     layout, _ = find_targets(model, task.adapted_targets(model, config.adapter.target_list))
     plan = build_plan(layout, task, config)
     keys = graph_keys(layout, plan.all_specs(), plan.optimizer,
-                      all_forms=config.wire.form != "rows").values()
+                      form=config.wire.form).values()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifests: dict[str, dict[str, str]] = {"onnx": {}, "ort": {}}
@@ -170,6 +170,31 @@ def _export_edge(args: argparse.Namespace) -> int:
     for suffix, name in (("onnx", "manifest.json"), ("ort", "manifest-ort.json")):
         if manifests[suffix]:
             (out / name).write_text(json.dumps(manifests[suffix], indent=2) + "\n")
+    return 0
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from cola_fed.experiments.config import ExperimentConfig
+    from cola_fed.experiments.report import markdown, plot, update_results_page
+    from cola_fed.experiments.runner import run_experiment
+
+    config = ExperimentConfig.load(args.name, smoke=args.smoke)
+    out = Path(args.out or ("experiments/results/smoke" if args.smoke
+                            else "experiments/results"))
+    command = f"cola-fed experiment {config.name}" + (" --smoke" if args.smoke else "")
+    path = out / f"{config.name}.json"
+    if args.report_only:
+        if not path.exists():
+            print(f"no results at {path}: run the experiment first", file=sys.stderr)
+            return 1
+        results = json.loads(path.read_text())
+    else:
+        results = run_experiment(config, out, say=lambda line: print(line, flush=True))
+    print(f"plot: {plot(results, out / f'{config.name}.png')}")
+    section = markdown(results, command=command)
+    print(section)
+    if args.docs:
+        print(f"updated {update_results_page(Path(args.docs), config.name, section)}")
     return 0
 
 
@@ -208,6 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--ort", action="store_true", help="also write ORT-format (.ort) files "
                       "for ONNX Runtime Mobile, with manifest-ort.json")
     edge.set_defaults(run=_export_edge)
+    experiment = sub.add_parser("experiment", help="run ColA against PEFT LoRA, FedAvg-LoRA "
+                                "and local LoRA on one task (experiments/NAME.toml): every arm, "
+                                "seed and partition, as JSON, a plot and a results table")
+    experiment.add_argument("name", help="experiments/NAME.toml, or the path of a .toml file")
+    experiment.add_argument("--smoke", action="store_true", help="the file's tiny [smoke] "
+                            "sizes (what CI runs)")
+    experiment.add_argument("--out", help="results folder (default: experiments/results, or "
+                            "experiments/results/smoke)")
+    experiment.add_argument("--report-only", action="store_true", help="plot and tabulate the "
+                            "results already in --out, without running")
+    experiment.add_argument("--docs", help="also write the table into this page (e.g. "
+                            "docs/results.md), between the experiment's markers")
+    experiment.set_defaults(run=_experiment)
     keygen = sub.add_parser("keygen", help="write the server's Ed25519 identity key and print "
                             "its fingerprint for nodes to pin")
     keygen.add_argument("--out", help="key file, or an existing folder to write "

@@ -144,7 +144,7 @@ def test_a_buffered_parameter_gradient_survives_a_restart_and_a_change_of_backen
     from cola_fed.edge.export import export_graphs
 
     engine = engine_for(net64, torch.float32)
-    keys = graph_keys(engine.layout, [SPECS], OPTIMIZER, all_forms=True)
+    keys = graph_keys(engine.layout, [SPECS], OPTIMIZER, form="all")
     assert sum(name.endswith("-p") for name in keys) == 3
     graphs = export_graphs(keys.values())
     stay = GradientLearner(engine.layout, SPECS, OPTIMIZER, seed=1, interval=2)

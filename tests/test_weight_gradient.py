@@ -15,8 +15,8 @@ from federation_runs import run
 
 from cola_fed import AdapterSpec, GradientLearner, OptimizerSpec, ServerEngine
 from cola_fed.errors import GradientError, MalformedPayloadError
-from cola_fed.gl.layout import LayerInfo, Layout, assign_specs
 from cola_fed.gl.forms import choose, to_form
+from cola_fed.gl.layout import LayerInfo, Layout, assign_specs
 from cola_fed.gl.weight_gradient import weight_gradient
 from cola_fed.wire.codec import decode_adaptation, encode_adaptation
 
@@ -66,7 +66,7 @@ def test_the_onnx_learner_takes_the_weight_space_form_as_the_torch_learner(net64
 
     engine = engine_and_chunks(net64, dtype=torch.float32)
     specs = assign_specs(engine.layout, SPECS)
-    keys = graph_keys(engine.layout, [SPECS], OPTIMIZER, all_forms=True)
+    keys = graph_keys(engine.layout, [SPECS], OPTIMIZER, form="all")
     assert sum(name.endswith("-g") for name in keys) == 3
     edge = OrtLearner(engine.layout, SPECS, OPTIMIZER, export_graphs(keys.values()), seed=1)
     rows_only = OrtLearner(engine.layout, SPECS, OPTIMIZER,
@@ -183,7 +183,7 @@ def test_a_buffered_weight_space_chunk_moves_between_backends(net64):
     engine = engine_and_chunks(net64, dtype=torch.float32)
     specs = assign_specs(engine.layout, SPECS)
     graphs = export_graphs(graph_keys(engine.layout, [SPECS], OPTIMIZER,
-                                      all_forms=True).values())
+                                      form="all").values())
     torch_learner = GradientLearner(engine.layout, SPECS, OPTIMIZER, seed=1, interval=2)
     stay = GradientLearner(engine.layout, SPECS, OPTIMIZER, seed=1, interval=2)
     chunks = [to_form(engine.compute({"c": batch(s, dtype=torch.float32)},

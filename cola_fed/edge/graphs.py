@@ -4,6 +4,7 @@ ONNX Runtime learner."""
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -46,27 +47,38 @@ class GraphKey:
 
 
 def graph_keys(layout: Layout, specs: Iterable[SpecLike], optimizer: OptimizerSpec,
-               *, all_forms: bool = False) -> dict[str, GraphKey]:
+               *, form: str = "rows") -> dict[str, GraphKey]:
     """``name -> key`` of every graph needed to train ``layout`` under any of ``specs`` (one
-    per kind of node: e.g. ``Plan.all_specs()``) from rows; with ``all_forms``, also from the
-    parameter gradient, and from ``G`` for the families that learn from it."""
+    per kind of node: e.g. ``Plan.all_specs()``) from the forms of adaptation data that
+    ``wire.form = form`` may send: rows always; the parameter gradient under ``auto`` and
+    ``parameter-gradient``; ``G`` under ``weight-gradient``, and under ``auto`` where it is
+    smaller than the parameters (families that learn from it). ``form="all"``: every graph a
+    node may be offered."""
     keys = {}
     for spec in specs:
         for layer, layer_spec in assign_specs(layout, spec).items():
             info = layout[layer]
-            forms = ["rows"]
-            if all_forms:
-                forms.append("parameter-gradient")
-                if family_of(layer_spec.kind).weight_gradient:
-                    forms.append("weight-gradient")
-            for form in forms:
+            for key_form in _graph_forms(form, layer_spec, info.d_in, info.d_out):
                 key = GraphKey(layer_spec, info.d_in, info.d_out, optimizer.name,
-                               optimizer.nesterov, form)
+                               optimizer.nesterov, key_form)
                 if keys.setdefault(key.name, key) != key:
                     raise ValueError(f"adapter family {layer_spec.kind!r}: two specs share the "
                                      f"graph name {key.name!r}; its graph_tag must tell them "
                                      "apart")
     return dict(sorted(keys.items()))
+
+
+def _graph_forms(form: str, spec: AdapterSpec, d_in: int, d_out: int) -> list[str]:
+    family = family_of(spec.kind)
+    forms = ["rows"]
+    if form in ("auto", "parameter-gradient", "all"):
+        forms.append("parameter-gradient")
+    if family.weight_gradient:
+        parameters = sum(math.prod(s) for s in family.param_shapes(spec, d_in, d_out).values())
+        if form in ("weight-gradient", "all") or (
+                form == "auto" and d_out * (d_in + 1) < parameters):
+            forms.append("weight-gradient")
+    return forms
 
 
 def content_hash(model: bytes) -> str:

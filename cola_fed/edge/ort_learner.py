@@ -12,7 +12,7 @@ norm, and runs them again at the clipping coefficient only on the steps that cli
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,13 @@ import numpy as np
 from cola_fed.edge.graphs import GraphKey
 from cola_fed.errors import AdapterError, ConfigError
 from cola_fed.gl.layout import Layout, SpecLike
-from cola_fed.gl.learner_base import LayerInputs, LayerStep, LearnerBase, WeightGradient
+from cola_fed.gl.learner_base import (
+    LayerInputs,
+    LayerStep,
+    LearnerBase,
+    ParameterGradient,
+    WeightGradient,
+)
 from cola_fed.gl.optim_spec import OptimizerSpec
 
 
@@ -49,6 +55,11 @@ class OrtLearner(LearnerBase):
         ``"onnx"`` (default; what a federation ships and ``graph_check`` checks) or ``"ort"``
         for ORT-format graphs exported on the device's own side (``cola-fed export-edge
         --ort``). Sessions read only that format: bytes of the other never run.
+
+    A graph's session is created, and its inputs checked, when a step first needs it, not
+    here: a round runs only the graphs of the forms its data came in (often one of three),
+    and each session costs memory and time on a small device. Layers of one shape and
+    family share one session.
     """
 
     def __init__(self, layout: Layout, spec: SpecLike, optimizer: OptimizerSpec,
@@ -68,39 +79,42 @@ class OrtLearner(LearnerBase):
         options.enable_mem_pattern = False
         # one format only: an ORT-format model among ONNX graphs would escape the graph checks
         options.add_session_config_entry("session.load_model_format", graph_format.upper())
-        by_graph: dict[str, Any] = {}  # layers of one shape and kind share one session
-        self._sessions: dict[tuple[str, str], Any] = {}  # (layer, form) -> session
+        graph_of: dict[tuple[str, str], str] = {}  # (layer, form) -> graph name
         for name, layer_spec in self.specs.items():
             info = layout[name]
-            for form in ("rows", "weight-gradient"):
+            for form in ("rows", "weight-gradient", "parameter-gradient"):
                 key = GraphKey(layer_spec, info.d_in, info.d_out, optimizer.name,
                                optimizer.nesterov, form)
                 if key.name not in graphs:
                     if form == "rows":
                         raise ConfigError(f"no train-step graph {key.name!r} for layer {name!r}")
-                    continue  # this node then takes rows only for the layer
-                if key.name not in by_graph:
-                    by_graph[key.name] = ort.InferenceSession(
-                        graphs[key.name], options, providers=["CPUExecutionProvider"])
-                    self._check_graph(name, key.name, by_graph[key.name])
-                self._sessions[name, form] = by_graph[key.name]
+                    continue  # this node then takes rows (or G) for the layer
+                graph_of[name, form] = key.name
+        used = {graph: graphs[graph] for graph in graph_of.values()}
+        shapes = self._shapes  # not self: the learner and its sessions go with no cycle
 
-    def _check_graph(self, layer: str, graph: str, session: Any) -> None:
-        """Refuse a graph whose parameter inputs are not the family's shapes for ``layer``."""
-        expected = {p: list(shape) for p, shape in self._shapes[layer].items()}
-        got = {i.name: list(i.shape) for i in session.get_inputs() if i.name in expected}
-        if got != expected:
-            raise AdapterError(f"graph {graph!r}: parameter inputs {got}, layer {layer!r} "
-                               f"needs {expected}")
+        def make_session(layer: str, graph: str) -> Any:
+            session = ort.InferenceSession(used[graph], options,
+                                           providers=["CPUExecutionProvider"])
+            _check_graph(layer, graph, session, shapes[layer])  # before the graph ever runs
+            return session
+
+        self._sessions = _LazySessions(graph_of, make_session)
 
     def _takes_weight_gradient(self, name: str) -> bool:
         return (name, "weight-gradient") in self._sessions
+
+    def _takes_parameter_gradient(self, name: str) -> bool:
+        return (name, "parameter-gradient") in self._sessions
 
     def _step_layer(self, name: str, inputs: LayerInputs, hyper: Mapping[str, float],
                     grad_scale: float) -> LayerStep:
         feeds = {k: np.asarray(v, dtype=np.float32) for k, v in hyper.items()}
         feeds["grad_scale"] = np.asarray(grad_scale, dtype=np.float32)
-        if isinstance(inputs, WeightGradient):  # checked at fit: this node has its graph
+        if isinstance(inputs, ParameterGradient):  # checked at fit: this node has its graph
+            session = self._sessions[name, "parameter-gradient"]
+            feeds.update({f"grad.{p}": g for p, g in inputs.grads.items()})
+        elif isinstance(inputs, WeightGradient):
             session = self._sessions[name, "weight-gradient"]
             feeds["g"], feeds["g_bias"] = inputs.g, inputs.g_bias
         else:
@@ -116,3 +130,40 @@ class OrtLearner(LearnerBase):
         slots = {p: {s: out[f"new.{p}.{s}"] for s in self._slots[name][p]}
                  for p in self._params[name]}
         return params, slots, float(out["grad_norm"])
+
+
+def _check_graph(layer: str, graph: str, session: Any,
+                 shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse a graph whose parameter inputs are not the family's shapes for ``layer``."""
+    expected = {p: list(shape) for p, shape in shapes.items()}
+    got = {i.name: list(i.shape) for i in session.get_inputs() if i.name in expected}
+    if got != expected:
+        raise AdapterError(f"graph {graph!r}: parameter inputs {got}, layer {layer!r} "
+                           f"needs {expected}")
+
+
+class _LazySessions(Mapping[tuple[str, str], Any]):
+    """``(layer, form) -> InferenceSession`` for the graphs a learner has, each session created
+    by ``make(layer, graph)`` on first access and then shared by every key of its graph.
+    ``key in sessions`` asks whether the graph exists and creates nothing."""
+
+    def __init__(self, graph_of: Mapping[tuple[str, str], str],
+                 make: Callable[[str, str], Any]) -> None:
+        self._graph_of = dict(graph_of)
+        self._make = make
+        self._by_graph: dict[str, Any] = {}
+
+    def __getitem__(self, key: tuple[str, str]) -> Any:
+        graph = self._graph_of[key]
+        if graph not in self._by_graph:  # a failed check caches nothing: it fails again
+            self._by_graph[graph] = self._make(key[0], graph)
+        return self._by_graph[graph]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._graph_of
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._graph_of)
+
+    def __len__(self) -> int:
+        return len(self._graph_of)

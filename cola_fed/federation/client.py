@@ -223,9 +223,13 @@ def handle_train(msg: Message, context: Context) -> Message:
     graph_hashes = _graphs_needed(plan, session.partition_id) if session.backend == "onnx" else {}
     learner = _new_learner(plan, session.partition_id, context, session.backend, graph_hashes)
     learner.load_bytes(base_blob)
-    metrics: dict[str, float] = {}
-    for chunk in chunks:
-        metrics = learner.fit(chunk)
+    metrics = [learner.fit(chunk) for chunk in chunks][-1]
+    loss = sum(chunk.loss for chunk in chunks) / len(chunks)
+    num_examples = sum(chunk.num_samples for chunk in chunks)
+    # The adaptation data is spent (a learner that buffers it holds its own reference): drop
+    # it, and the decrypted payload it views, before the data and the reply are built, so
+    # that a round holds the plaintext only while it is learned from.
+    del chunks
 
     batches = []
     if plan.data_mode == "stream":
@@ -235,8 +239,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     parts = {PART_ADAPTERS: encode_adapter_state(_numpy_state(learner.adapter_state()))}
     parts.update({batch_part(i): encode_batch(b) for i, b in enumerate(batches)})
     report = TrainReport(round=order.round,
-                         loss=sum(chunk.loss for chunk in chunks) / len(chunks),
-                         num_examples=sum(chunk.num_samples for chunk in chunks),
+                         loss=loss, num_examples=num_examples,
                          grad_norm=float(metrics.get("grad_norm", 0.0)), step=learner.step,
                          state=number)
     sealed = _bounded(seal_bundle(channel, KIND_TRAIN, report, parts), caps)
@@ -379,8 +382,8 @@ def _torch_installed() -> bool:
 
 def _graphs_needed(plan: Plan, partition_id: int) -> dict[str, str]:
     """``name -> sha256`` of the train-step graphs this node trains with, as the signed plan
-    lists them: every rows graph of its adapters, and the weight-space graphs the server
-    lists (without them the server sends this node rows only)."""
+    lists them: every rows graph of its adapters, and the graphs of the other exact forms the
+    server lists (without them the server sends this node rows only)."""
     specs = [plan.specs_for(partition_id)]
     needed = graph_keys(plan.layout, specs, plan.optimizer)
     missing = sorted(set(needed) - set(plan.graphs))
@@ -388,7 +391,7 @@ def _graphs_needed(plan: Plan, partition_id: int) -> dict[str, str]:
         raise ProtocolError(f"this node trains on ONNX Runtime, but the server lists no "
                             f"train-step graph {missing}; run the server with edge.graphs = "
                             "true, or install PyTorch on this node")
-    optional = graph_keys(plan.layout, specs, plan.optimizer, weight_gradient=True)
+    optional = graph_keys(plan.layout, specs, plan.optimizer, form="all")
     return {name: plan.graphs[name] for name in optional
             if name in needed or name in plan.graphs}
 

@@ -94,6 +94,10 @@ class LocalGrid(Grid):
         Node id -> seconds before that node's replies can be pulled (a straggler).
     keep_delivered : bool
         Keep every message sent in ``delivered`` (for tests; off for long runs).
+    client_app : callable, optional
+        A Flower ``ClientApp`` (or any ``(message, context) -> reply``) that every node runs
+        instead of cola-fed's handlers, e.g. a baseline's ClientApp driven by a Flower
+        strategy (``handlers`` and ``processes`` still take precedence for their nodes).
     """
 
     def __init__(self, num_nodes: int, *, run_id: int = 4242,
@@ -101,7 +105,8 @@ class LocalGrid(Grid):
                  message_filter: Callable[[int, Message], Message | None] | None = None,
                  handlers: dict[int, Callable[[Message, Context], Message]] | None = None,
                  processes: dict[int, NodeProcess] | None = None,
-                 delays: dict[int, float] | None = None, keep_delivered: bool = True) -> None:
+                 delays: dict[int, float] | None = None, keep_delivered: bool = True,
+                 client_app: Callable[[Message, Context], Message] | None = None) -> None:
         self.run_id = run_id
         # what a real ServerApp process has set before it creates messages
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 1, 1
@@ -112,6 +117,7 @@ class LocalGrid(Grid):
         }
         self.reply_filter, self.message_filter = reply_filter, message_filter
         self.handlers = handlers or {}
+        self.client_app = client_app
         self.processes = processes or {}  # node id -> the child process that runs it
         self.delays = delays or {}
         self.keep_delivered = keep_delivered
@@ -174,7 +180,7 @@ class LocalGrid(Grid):
         if node_id not in self.contexts:
             return None  # gone
         context = self.contexts[node_id]
-        handler = self.handlers.get(node_id) or (
+        handler = self.handlers.get(node_id) or self.client_app or (
             handle_hello if msg.metadata.message_type == MessageType.QUERY else handle_train)
         node = self.processes.get(node_id)
         if node is not None:

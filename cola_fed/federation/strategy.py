@@ -71,6 +71,7 @@ from cola_fed.gl.engine import Deltas, ServerEngine
 from cola_fed.gl.forms import to_forms
 from cola_fed.gl.layout import Layout, assign_specs
 from cola_fed.tasks.base import ClientData, Task
+from cola_fed.tasks.scoring import score
 from cola_fed.wire import (
     SecureChannel,
     decode_adapter_state,
@@ -432,7 +433,7 @@ class ColaStrategy(Strategy):
 
         started = time.monotonic()
         keys = graph_keys(self.plan.layout, self.plan.all_specs(), self.plan.optimizer,
-                          all_forms=self.config.wire.form != "rows")
+                          form=self.config.wire.form)
         graphs = export_graphs(keys.values())
         log.info("hello: %d train-step graphs for ONNX nodes, %.0f kB, ready in %.1f s",
                  len(graphs), sum(map(len, graphs.values())) / 1e3, time.monotonic() - started)
@@ -1024,18 +1025,8 @@ class ColaStrategy(Strategy):
         """The task's metrics (accuracy, loss, ...) over ``batches``, of the model this node
         trains through: its own adapters, or in ``col`` mode the collaborative model (the mean
         delta W of all nodes outside quarantine)."""
-        sums: dict[str, float] = {}
-        weights: dict[str, float] = {}
-        for batch in batches:
-            labels = torch.as_tensor(batch["labels"])
-            logits = self._predict(session, _as_torch(batch))
-            loss = float(self.engine.loss_fn(logits, labels))
-            for name, (value, weight) in self.task.metrics(logits, labels, loss).items():
-                if weight:  # a batch with nothing to count (all padding) has no say
-                    sums[name] = sums.get(name, 0.0) + value * weight
-                    weights[name] = weights.get(name, 0.0) + weight
-        means = {name: sums[name] / weights[name] for name in sums}
-        return self.task.finish_metrics(means)
+        return score(self.task, batches, lambda batch: self._predict(session, batch),
+                     self.engine.loss_fn)
 
     def _predict(self, session: NodeSession, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of the model this node trains through."""

@@ -1,0 +1,172 @@
+"""An experiment: one task, several arms, partitions and seeds, all from one TOML file.
+
+``experiments/NAME.toml``::
+
+    [experiment]
+    description = "MiniLM-L6 on Rotten Tomatoes"
+    nodes = 4              # federated nodes; central arms pool their samples
+    rounds = 30            # one optimizer step per node per round, in every arm
+    evaluate-every = 10    # rounds between evaluations on the server-held test set
+    seeds = [0, 1, 2]
+    partitions = ["iid", "dirichlet"]
+    arms = ["peft-central", "cola-central", "cola-col", "cola-unmerged", "fedavg-lora",
+            "local-lora"]
+    lr-sweep = [1e-3, 3e-3, 1e-2]   # chosen once, applied to every arm (see runner)
+
+    [run-config]           # cola-fed's flat run config, shared by every arm
+    "task.name" = "digits"
+    "task.server-test-size" = 300
+    ...
+
+    [smoke]                # what CI runs: replaces keys of [experiment] and [run-config]
+    rounds = 2
+    "run-config" = { "task.batch-size" = 8 }
+
+Every arm sees the same model, data, samples, steps, batch size, learning rate, initial
+adapters and target modules; what differs is only who computes what.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cola_fed.config import RunConfig
+from cola_fed.errors import ConfigError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+#: every arm, in the order tables show them
+ARMS = ("peft-central", "cola-central", "cola-col", "cola-unmerged", "fedavg-lora", "local-lora")
+#: what the arms mean, for tables and plots
+ARM_LABELS = {
+    "peft-central": "(A) PEFT LoRA, central, pooled samples",
+    "cola-central": "(B) ColA, central, same batches",
+    "cola-col": "(C) ColA on Flower, col mode (one shared model)",
+    "cola-unmerged": "(C) ColA on Flower, personalised (unmerged)",
+    "fedavg-lora": "(D) FedAvg-LoRA on Flower",
+    "local-lora": "(E) LoRA on each node's own partition alone",
+}
+PARTITIONS = ("iid", "dirichlet")
+#: where ``cola-fed experiment NAME`` looks for ``NAME.toml``
+EXPERIMENTS_DIR = Path("experiments")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment, checked at load.
+
+    Parameters
+    ----------
+    name : str
+        The file's stem; results are written under it.
+    run_config : dict
+        cola-fed's flat run config every arm shares (task, model, adapters, optimizer).
+    description : str
+        One line for reports.
+    nodes : int
+        Federated nodes (the central arms pool the same nodes' samples).
+    rounds : int
+        Rounds; every node takes one optimizer step per round, in every arm (the central arms
+        take ``nodes`` steps per round, one per node's batch).
+    evaluate_every : int
+        Rounds between evaluations on the server-held test set (and after the last).
+    seeds : tuple of int
+        ``task.seed`` of each repetition: partitions, batches, heads and adapters.
+    partitions : tuple of str
+        ``iid`` and/or ``dirichlet`` (label skew, ``task.dirichlet-alpha``).
+    arms : tuple of str
+        Which of :data:`ARMS` to run.
+    lr_sweep : tuple of float
+        Learning rates tried once (arm ``peft-central``, first seed, first partition); the best
+        is applied to every arm. Empty: ``optimizer.lr`` of ``run_config``.
+    """
+
+    name: str
+    run_config: dict[str, Any]
+    description: str = ""
+    nodes: int = 4
+    rounds: int = 20
+    evaluate_every: int = 5
+    seeds: tuple[int, ...] = (0, 1, 2)
+    partitions: tuple[str, ...] = PARTITIONS
+    arms: tuple[str, ...] = ARMS
+    lr_sweep: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in ("nodes", "rounds", "evaluate_every"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"experiment {self.name!r}: {key.replace('_', '-')} must be a "
+                                  f"positive integer, got {value!r}")
+        if not self.seeds or not all(isinstance(s, int) and s >= 0 for s in self.seeds):
+            raise ConfigError(f"experiment {self.name!r}: seeds must be non-negative integers")
+        for what, values, known in (("arms", self.arms, ARMS),
+                                    ("partitions", self.partitions, PARTITIONS)):
+            unknown = [v for v in values if v not in known]
+            if not values or unknown or len(set(values)) != len(values):
+                raise ConfigError(f"experiment {self.name!r}: {what} must be distinct values "
+                                  f"of {', '.join(known)}; got {list(values)}")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                   for v in self.lr_sweep):
+            raise ConfigError(f"experiment {self.name!r}: lr-sweep must be positive numbers")
+        checked = RunConfig.from_flat(self.arm_config(self.seeds[0], self.partitions[0]))
+        if checked.task.server_test_size <= 0:
+            raise ConfigError(f"experiment {self.name!r}: every arm is scored on the server-held "
+                              "test set; set task.server-test-size in [run-config]")
+
+    def arm_config(self, seed: int, partition: str, lr: float | None = None) -> dict[str, Any]:
+        """The flat run config of one repetition: this seed, partition, rounds and nodes."""
+        flat = {**self.run_config, "task.seed": seed, "task.partitioner": partition,
+                "num-server-rounds": self.rounds, "strategy.min-available-nodes": self.nodes,
+                "strategy.evaluate-every": self.evaluate_every}
+        if lr is not None:
+            flat["optimizer.lr"] = lr
+        return flat
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, *, smoke: bool = False) -> ExperimentConfig:
+        """``experiments/NAME.toml`` (or a path), with its ``[smoke]`` overrides if asked."""
+        path = Path(name_or_path)
+        if path.suffix != ".toml":
+            path = EXPERIMENTS_DIR / f"{name_or_path}.toml"
+        try:
+            raw = tomllib.loads(path.read_text())
+        except OSError as err:
+            known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml"))
+            raise ConfigError(
+                f"no experiment {str(name_or_path)!r} ({err.strerror}: {path}); known in "
+                f"{EXPERIMENTS_DIR}/: {', '.join(known) or 'none'}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        unknown = set(raw) - {"experiment", "run-config", "smoke"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown tables {sorted(unknown)}; expected [experiment], "
+                              "[run-config] and optionally [smoke]")
+        experiment = dict(raw.get("experiment", {}))
+        run_config = dict(raw.get("run-config", {}))
+        if smoke:
+            overrides = dict(raw.get("smoke", {}))
+            run_config.update(overrides.pop("run-config", {}))
+            experiment.update(overrides)
+        fields = {f.name.replace("_", "-"): f.name for f in dataclasses.fields(cls)}
+        fields.pop("name"), fields.pop("run-config")
+        unknown = set(experiment) - set(fields)
+        if unknown:
+            raise ConfigError(f"{path}: unknown [experiment] keys {sorted(unknown)}; known: "
+                              f"{', '.join(sorted(fields))}")
+        values = {fields[k]: tuple(v) if isinstance(v, list) else v
+                  for k, v in experiment.items()}
+        return cls(name=path.stem, run_config=run_config, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+__all__ = ["ARMS", "ARM_LABELS", "EXPERIMENTS_DIR", "PARTITIONS", "ExperimentConfig"]

@@ -1,0 +1,182 @@
+"""Turn an experiment's results into the figures people read: a summary (final test metrics,
+mean and spread over seeds, per arm and partition), the verdict of each ColA arm against its
+counterpart, the cost table, a plot, and the markdown section of ``docs/results.md``.
+
+The verdict rule is fixed here, before any run: two arms are **on par** when their final
+accuracies (mean over seeds) differ by at most max(one standard deviation over seeds of the
+baseline, one point). Where a task has no accuracy, the loss is compared the same way, with
+0.01 in place of the point.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from cola_fed.experiments.config import ARM_LABELS, ARMS
+
+#: each ColA arm and the arm a practitioner would otherwise run in its place
+COUNTERPARTS = {"cola-central": "peft-central", "cola-col": "fedavg-lora",
+                "cola-unmerged": "local-lora"}
+#: the smallest difference that counts: one accuracy point, or 0.01 of loss
+FLOOR = {"accuracy": 0.01, "loss": 0.01}
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Per ``arm/partition``: the final metrics' mean and std over seeds, mean costs; the
+    verdicts; and the largest gap between arms (A) and (B) over every evaluated round (their
+    parity check)."""
+    cells: dict[str, dict[str, Any]] = {}
+    for run in results["runs"]:
+        cell = cells.setdefault(f"{run['arm']}/{run['partition']}",
+                                {"arm": run["arm"], "partition": run["partition"], "runs": []})
+        cell["runs"].append(run)
+    summary: dict[str, Any] = {"cells": {}, "verdicts": [], "parity": None}
+    for key, cell in cells.items():
+        finals = [run["curve"][-1] for run in cell["runs"] if run["curve"]]
+        entry: dict[str, Any] = {"arm": cell["arm"], "partition": cell["partition"],
+                                 "seeds": len(finals)}
+        for metric in ("accuracy", "loss", "perplexity"):
+            values = [f[metric] for f in finals if metric in f]
+            if values:
+                entry[metric] = statistics.fmean(values)
+                entry[f"{metric}-std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        costs = [run["costs"] for run in cell["runs"]]
+        for name in dict.fromkeys(k for c in costs for k in c):
+            entry[name] = statistics.fmean(c[name] for c in costs if name in c)
+        summary["cells"][key] = entry
+    for arm, baseline in COUNTERPARTS.items():
+        for partition in dict.fromkeys(c["partition"] for c in summary["cells"].values()):
+            ours = summary["cells"].get(f"{arm}/{partition}")
+            theirs = summary["cells"].get(f"{baseline}/{partition}")
+            if ours and theirs:
+                summary["verdicts"].append(verdict(ours, theirs))
+    summary["parity"] = parity(results["runs"])
+    return summary
+
+
+def verdict(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """Whether ``ours`` is on par with, better or worse than ``theirs`` by the fixed rule."""
+    metric = "accuracy" if "accuracy" in ours and "accuracy" in theirs else "loss"
+    sign = 1.0 if metric == "accuracy" else -1.0  # higher accuracy, lower loss is better
+    gap = sign * (ours[metric] - theirs[metric])
+    margin = max(theirs[f"{metric}-std"], FLOOR[metric])
+    word = "on par" if abs(gap) <= margin else ("better" if gap > 0 else "worse")
+    return {"arm": ours["arm"], "baseline": theirs["arm"], "partition": ours["partition"],
+            "metric": metric, "difference": gap, "margin": margin, "verdict": word}
+
+
+def parity(runs: list[dict[str, Any]]) -> float | None:
+    """The largest difference in any test metric between arms (A) and (B) at any evaluated
+    round of any seed and partition: ColA equals backprop, so this is float32 noise."""
+    by = {(r["arm"], r["seed"], r["partition"]): r["curve"] for r in runs}
+    gaps = []
+    for (arm, seed, partition), curve in by.items():
+        other = by.get(("cola-central", seed, partition)) if arm == "peft-central" else None
+        if other is None:
+            continue
+        for a, b in zip(curve, other):
+            gaps += [abs(a[m] - b[m]) for m in ("accuracy", "loss") if m in a and m in b]
+    return max(gaps) if gaps else None
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Test accuracy (or loss) against round, one panel per partition, mean over seeds with a
+    band of one standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    partitions = list(dict.fromkeys(r["partition"] for r in results["runs"]))
+    metric = "accuracy" if any("accuracy" in p for r in results["runs"] for p in r["curve"]) \
+        else "loss"
+    fig, axes = plt.subplots(1, len(partitions), figsize=(6 * len(partitions), 4),
+                             squeeze=False)
+    for ax, partition in zip(axes[0], partitions):
+        for arm in ARMS:
+            curves = [r["curve"] for r in results["runs"]
+                      if r["arm"] == arm and r["partition"] == partition]
+            if not curves:
+                continue
+            rounds = [p["round"] for p in curves[0]]
+            values = [[c[i][metric] for c in curves if i < len(c)] for i in range(len(rounds))]
+            mean = [statistics.fmean(v) for v in values]
+            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            ax.plot(rounds, mean, label=ARM_LABELS[arm], marker="o", markersize=3)
+            ax.fill_between(rounds, [m - s for m, s in zip(mean, std)],
+                            [m + s for m, s in zip(mean, std)], alpha=0.15)
+        ax.set_title(f"{results['experiment']['name']}: {partition}")
+        ax.set_xlabel("round (one step per node)")
+        ax.set_ylabel(f"server-held test {metric}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown(results: dict[str, Any], *, command: str) -> str:
+    """The section of ``docs/results.md`` for this experiment: every figure read from
+    ``results`` (a test re-renders it and compares)."""
+    summary, experiment = results["summary"], results["experiment"]
+    metric = "accuracy" if any("accuracy" in c for c in summary["cells"].values()) else "loss"
+    lines = [f"### {experiment['name']}: {experiment['description']}", "",
+             f"`{command}`: {experiment['nodes']} nodes, {experiment['rounds']} rounds (one step "
+             f"per node per round), seeds {', '.join(map(str, experiment['seeds']))}; learning "
+             f"rate {results['lr']:g}"
+             + (f" (chosen from {_rates(results['lr-sweep'])})" if results["lr-sweep"] else "")
+             + f"; {results.get('seconds', 0):.0f} s in all.",
+             "", f"| arm | partition | test {metric} (mean ± std over seeds) | bytes down / up per "
+             "node and round | wall s per run |", "| --- | --- | --- | --- | --- |"]
+    for cell in summary["cells"].values():
+        lines.append(
+            f"| {ARM_LABELS[cell['arm']]} | {cell['partition']} | {cell[metric]:.3f} ± "
+            f"{cell[f'{metric}-std']:.3f} | {_mb(cell.get('bytes-down'))} / "
+            f"{_mb(cell.get('bytes-up'))} | {cell.get('seconds', 0):.0f} |")
+    lines += ["", "| ColA arm | against | partition | difference | margin | verdict |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for v in summary["verdicts"]:
+        lines.append(f"| {ARM_LABELS[v['arm']]} | {ARM_LABELS[v['baseline']]} | "
+                     f"{v['partition']} | {v['difference']:+.3f} | {v['margin']:.3f} | "
+                     f"{v['verdict']} |")
+    if summary["parity"] is not None:
+        lines += ["", f"Parity of (A) and (B), the largest test-metric gap at any round: "
+                      f"{summary['parity']:.1e}."]
+    return "\n".join(lines) + "\n"
+
+
+def update_results_page(page: Path, name: str, section: str) -> Path:
+    """Put ``section`` between ``<!-- experiment: NAME -->`` and ``<!-- /experiment: NAME -->``
+    in ``page`` (appended with its markers if absent)."""
+    begin, end = f"<!-- experiment: {name} -->", f"<!-- /experiment: {name} -->"
+    text = page.read_text() if page.exists() else ""
+    block = f"{begin}\n{section}{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    page.write_text(text)
+    return page
+
+
+def section_of(page_text: str, name: str) -> str | None:
+    """The section between an experiment's markers in a page, or None."""
+    begin, end = f"<!-- experiment: {name} -->\n", f"<!-- /experiment: {name} -->"
+    if begin not in page_text or end not in page_text:
+        return None
+    return page_text[page_text.index(begin) + len(begin):page_text.index(end)]
+
+
+def _rates(sweep: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{s['lr']:g}" for s in sweep)
+
+
+def _mb(value: float | None) -> str:
+    return "-" if not value else f"{value / 1e6:.3f} MB"
+
+
+__all__ = ["COUNTERPARTS", "markdown", "parity", "plot", "section_of", "summarize",
+           "update_results_page", "verdict"]

@@ -1,0 +1,110 @@
+"""Run an experiment: every arm on every seed and partition, results written as they come.
+
+The learning rate is chosen once, before any arm runs: each rate of ``lr-sweep`` trains arm
+``peft-central`` (the baseline everyone knows) on the first seed and partition, and the rate with
+the best final test accuracy (lowest loss where a task has no accuracy) is applied identically
+to every arm. No arm is ever tuned on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cola_fed.experiments.cola_arms import ArmResult, cola_central, cola_federated
+from cola_fed.experiments.config import ExperimentConfig
+
+log = logging.getLogger("cola_fed")
+
+#: ``arm -> run(flat run config, nodes)``
+ArmRunner = Callable[[dict[str, Any], int], ArmResult]
+
+
+def _peft_central(flat: dict[str, Any], nodes: int) -> ArmResult:
+    from cola_fed.experiments.lora_arms import peft_central
+
+    return peft_central(flat, nodes)
+
+
+def _fedavg_lora(flat: dict[str, Any], nodes: int) -> ArmResult:
+    from cola_fed.experiments.lora_arms import fedavg_lora
+
+    return fedavg_lora(flat, nodes)
+
+
+def _local_lora(flat: dict[str, Any], nodes: int) -> ArmResult:
+    from cola_fed.experiments.lora_arms import local_lora
+
+    return local_lora(flat, nodes)
+
+
+ARM_RUNNERS: dict[str, ArmRunner] = {
+    "peft-central": _peft_central,
+    "cola-central": cola_central,
+    "cola-col": lambda flat, nodes: cola_federated(flat, nodes, "col"),
+    "cola-unmerged": lambda flat, nodes: cola_federated(flat, nodes, "unmerged"),
+    "fedavg-lora": _fedavg_lora,
+    "local-lora": _local_lora,
+}
+
+
+def final_score(result: ArmResult) -> float:
+    """Higher is better: the last test accuracy, else minus the last test loss."""
+    last = result.curve[-1]
+    return last["accuracy"] if "accuracy" in last else -last["loss"]
+
+
+def choose_lr(config: ExperimentConfig, say: Callable[[str], None]) -> tuple[float, list]:
+    """The learning rate every arm uses, and the sweep's record."""
+    if not config.lr_sweep:
+        return float(config.arm_config(config.seeds[0], config.partitions[0])
+                     .get("optimizer.lr", 1e-3)), []
+    sweep = []
+    for lr in config.lr_sweep:
+        say(f"lr sweep: peft-central at lr {lr:g} (seed {config.seeds[0]}, "
+            f"{config.partitions[0]})")
+        result = ARM_RUNNERS["peft-central"](
+            config.arm_config(config.seeds[0], config.partitions[0], lr), config.nodes)
+        sweep.append({"lr": lr, "score": final_score(result), "curve": result.curve})
+    best = max(sweep, key=lambda s: s["score"] if math.isfinite(s["score"]) else -math.inf)
+    say(f"lr sweep: {best['lr']:g} is applied to every arm")
+    return best["lr"], sweep
+
+
+def run_experiment(config: ExperimentConfig, out: Path, *,
+                   say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``config``; write ``out/NAME.json`` after every arm (a run cut short keeps what
+    finished) and return its contents."""
+    from cola_fed.experiments.report import summarize
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{config.name}.json"
+    started = time.perf_counter()
+    lr, sweep = choose_lr(config, say)
+    results: dict[str, Any] = {"experiment": config.to_dict(), "lr": lr, "lr-sweep": sweep,
+                               "runs": []}
+    jobs = [(seed, partition, arm) for seed in config.seeds for partition in config.partitions
+            for arm in config.arms]
+    for i, (seed, partition, arm) in enumerate(jobs, 1):
+        say(f"[{i}/{len(jobs)}] {arm}, seed {seed}, {partition} ...")
+        tick = time.perf_counter()
+        result = ARM_RUNNERS[arm](config.arm_config(seed, partition, lr), config.nodes)
+        last = result.curve[-1] if result.curve else {}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "round")
+        say(f"[{i}/{len(jobs)}] {arm}, seed {seed}, {partition}: {shown} "
+            f"({time.perf_counter() - tick:.0f} s)")
+        results["runs"].append({"arm": arm, "seed": seed, "partition": partition,
+                                **result.to_dict()})
+        results["seconds"] = time.perf_counter() - started
+        results["summary"] = summarize(results)
+        path.write_text(json.dumps(results, indent=1) + "\n")
+    say(f"wrote {path}")
+    return results
+
+
+__all__ = ["ARM_RUNNERS", "choose_lr", "final_score", "run_experiment"]
