@@ -145,6 +145,8 @@ def markdown(results: dict[str, Any], *, command: str) -> str:
     if summary["parity"] is not None:
         lines += ["", f"Parity of (A) and (B), the largest test-metric gap at any round: "
                       f"{summary['parity']:.1e}."]
+    lines += ["", f"![{experiment['name']}: test {metric} by round, mean and spread over seeds]"
+                  f"(../experiments/results/{experiment['name']}.png)"]
     return "\n".join(lines) + "\n"
 
 

@@ -260,8 +260,9 @@ class LearnerBase:
     def _inputs(self, name: str, chunks: list[AdaptationData]) -> LayerInputs:
         """Layer ``name``'s data in ``chunks`` for one step, formed only now, so that a step's
         peak memory is the chunks plus one layer's: its rows gathered and (convolutions)
-        unfolded, or, when any chunk carries the layer in weight-space form, the sum of every
-        chunk's ``G`` and ``g_bias`` (rows turned into theirs), as concatenating rows would."""
+        unfolded; when any chunk carries the layer in weight-space form, the sum of every
+        chunk's ``G`` and ``g_bias`` (rows turned into theirs), as concatenating rows would;
+        or the sum of its parameter gradients (all taken at the current parameters)."""
         if any(name in c.param_grads for c in chunks):  # every chunk that carries it (checked)
             grads = [c.param_grads[name] for c in chunks if name in c.param_grads]
             return ParameterGradient({
