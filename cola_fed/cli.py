@@ -178,6 +178,9 @@ def _experiment(args: argparse.Namespace) -> int:
     from cola_fed.experiments.report import markdown, plot, update_results_page
     from cola_fed.experiments.runner import run_experiment
 
+    if args.smoke and args.docs:
+        print("--docs takes a real run's table; a --smoke run would replace it", file=sys.stderr)
+        return 2
     config = ExperimentConfig.load(args.name, smoke=args.smoke)
     out = Path(args.out or ("experiments/results/smoke" if args.smoke
                             else "experiments/results"))
@@ -233,9 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--ort", action="store_true", help="also write ORT-format (.ort) files "
                       "for ONNX Runtime Mobile, with manifest-ort.json")
     edge.set_defaults(run=_export_edge)
-    experiment = sub.add_parser("experiment", help="run ColA against PEFT LoRA, FedAvg-LoRA "
-                                "and local LoRA on one task (experiments/NAME.toml): every arm, "
-                                "seed and partition, as JSON, a plot and a results table")
+    experiment = sub.add_parser(
+        "experiment", help="run ColA against PEFT LoRA, FedAvg-LoRA and local LoRA on one task "
+        "(experiments/NAME.toml): every arm, seed and partition, as JSON, a plot and a table",
+        description="Train one task every way: (A) PEFT LoRA central, (B) ColA central, (C) "
+        "ColA on Flower in col and unmerged mode, (D) FedAvg-LoRA on Flower, (E) each node's "
+        "LoRA alone; same model, data, steps, learning rate and initial adapters. Run from the "
+        "repository root (experiments/NAME.toml), or pass a .toml path. See docs/quickstart.md.")
     experiment.add_argument("name", help="experiments/NAME.toml, or the path of a .toml file")
     experiment.add_argument("--smoke", action="store_true", help="the file's tiny [smoke] "
                             "sizes (what CI runs)")

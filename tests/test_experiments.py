@@ -34,12 +34,15 @@ def test_a_bad_experiment_file_is_refused_with_the_reason(tmp_path):
         "bad run config": (good.replace('"adapter.rank" = 8', '"adapter.rank" = -1'),
                            "adapter.rank"),
         "no rounds": (good.replace("rounds = 40", "rounds = 0"), "rounds must be"),
+        "seeds not a list": (good.replace("seeds = [0, 1, 2]", "seeds = 5"), "must be a list"),
+        "a boolean seed": (good.replace("seeds = [0, 1, 2]", "seeds = [true]"), "seeds must"),
     }
     for name, (text, match) in cases.items():
         path = tmp_path / "bad.toml"
         path.write_text(text)
         with pytest.raises(ConfigError, match=match):
             ExperimentConfig.load(path)
+            pytest.fail(f"{name}: accepted")
     with pytest.raises(ConfigError, match="known in"):
         ExperimentConfig.load("no-such-experiment")
 
@@ -58,13 +61,12 @@ def test_the_verdict_rule():
     assert verdict({**base, "arm": "cola-col", "accuracy": 0.785}, tight)["verdict"] == "worse"
 
 
-def test_a_smoke_run_of_every_arm(tmp_path, monkeypatch):
+def test_a_smoke_run_of_every_arm(tmp_path):
     """Digits, 2 nodes, 2 rounds, both partitions, all six arms. ColA equals backprop, so the
     central arms agree to float32 noise, and ColA's personalised nodes are each node's LoRA
     trained alone."""
     from cola_fed.experiments.runner import run_experiment
 
-    monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     config = ExperimentConfig.load(ROOT / "experiments" / "digits.toml", smoke=True)
     lines: list[str] = []
     results = run_experiment(config, tmp_path, say=lines.append)

@@ -79,22 +79,22 @@ def test_known_answer_key_derivation_labels():
     keys = derive_keys(shared, run_id=RUN, node_id=NODE_ID, transcript=HASH)
     assert HASH.hex() == "1257ec5b35f40db9189a7737d8c23311c8424d40b698977bac3a211658941e0c"
     assert keys["server->node"].hex() == (
-        "c3bbbd2473f6f7b84375d0a1fd996f86be3e1c61f75b1db7797b1a95f5065d5d")
+        "53cfbc69ce4481d759af1fa1a3513746f4e8167e688384e7bd5d81ce2e3d00b6")
     assert keys["node->server"].hex() == (
-        "8c9f012a695cb5d04480d46b9c5a3f1017317c77264a978450272bb37888f60c")
+        "a678a2ad98b0f2faa3ce39efb432c17743fcb5883492ea36079cd604014f29ad")
     # the same keys from RFC 5869 written out with the standard library: the labels are as
     # docs/security.md specifies them
     for direction, key in keys.items():
         prk = hmac.new(RUN.to_bytes(8, "big"), shared, hashlib.sha256).digest()
-        info = f"cola-fed v3 {direction} node {NODE_ID} ".encode() + HASH
+        info = f"cola-fed v4 {direction} node {NODE_ID} ".encode() + HASH
         assert hmac.new(prk, info + b"\x01", hashlib.sha256).digest() == key
 
 
 def test_known_answer_associated_data_and_envelope():
-    aad = associated_data(version=3, run_id=RUN, node_id=NODE_ID, counter=2,
+    aad = associated_data(version=4, run_id=RUN, node_id=NODE_ID, counter=2,
                           direction="node->server", kind="train")
     assert aad.hex() == (
-        "636f6c612d666564" "0003" "0000011f71fb04cb" "8000000000000011"
+        "636f6c612d666564" "0004" "0000011f71fb04cb" "8000000000000011"
         "0000000000000002" "02" "747261696e")
     server, _ = pair()
     envelope = server.seal(b"adaptation data", kind="train")
@@ -103,7 +103,7 @@ def test_known_answer_associated_data_and_envelope():
 
 
 KNOWN_ENVELOPE = (
-    "43465332000000000000000166c0843621fd8e5e3b9996e0bfe41459284203b91dfdf4c98da0aa84b10f40")
+    "434653320000000000000001ef6a46ad5e81a0d15d4ad2f493c6b6f8d505379e736f89459156eca81704b5")
 
 
 # --------------------------------------------------------------------------------------------

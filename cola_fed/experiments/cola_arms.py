@@ -28,9 +28,12 @@ class ArmResult:
         (the mean over nodes for personalised models, with ``accuracy-std`` over nodes), and
         ``perplexity`` for language models.
     costs : dict
-        ``bytes-down`` and ``bytes-up`` per node and round (0 for central arms),
-        ``server-seconds`` and ``client-seconds`` per round where they apply, ``seconds`` of
-        wall time, ``peak-rss-mb`` of the process.
+        ``bytes-down`` and ``bytes-up`` per node and round (0 for central arms), ``seconds``
+        of wall time, and where they apply ``server-seconds`` (central arms: the server's or
+        trainer's time per round), ``round-seconds`` (federated arms),
+        ``client-step-seconds`` (FedAvg-LoRA), and ``peak-rss-mb``: the whole process's peak
+        so far (arms run in one process, so it only grows; a per-arm figure needs a process
+        of its own, as ``benchmarks.edge`` measures).
     """
 
     curve: list[dict[str, float]] = field(default_factory=list)

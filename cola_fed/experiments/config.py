@@ -105,7 +105,8 @@ class ExperimentConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"experiment {self.name!r}: {key.replace('_', '-')} must be a "
                                   f"positive integer, got {value!r}")
-        if not self.seeds or not all(isinstance(s, int) and s >= 0 for s in self.seeds):
+        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                     for s in self.seeds):
             raise ConfigError(f"experiment {self.name!r}: seeds must be non-negative integers")
         for what, values, known in (("arms", self.arms, ARMS),
                                     ("partitions", self.partitions, PARTITIONS)):
@@ -113,8 +114,8 @@ class ExperimentConfig:
             if not values or unknown or len(set(values)) != len(values):
                 raise ConfigError(f"experiment {self.name!r}: {what} must be distinct values "
                                   f"of {', '.join(known)}; got {list(values)}")
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
-                   for v in self.lr_sweep):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and math.isfinite(v) and v > 0 for v in self.lr_sweep):
             raise ConfigError(f"experiment {self.name!r}: lr-sweep must be positive numbers")
         checked = RunConfig.from_flat(self.arm_config(self.seeds[0], self.partitions[0]))
         if checked.task.server_test_size <= 0:
@@ -142,7 +143,8 @@ class ExperimentConfig:
             known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml"))
             raise ConfigError(
                 f"no experiment {str(name_or_path)!r} ({err.strerror}: {path}); known in "
-                f"{EXPERIMENTS_DIR}/: {', '.join(known) or 'none'}") from None
+                f"{EXPERIMENTS_DIR.resolve()}/: {', '.join(known) or 'none'} (run from the "
+                "repository root, or pass the path of a .toml file)") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: {err}") from None
         unknown = set(raw) - {"experiment", "run-config", "smoke"}
@@ -151,9 +153,16 @@ class ExperimentConfig:
                               "[run-config] and optionally [smoke]")
         experiment = dict(raw.get("experiment", {}))
         run_config = dict(raw.get("run-config", {}))
+        for table in ("experiment", "run-config", "smoke"):
+            if not isinstance(raw.get(table, {}), dict):
+                raise ConfigError(f"{path}: [{table}] must be a table")
         if smoke:
             overrides = dict(raw.get("smoke", {}))
-            run_config.update(overrides.pop("run-config", {}))
+            smoke_run_config = overrides.pop("run-config", {})
+            if not isinstance(smoke_run_config, dict):
+                raise ConfigError(f'{path}: [smoke] "run-config" must be a table of run '
+                                  "config keys")
+            run_config.update(smoke_run_config)
             experiment.update(overrides)
         fields = {f.name.replace("_", "-"): f.name for f in dataclasses.fields(cls)}
         fields.pop("name"), fields.pop("run-config")
@@ -161,6 +170,11 @@ class ExperimentConfig:
         if unknown:
             raise ConfigError(f"{path}: unknown [experiment] keys {sorted(unknown)}; known: "
                               f"{', '.join(sorted(fields))}")
+        lists = {"seeds", "partitions", "arms", "lr-sweep"}
+        for key in lists & set(experiment):
+            if not isinstance(experiment[key], list):
+                raise ConfigError(f"{path}: {key} must be a list, e.g. {key} = "
+                                  f"[{experiment[key]!r}]")
         values = {fields[k]: tuple(v) if isinstance(v, list) else v
                   for k, v in experiment.items()}
         return cls(name=path.stem, run_config=run_config, **values)

@@ -541,7 +541,7 @@ class NodeCaps:
         widest = max(layer.d_out for layer in plan.layout)
         for specs in plan.all_specs():
             for shapes in state_shapes(plan.layout, assign_specs(plan.layout, specs)).values():
-                widest = max(widest, *(shape[0] for shape in shapes.values() if shape))
+                widest = max([widest, *(shape[0] for shape in shapes.values() if shape)])
         return Limits(max_bytes=self.max_payload_bytes, max_rows=max(plan.max_rows, widest))
 
 

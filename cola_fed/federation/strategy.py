@@ -663,7 +663,7 @@ class ColaStrategy(Strategy):
             for node, data in out.items():
                 if node in chunks:
                     chunks[node].append(data)
-        return {s.node_id: self._in_wire_form(s, chunks[s.node_id]) for s in live}
+        return {s.node_id: self._in_wire_form(s, chunks[s.node_id], server_round) for s in live}
 
     def _compute(self, sessions: list[NodeSession], chunk: int,
                  collaborators: dict[str, NodeSession]) -> dict[int, AdaptationData]:
@@ -677,18 +677,25 @@ class ColaStrategy(Strategy):
             collaborative=self._collaborative(collaborators))
         return {s.node_id: out[n] for n, s in by_name.items()}
 
-    def _in_wire_form(self, session: NodeSession, chunks: list[AdaptationData]
-                      ) -> list[AdaptationData]:
+    def _in_wire_form(self, session: NodeSession, chunks: list[AdaptationData],
+                      server_round: int) -> list[AdaptationData]:
         """One node's interval of ``chunks`` in the exact forms ``wire.form`` picks per layer
         (an ONNX node takes forms other than rows only with the graphs this server ships).
         The parameter gradient is taken at ``session.adapters``: the state the TRAIN order
-        acknowledges, which the node steps from."""
+        acknowledges, which the node steps from. Should that fail for this node (its adapters
+        break its family's VJP, memory runs out), it gets rows, which every node takes: one
+        node's trouble never stops the round."""
         form = self.config.wire.form
         if form == "rows" or (session.backend == "onnx" and not self.graphs):
             return chunks
-        return to_forms(chunks, self.plan.layout,
-                        assign_specs(self.plan.layout, session.specs), form,
-                        adapters=session.adapters)
+        try:
+            return to_forms(chunks, self.plan.layout,
+                            assign_specs(self.plan.layout, session.specs), form,
+                            adapters=session.adapters)
+        except Exception as err:
+            log.warning("round %d: %s gets rows: its data could not take the %r form (%s: %s)",
+                        server_round, session.node, form, type(err).__name__, err)
+            return chunks
 
     def _collaborative(self, collaborators: dict[str, NodeSession]) -> Deltas | None:
         """``col`` mode: the round's model, the mean delta W of its sampled nodes, formed once

@@ -57,8 +57,8 @@ def choose(chunks: list[AdaptationData], layout: Layout, specs: Mapping[str, Ada
         if form in ("auto", PARAMETER) and parameter_form:
             shapes = state_shapes(layout, {name: specs[name]})[name].values()
             options.append((sum(math.prod(s) for s in shapes), PARAMETER))
-        if options:
-            cost[name] = min(options)
+        if options:  # a tie goes to the parameter gradient (edge.graphs ships G only if smaller)
+            cost[name] = min(options, key=lambda option: (option[0], option[1] != PARAMETER))
     if form != "auto":
         return {n: f for n, (_, f) in cost.items()}
     chosen: dict[str, str] = {}

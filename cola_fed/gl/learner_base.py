@@ -211,8 +211,12 @@ class LearnerBase:
             raise AdapterError(f"learner state: {len(buffer)} buffered chunks, but this "
                                f"learner steps every {self.interval}")
         for i, chunk in enumerate(buffer):
-            self._check_chunk(chunk, params)
-            self._check_interval_forms(chunk, buffer[:i])
+            try:
+                self._check_chunk(chunk, params)
+                self._check_interval_forms(chunk, buffer[:i])
+            except GradientError as err:
+                raise AdapterError(f"learner state: buffered chunk {i} does not fit the saved "
+                                   f"adapters ({err})") from None
         self._params, self._slots, self.step, self._buffer = params, slots, int(step), buffer
 
     def to_bytes(self) -> bytes:
@@ -365,11 +369,14 @@ class LearnerBase:
                 tuple(_array(grads[p]).shape) != shape for p, shape in expected.items()):
             raise GradientError(f"layer {name!r}: expected the gradient of parameters "
                                 f"{expected}")
-        if at != digest(params):
+        held = digest(params)
+        if at != held:
             raise GradientError(
-                f"layer {name!r}: the parameter gradient was computed at other adapters than "
-                "this learner holds (the server and this node disagree about its state); the "
-                "chunk was rejected and the learner is unchanged")
+                f"layer {name!r}: the parameter gradient was computed at other adapters "
+                f"({str(at)[:12]}...) than this learner holds ({held[:12]}...): a stale or "
+                "replayed gradient, or the server and this node disagree about its state. The "
+                "chunk was rejected and the learner is unchanged; a server that sends rows "
+                '(wire.form = "rows") avoids the question')
 
     def _takes_parameter_gradient(self, name: str) -> bool:
         """Whether this learner can step layer ``name`` from its parameter gradient (a

@@ -90,4 +90,5 @@ def _is_parameter_gradient(parts: dict[str, np.ndarray]) -> bool:
     at = parts.get("at")
     grads = [k for k in parts if k != "at"]
     return (at is not None and at.dtype == np.uint8 and at.shape == (32,) and bool(grads)
-            and all(k.startswith(PARAM_PREFIX) and len(k) > len(PARAM_PREFIX) for k in grads))
+            and all(k.startswith(PARAM_PREFIX) and len(k) > len(PARAM_PREFIX)
+                    and parts[k].dtype in (np.float32, np.float64) for k in grads))

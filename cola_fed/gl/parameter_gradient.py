@@ -37,7 +37,7 @@ def digest(params: Mapping[str, Any]) -> str:
     hasher = hashlib.sha256()
     for name in sorted(params):
         value = params[name]
-        value = value.detach().cpu().numpy() if hasattr(value, "detach") else value
+        value = value.detach().float().cpu().numpy() if hasattr(value, "detach") else value
         array = np.ascontiguousarray(value, dtype="<f4")
         hasher.update(name.encode() + b"\0")
         hasher.update(np.asarray(array.shape, dtype="<i8").tobytes())

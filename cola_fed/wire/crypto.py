@@ -45,7 +45,7 @@ from cola_fed.errors import (
     ReplayError,
 )
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 SERVER_TO_NODE = "server->node"
 NODE_TO_SERVER = "node->server"
 DIRECTIONS = {SERVER_TO_NODE: 1, NODE_TO_SERVER: 2}

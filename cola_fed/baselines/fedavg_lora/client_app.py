@@ -35,7 +35,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from cola_fed.baselines.fedavg_lora import lora
-from cola_fed.baselines.fedavg_lora.options import batch_seed, parse_run_config
+from cola_fed.baselines.fedavg_lora.options import BaselineOptions, batch_seed, parse_run_config
 from cola_fed.config import RunConfig, TaskConfig
 from cola_fed.tasks.base import ClientData
 
@@ -51,8 +51,10 @@ def train(msg: Message, context: Context) -> Message:
     """Load the global LoRA weights, train ``local-steps`` steps, reply with the new weights."""
     config, _ = parse_run_config(dict(context.run_config))
     order = msg.content["config"]
-    steps = int(order.get("local-steps", 1))
-    keep = order.get("optimizer-state", "keep") == "keep"
+    # what the server asks is checked as the run config's own keys are
+    asked = BaselineOptions(local_steps=order.get("local-steps", 1),
+                            optimizer_state=order.get("optimizer-state", "keep"))
+    steps, keep = asked.local_steps, asked.optimizer_state == "keep"
     task_config, partition_id, num_partitions = _partition(config, context)
     model = _model(config.task, config.adapter)
     data = _client_data(task_config, _allowed(context), partition_id, num_partitions)
