@@ -41,7 +41,12 @@ hold is reported as ``node_state_mb``. The child caches every node's data partit
 node's own process would.
 
     python -m benchmarks.scale [--quick] [--no-simulation] [--no-allocator-check]
+                               [--nodes N ...] [--time-budget SECONDS] [--output NAME]
     python -m benchmarks.scale --point digits 128   (one scale point; prints its JSON)
+
+Everything here runs on CPUs: the strategy builds its engine on the CPU, so on a GPU machine
+the benchmark runs unchanged and leaves the GPU alone (``benchmarks/gpu.sh`` runs it there
+with ``--quick`` and a time budget).
 """
 
 from __future__ import annotations
@@ -397,30 +402,60 @@ def summary(points: dict[str, list[dict]], checks: dict[str, Any],
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
-    """Every scale point, each in a fresh process, then the simulation."""
+    """Every scale point, each in a fresh process, then the allocator check and the simulation.
+
+    With ``args.time_budget``, a point whose predicted end (the previous point's seconds scaled
+    by its node count) falls after the budget is skipped, and so are the stages after it that
+    would start past the budget; what was skipped is listed in the result.
+    """
     started = time.perf_counter()
-    plan = QUICK_POINTS if args.quick else POINTS
+    plan = ({task: tuple(args.nodes) for task in POINTS} if args.nodes
+            else QUICK_POINTS if args.quick else POINTS)
     points: dict[str, list[dict]] = {}
+    skipped: list[str] = []
+
+    def over_budget(predicted: float = 0.0) -> bool:
+        return (args.time_budget is not None
+                and time.perf_counter() - started + predicted > args.time_budget)
+
     with tempfile.TemporaryDirectory(prefix="cola-scale-") as home:
         for task in args.tasks:
+            previous: tuple[int, float] | None = None  # (nodes, seconds the point took)
             for nodes in plan[task]:
+                if over_budget(previous[1] * nodes / previous[0] if previous else 0.0):
+                    skipped.append(f"{task} {nodes} nodes")
+                    print(f"{task} {nodes:4d} nodes: skipped, over the time budget",
+                          file=sys.stderr, flush=True)
+                    continue
+                point_start = time.perf_counter()
                 row = measure_point(task, nodes, ROUNDS[task], args.threads, Path(home))
+                previous = (nodes, time.perf_counter() - point_start)
                 points.setdefault(task, []).append(row)
-                print(f"{task} {nodes:4d} nodes: round {row['median_round_s']:.2f} s, peak "
-                      f"{row['peak_mb']:.0f} MB, growth {row['growth_mb']:.1f} MB, held "
-                      f"{row['held_mb']:.2f} MB", file=sys.stderr, flush=True)
-        allocator = ({} if args.no_allocator_check or "text-classification" not in points
-                     else allocator_check(points["text-classification"], args.threads,
-                                          Path(home)))
+                print(f"[{time.perf_counter() - started:6.1f} s] {task} {nodes:4d} nodes: round "
+                      f"{row['median_round_s']:.2f} s, peak {row['peak_mb']:.0f} MB, growth "
+                      f"{row['growth_mb']:.1f} MB, held {row['held_mb']:.2f} MB",
+                      file=sys.stderr, flush=True)
+        allocator: dict[str, Any] = {}
+        if not args.no_allocator_check and len(points.get("text-classification", [])) >= 2:
+            if over_budget():
+                skipped.append("allocator check")
+            else:
+                allocator = allocator_check(points["text-classification"], args.threads,
+                                            Path(home))
     simulation = []
     for nodes in ([] if args.no_simulation else args.simulation_nodes):
+        if over_budget():
+            skipped.append(f"flwr run {nodes} nodes")
+            continue
         simulation.append(flwr_simulation(nodes, args.simulation_timeout))
-        print(f"flwr run {nodes} nodes: {simulation[-1]['ok']}, {simulation[-1]['wall_s']:.0f} s",
+        print(f"[{time.perf_counter() - started:6.1f} s] flwr run {nodes} nodes: "
+              f"{simulation[-1]['ok']}, {simulation[-1]['wall_s']:.0f} s",
               file=sys.stderr, flush=True)
         if simulation[-1]["ok"]:
             break  # the largest that works
     return {"points": points, "targets": targets(points), "allocator_check": allocator,
-            "simulation": simulation, "seconds": time.perf_counter() - started}
+            "simulation": simulation, "skipped": skipped,
+            "seconds": time.perf_counter() - started}
 
 
 def allocator_check(rows: list[dict], threads: int, home: Path) -> dict[str, Any]:
@@ -457,6 +492,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the server and of the nodes' process (default 1: "
                              "the two take turns, and a shared machine stays steady)")
+    parser.add_argument("--nodes", type=int, nargs="+", default=None,
+                        help="node counts of every task's points, instead of the built-in ones "
+                             "(a small dry run: --tasks digits --nodes 4 8)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="skip points and stages that would end after this many seconds")
+    parser.add_argument("--output", default="scale",
+                        help="result name under benchmarks/results/ (default scale)")
     parser.add_argument("--point", nargs=2, metavar=("TASK", "NODES"), help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--node-host", action="store_true", help=argparse.SUPPRESS)
@@ -474,12 +516,13 @@ def main(argv: list[str] | None = None) -> int:
     result = run_all(args)
     from benchmarks.common import write_result
 
-    path = write_result("scale", {
+    path = write_result(args.output, {
         "command": "python -m benchmarks.scale " + " ".join(argv if argv is not None
                                                               else sys.argv[1:]),
         "machine_detail": machine(), "config": {
             "tasks": TASKS, "common": COMMON, "rounds": ROUNDS, "simulation": SIMULATION,
-            "quick": args.quick, "torch_threads": args.threads},
+            "quick": args.quick, "nodes": args.nodes, "torch_threads": args.threads,
+            "time_budget_s": args.time_budget},
         **result})
     summary(result["points"], result["targets"], result["simulation"])
     if result["allocator_check"]:
@@ -487,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"allocator check ({check['env']}): {check['check']}: {check['extra_growth_mb']:.1f}"
               f" MB vs 2 x extra held {check['twice_extra_held_mb']:.1f} MB: "
               f"{'holds' if check['holds'] else 'FAILS'}")
+    if result["skipped"]:
+        print(f"skipped (time budget): {', '.join(result['skipped'])}")
     print(f"total {result['seconds']:.0f} s; wrote {path}")
     return 0
 
