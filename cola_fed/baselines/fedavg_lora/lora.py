@@ -44,6 +44,7 @@ from cola_fed.gl.layout import Layout, assign_specs
 from cola_fed.gl.losses import LossFn, default_loss, logits_of
 from cola_fed.gl.optim_spec import OptimizerSpec
 from cola_fed.tasks.base import Batch, Task
+from cola_fed.tasks.scoring import score
 
 #: PEFT's name of the one adapter (and of its modules_to_save copy)
 ADAPTER = "default"
@@ -339,18 +340,6 @@ def predict(peft_model: nn.Module, batch: Batch) -> torch.Tensor:
 
 def evaluate(peft_model: nn.Module, task: Task, batches: Iterable[Batch]) -> dict[str, float]:
     """The task's metrics (accuracy, loss; perplexity for language models) over ``batches``,
-    computed as ColA's server scores a node (``ColaStrategy._scores``): per batch
-    ``task.metrics(logits, labels, loss)``, weighted means over batches, then
-    ``task.finish_metrics``."""
-    loss_fn = loss_fn_of(peft_model)
-    sums: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for batch in batches:
-        labels = torch.as_tensor(batch["labels"])
-        logits = predict(peft_model, batch)
-        loss = float(loss_fn(logits, labels))
-        for name, (value, weight) in task.metrics(logits, labels, loss).items():
-            if weight:  # a batch with nothing to count (all padding) has no say
-                sums[name] = sums.get(name, 0.0) + value * weight
-                weights[name] = weights.get(name, 0.0) + weight
-    return task.finish_metrics({name: sums[name] / weights[name] for name in sums})
+    scored exactly as ColA's server scores a node (:func:`cola_fed.tasks.scoring.score`)."""
+    return score(task, batches, lambda batch: predict(peft_model, batch),
+                 loss_fn_of(peft_model))
