@@ -498,6 +498,8 @@ class ServerEngine:
                     target.copy_(original)
 
     def _check_frozen(self) -> None:
+        if not any(p.requires_grad for p in self.model.parameters()):  # no names: cheaper
+            return
         trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
         if trainable:
             raise ColaError(
