@@ -7,7 +7,6 @@ evaluated round and what the run cost.
 
 from __future__ import annotations
 
-import resource
 import statistics
 import tempfile
 import time
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cola_fed.config import RunConfig
+from cola_fed.federation.node_process import peak_rss_mb
 
 
 @dataclass
@@ -41,11 +41,6 @@ class ArmResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"curve": self.curve, "costs": self.costs}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def cola_central(flat: dict[str, Any], nodes: int) -> ArmResult:

@@ -25,31 +25,25 @@ log = logging.getLogger("cola_fed")
 ArmRunner = Callable[[dict[str, Any], int], ArmResult]
 
 
-def _peft_central(flat: dict[str, Any], nodes: int) -> ArmResult:
-    from cola_fed.experiments.lora_arms import peft_central
+def _lora_arm(name: str) -> ArmRunner:
+    """Arm ``name`` of :mod:`cola_fed.experiments.lora_arms`, imported when it runs (it needs
+    PEFT)."""
 
-    return peft_central(flat, nodes)
+    def run(flat: dict[str, Any], nodes: int) -> ArmResult:
+        from cola_fed.experiments import lora_arms
 
+        return getattr(lora_arms, name)(flat, nodes)
 
-def _fedavg_lora(flat: dict[str, Any], nodes: int) -> ArmResult:
-    from cola_fed.experiments.lora_arms import fedavg_lora
-
-    return fedavg_lora(flat, nodes)
-
-
-def _local_lora(flat: dict[str, Any], nodes: int) -> ArmResult:
-    from cola_fed.experiments.lora_arms import local_lora
-
-    return local_lora(flat, nodes)
+    return run
 
 
 ARM_RUNNERS: dict[str, ArmRunner] = {
-    "peft-central": _peft_central,
+    "peft-central": _lora_arm("peft_central"),
     "cola-central": cola_central,
     "cola-col": lambda flat, nodes: cola_federated(flat, nodes, "col"),
     "cola-unmerged": lambda flat, nodes: cola_federated(flat, nodes, "unmerged"),
-    "fedavg-lora": _fedavg_lora,
-    "local-lora": _local_lora,
+    "fedavg-lora": _lora_arm("fedavg_lora"),
+    "local-lora": _lora_arm("local_lora"),
 }
 
 
