@@ -175,8 +175,8 @@ def _export_edge(args: argparse.Namespace) -> int:
 
 def _experiment(args: argparse.Namespace) -> int:
     from cola_fed.experiments.config import ExperimentConfig
-    from cola_fed.experiments.report import markdown, plot, update_results_page
-    from cola_fed.experiments.runner import run_experiment
+    from cola_fed.experiments.report import OVERVIEW, markdown, overview, plot, update_results_page
+    from cola_fed.experiments.runner import add_costs, run_experiment
 
     if args.smoke and args.docs:
         print("--docs takes a real run's table; a --smoke run would replace it", file=sys.stderr)
@@ -186,18 +186,23 @@ def _experiment(args: argparse.Namespace) -> int:
                             else "experiments/results"))
     command = f"cola-fed experiment {config.name}" + (" --smoke" if args.smoke else "")
     path = out / f"{config.name}.json"
-    if args.report_only:
+    if args.report_only or args.costs_only:
         if not path.exists():
             print(f"no results at {path}: run the experiment first", file=sys.stderr)
             return 1
         results = json.loads(path.read_text())
+        if args.costs_only:
+            add_costs(config, results, say=lambda line: print(line, flush=True))
+            path.write_text(json.dumps(results, indent=1) + "\n")
     else:
         results = run_experiment(config, out, say=lambda line: print(line, flush=True))
     print(f"plot: {plot(results, out / f'{config.name}.png')}")
     section = markdown(results, command=command)
     print(section)
     if args.docs:
-        print(f"updated {update_results_page(Path(args.docs), config.name, section)}")
+        update_results_page(Path(args.docs), config.name, section)
+        every = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+        print(f"updated {update_results_page(Path(args.docs), OVERVIEW, overview(every))}")
     return 0
 
 
@@ -250,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "experiments/results/smoke)")
     experiment.add_argument("--report-only", action="store_true", help="plot and tabulate the "
                             "results already in --out, without running")
+    experiment.add_argument("--costs-only", action="store_true", help="measure only the "
+                            "cost table (step time and peak memory per role) into the results "
+                            "of a finished run, then report")
     experiment.add_argument("--docs", help="also write the table into this page (e.g. "
                             "docs/results.md), between the experiment's markers")
     experiment.set_defaults(run=_experiment)

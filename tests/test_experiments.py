@@ -1,20 +1,32 @@
 """The experiment runner: every experiment file loads, a smoke run of every arm agrees where the
 mathematics says it must, the verdict rule is the documented one, and every figure of
-docs/results.md's experiment tables comes from a committed results file."""
+docs/results.md comes from a committed results file."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from cola_fed.errors import ConfigError
 from cola_fed.experiments.config import ARMS, ExperimentConfig
-from cola_fed.experiments.report import markdown, section_of, verdict
+from cola_fed.experiments.costs import ROLES
+from cola_fed.experiments.report import (
+    OVERVIEW,
+    cost_table,
+    markdown,
+    overview,
+    section_of,
+    verdict,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.toml"))
+RESULTS = sorted((ROOT / "experiments" / "results").glob("*.json"))
+PAGE = ROOT / "docs" / "results.md"
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
@@ -90,15 +102,121 @@ def test_a_smoke_run_of_every_arm(tmp_path):
         for p in ("iid", "dirichlet")}
     table = markdown(results, command="cola-fed experiment digits --smoke")
     assert table.count("| (") >= 12
+    # the cost run: every role measured in a process of its own, the ONNX node without torch
+    # (a node that imported it would have failed its rounds, and the role would carry an error)
+    for role, label in ROLES.items():
+        row = results["costs"][role]
+        assert "error" not in row, (role, row)
+        assert row["step-seconds"] > 0 and row["peak-rss-mb"] > 0
+        assert f"| {label} |" in table
+    assert results["costs"]["server"]["round-seconds"] > results["costs"]["server"]["step-seconds"]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "results").glob("*.json")),
-                         ids=lambda p: p.stem)
+def test_a_role_that_cannot_be_measured_is_reported_and_the_others_go_on():
+    from cola_fed.experiments.costs import _in_fresh_process
+
+    failed = _in_fresh_process("no-such-role", {}, 2, 1, keys=("server", "onnx-node"))
+    assert set(failed) == {"server", "onnx-node"}
+    assert all("process failed" in row["error"] for row in failed.values())
+    lines = cost_table({"rounds": 1, "nodes": 2, **failed}, name="x")
+    assert sum("process failed" in line for line in lines) == 2
+    assert any("not measured" in line for line in lines)  # the roles with no row at all
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.stem)
 def test_every_experiment_table_in_the_results_page_comes_from_its_results_file(path):
     """The page's section is exactly what the committed JSON renders: no figure without a
     source."""
     results = json.loads(path.read_text())
-    page = (ROOT / "docs" / "results.md").read_text()
-    section = section_of(page, path.stem)
+    section = section_of(PAGE.read_text(), path.stem)
     assert section is not None, f"docs/results.md has no section for {path.stem}"
     assert section == markdown(results, command=f"cola-fed experiment {path.stem}")
+
+
+def test_the_overview_comes_from_every_results_file():
+    every = [json.loads(path.read_text()) for path in RESULTS]
+    assert section_of(PAGE.read_text(), OVERVIEW) == overview(every)
+
+
+#: a number, with or without a unit (0.464, 37.4x, 133 MB), not part of a name such as
+#: MiniLM-L6, SmolLM2-135M or float32
+NUMBER = re.compile(r"(?<![\w.\-])\d+(?:\.\d+)?")
+
+
+def test_the_hand_written_text_of_the_results_page_quotes_no_figure_without_a_source():
+    """Outside the generated sections, every number in docs/results.md is a value held in a
+    results file (a setting such as a Dirichlet alpha, or a measurement), never typed in."""
+    text = PAGE.read_text()
+    for name in [OVERVIEW] + [path.stem for path in RESULTS]:
+        begin, end = f"<!-- experiment: {name} -->", f"<!-- /experiment: {name} -->"
+        text = text[:text.index(begin)] + text[text.index(end) + len(end):]
+    sources = set()
+
+    def collect(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            sources.add(float(value))
+
+    for path in RESULTS:
+        collect(json.loads(path.read_text()))
+    unsourced = [n for n in NUMBER.findall(text) if float(n) not in sources]
+    assert not unsourced, f"docs/results.md quotes figures with no source: {unsourced}"
+
+
+def test_the_figure_check_finds_a_typed_in_figure():
+    assert NUMBER.findall("accuracy 0.464 on MiniLM-L6 (SmolLM2-135M, float32), 37.4x; r=8") \
+        == ["0.464", "37.4", "8"]
+
+
+def test_an_experiment_on_your_own_model_and_data_file(tmp_path):
+    """A causal LM (a tiny GPT-2) on a CSV named by ``task.data-path``: the federated arm's
+    nodes read the file as simulated nodes do, ColA's personalised nodes equal each node's LoRA
+    alone, and the cost run measures every role on it."""
+    from test_tasks import save_tokenizer, sentiment_rows
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from cola_fed.experiments.runner import run_experiment
+
+    rows = sentiment_rows(96)
+    (tmp_path / "data.csv").write_text("text\n" + "".join(f"{r['text']}\n" for r in rows))
+    (tmp_path / "gpt2").mkdir()
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, pad_token_id=0,
+                               eos_token_id=2, vocab_size=save_tokenizer(tmp_path / "gpt2", rows))
+                    ).save_pretrained(tmp_path / "gpt2")
+    (tmp_path / "mine.toml").write_text(f"""
+[experiment]
+nodes = 2
+rounds = 2
+evaluate-every = 1
+seeds = [0]
+partitions = ["iid"]
+arms = ["peft-central", "cola-central", "cola-unmerged", "local-lora"]
+cost-rounds = 2
+
+[run-config]
+"task.name" = "causal-lm"
+"task.model" = "{tmp_path / 'gpt2'}"
+"task.data-path" = "{tmp_path / 'data.csv'}"
+"task.batch-size" = 4
+"task.max-length" = 16
+"task.eval-batches" = 1
+"task.server-test-size" = 8
+"adapter.rank" = 4
+"optimizer.lr" = 0.02
+""")
+    results = run_experiment(ExperimentConfig.load(tmp_path / "mine.toml"), tmp_path / "out",
+                             say=lambda line: None)
+    curves = {r["arm"]: r["curve"] for r in results["runs"]}
+    for ours, theirs in (("cola-central", "peft-central"), ("cola-unmerged", "local-lora")):
+        assert [p["round"] for p in curves[ours]] == [0, 1, 2]
+        for p, q in zip(curves[ours], curves[theirs]):
+            assert abs(p["loss"] - q["loss"]) <= 1e-5, (ours, p, q)
+    assert curves["cola-unmerged"][-1]["loss"] < curves["cola-unmerged"][0]["loss"]
+    for role in ROLES:
+        assert "error" not in results["costs"][role], (role, results["costs"][role])

@@ -7,9 +7,12 @@ evaluated round and what the run cost.
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,10 +98,13 @@ def cola_federated(flat: dict[str, Any], nodes: int, mode: str) -> ArmResult:
     from cola_fed.federation.server import run_server
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="cola-experiment-") as out:
+    with tempfile.TemporaryDirectory(prefix="cola-experiment-") as out, \
+            nodes_read(flat.get("task.data-path")):
         strategy = run_server(LocalGrid(nodes), {
             **flat, "strategy.mode": mode, "output-dir": out, "checkpoint.every": 0,
             "strategy.min-train-nodes": nodes, "strategy.fraction-train": 1.0})
+    if strategy.stopped:
+        raise RuntimeError(f"arm cola-{mode}: the run stopped early: {strategy.stopped}")
     result = ArmResult()
     trained = [r for r in strategy.rounds if r.get("nodes")]
     for record in strategy.rounds:
@@ -123,6 +129,24 @@ def cola_federated(flat: dict[str, Any], nodes: int, mode: str) -> ArmResult:
     return result
 
 
+@contextmanager
+def nodes_read(data_path: str | None) -> Iterator[None]:
+    """Simulated nodes partition ``data_path`` (the run's ``task.data-path``), as under
+    ``cola-fed simulate``: a node never takes its data path from the server."""
+    from cola_fed.federation.client import DATA_PATH_ENV
+
+    before = os.environ.get(DATA_PATH_ENV)
+    if data_path:
+        os.environ[DATA_PATH_ENV] = str(data_path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(DATA_PATH_ENV, None)
+        else:
+            os.environ[DATA_PATH_ENV] = before
+
+
 def pooled_streams(task: Any, config: RunConfig, nodes: int) -> list:
     """Each node's seeded batch stream, as its federated node draws it (``Plan.batch_seed``)."""
     from cola_fed.baselines.fedavg_lora.options import batch_seed
@@ -138,4 +162,5 @@ def _as_torch(batch: dict) -> dict:
     return {k: torch.as_tensor(v) for k, v in batch.items()}
 
 
-__all__ = ["ArmResult", "cola_central", "cola_federated", "peak_rss_mb", "pooled_streams"]
+__all__ = ["ArmResult", "cola_central", "cola_federated", "nodes_read", "peak_rss_mb",
+           "pooled_streams"]

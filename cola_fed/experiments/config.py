@@ -12,6 +12,7 @@
     arms = ["peft-central", "cola-central", "cola-col", "cola-unmerged", "fedavg-lora",
             "local-lora"]
     lr-sweep = [1e-3, 3e-3, 1e-2]   # chosen once, applied to every arm (see runner)
+    cost-rounds = 5        # rounds of the cost run (cola_fed.experiments.costs); 0: none
 
     [run-config]           # cola-fed's flat run config, shared by every arm
     "task.name" = "digits"
@@ -86,6 +87,10 @@ class ExperimentConfig:
     lr_sweep : tuple of float
         Learning rates tried once (arm ``peft-central``, first seed, first partition); the best
         is applied to every arm. Empty: ``optimizer.lr`` of ``run_config``.
+    cost_rounds : int
+        Rounds of the cost run after the arms (:mod:`cola_fed.experiments.costs`: step time
+        and peak memory of the server, a PyTorch node, an ONNX node and a FedAvg-LoRA client,
+        each in a process of its own); 0 skips it.
     """
 
     name: str
@@ -98,6 +103,7 @@ class ExperimentConfig:
     partitions: tuple[str, ...] = PARTITIONS
     arms: tuple[str, ...] = ARMS
     lr_sweep: tuple[float, ...] = ()
+    cost_rounds: int = 5
 
     def __post_init__(self) -> None:
         for key in ("nodes", "rounds", "evaluate_every"):
@@ -105,6 +111,10 @@ class ExperimentConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"experiment {self.name!r}: {key.replace('_', '-')} must be a "
                                   f"positive integer, got {value!r}")
+        if (not isinstance(self.cost_rounds, int) or isinstance(self.cost_rounds, bool)
+                or self.cost_rounds < 0):
+            raise ConfigError(f"experiment {self.name!r}: cost-rounds must be a non-negative "
+                              f"integer (0: no cost run), got {self.cost_rounds!r}")
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                      for s in self.seeds):
             raise ConfigError(f"experiment {self.name!r}: seeds must be non-negative integers")

@@ -15,12 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from cola_fed.experiments.config import ARM_LABELS, ARMS
+from cola_fed.experiments.costs import ROLES
 
 #: each ColA arm and the arm a practitioner would otherwise run in its place
 COUNTERPARTS = {"cola-central": "peft-central", "cola-col": "fedavg-lora",
                 "cola-unmerged": "local-lora"}
 #: the smallest difference that counts: one accuracy point, or 0.01 of loss
 FLOOR = {"accuracy": 0.01, "loss": 0.01}
+#: the section name of the overview of every experiment (no experiment may take it)
+OVERVIEW = "*overview*"
+#: the roles' short names for the overview's columns
+ROLE_NAMES = {"server": "ColA server round", "torch-node": "ColA node, PyTorch",
+              "onnx-node": "ColA node, ONNX", "fedavg-lora-client": "FedAvg-LoRA client step"}
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -142,17 +148,85 @@ def markdown(results: dict[str, Any], *, command: str) -> str:
         lines.append(f"| {ARM_LABELS[v['arm']]} | {ARM_LABELS[v['baseline']]} | "
                      f"{v['partition']} | {v['difference']:+.3f} | {v['margin']:.3f} | "
                      f"{v['verdict']} |")
+    if results.get("costs"):
+        lines += ["", *cost_table(results["costs"], name=experiment["name"])]
     if summary["parity"] is not None:
         lines += ["", f"Parity of (A) and (B), the largest test-metric gap at any round: "
                       f"{summary['parity']:.1e}."]
+    if results.get("machine"):
+        lines += ["", f"Machine: {machine_line(results['machine'])}."]
     lines += ["", f"![{experiment['name']}: test {metric} by round, mean and spread over seeds]"
                   f"(../experiments/results/{experiment['name']}.png)"]
     return "\n".join(lines) + "\n"
 
 
+def cost_table(costs: dict[str, Any], *, name: str) -> list[str]:
+    """The markdown lines of the cost table: step time and peak memory per role."""
+    lines = [f"Costs per role (`cola-fed experiment {name} --costs-only`): a "
+             f"{costs['rounds']}-round ColA run of {costs['nodes']} nodes and FedAvg-LoRA client "
+             "steps, at the first seed and partition; each role in a process of its own (peak "
+             "RSS is that process's), times the median after the first round.", "",
+             "| role: what the time covers | step time | peak memory (RSS) |",
+             "| --- | --- | --- |"]
+    for role, label in ROLES.items():
+        row = costs.get(role, {"error": "not measured"})
+        if "error" in row:
+            lines.append(f"| {label} | {row['error']} | - |")
+            continue
+        step = f"{row['step-seconds'] * 1e3:.0f} ms"
+        if "round-seconds" in row:
+            step += f" (whole round {row['round-seconds']:.2f} s)"
+        lines.append(f"| {label} | {step} | {row['peak-rss-mb']:.0f} MB |")
+    return lines
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """``4 CPU cores, 24 GiB, no GPU, torch 2.13.0+cpu, Python 3.11.9``"""
+    gpu = machine.get("gpu") or "no GPU"
+    return (f"{machine['cpus']} CPU cores, {machine['memory-gib']:.0f} GiB, {gpu}, torch "
+            f"{machine['torch']}, Python {machine['python']}")
+
+
+def overview(all_results: list[dict[str, Any]]) -> str:
+    """The section atop ``docs/results.md``: every experiment's verdicts, bytes and costs side
+    by side, read from the results files (sorted by name)."""
+    lines = ["| experiment | partition | (B) vs (A) | ColA col vs FedAvg-LoRA | ColA "
+             "personalised vs local LoRA | ColA col: down / up per node and round | "
+             "FedAvg-LoRA: down / up |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for results in sorted(all_results, key=lambda r: r["experiment"]["name"]):
+        name, summary = results["experiment"]["name"], results["summary"]
+        verdicts = {(v["arm"], v["partition"]): v for v in summary["verdicts"]}
+        for partition in dict.fromkeys(c["partition"] for c in summary["cells"].values()):
+            cells = [_verdict_cell(verdicts.get((arm, partition)))
+                     for arm in ("cola-central", "cola-col", "cola-unmerged")]
+            wire = [summary["cells"].get(f"{arm}/{partition}", {})
+                    for arm in ("cola-col", "fedavg-lora")]
+            lines.append(f"| {name} | {partition} | {' | '.join(cells)} | "
+                         + " | ".join(f"{_mb(c.get('bytes-down'))} / {_mb(c.get('bytes-up'))}"
+                                     for c in wire) + " |")
+    lines += ["", "Step time and peak memory per role (the cost run of each experiment; see its "
+              "section):", "", "| experiment | " + " | ".join(ROLE_NAMES.values()) + " |",
+              "| --- | " + " | ".join("---" for _ in ROLE_NAMES) + " |"]
+    for results in sorted(all_results, key=lambda r: r["experiment"]["name"]):
+        costs = results.get("costs") or {}
+        cells = []
+        for role in ROLE_NAMES:
+            row = costs.get(role) or {"error": "-"}
+            cells.append("-" if "error" in row else
+                         f"{row['step-seconds'] * 1e3:.0f} ms, {row['peak-rss-mb']:.0f} MB")
+        lines.append(f"| {results['experiment']['name']} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _verdict_cell(v: dict[str, Any] | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v['verdict']} ({v['difference']:+.3f}, margin {v['margin']:.3f})"
+
+
 def update_results_page(page: Path, name: str, section: str) -> Path:
     """Put ``section`` between ``<!-- experiment: NAME -->`` and ``<!-- /experiment: NAME -->``
-    in ``page`` (appended with its markers if absent)."""
+    in ``page`` (appended with its markers if absent); :data:`OVERVIEW` names the overview."""
     begin, end = f"<!-- experiment: {name} -->", f"<!-- /experiment: {name} -->"
     text = page.read_text() if page.exists() else ""
     block = f"{begin}\n{section}{end}"
@@ -180,5 +254,5 @@ def _mb(value: float | None) -> str:
     return "-" if not value else f"{value / 1e6:.3f} MB"
 
 
-__all__ = ["COUNTERPARTS", "markdown", "parity", "plot", "section_of", "summarize",
-           "update_results_page", "verdict"]
+__all__ = ["COUNTERPARTS", "OVERVIEW", "cost_table", "machine_line", "markdown", "overview",
+           "parity", "plot", "section_of", "summarize", "update_results_page", "verdict"]

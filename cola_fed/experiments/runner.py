@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,14 +82,17 @@ def run_experiment(config: ExperimentConfig, out: Path, *,
     path = out / f"{config.name}.json"
     started = time.perf_counter()
     lr, sweep = choose_lr(config, say)
-    results: dict[str, Any] = {"experiment": config.to_dict(), "lr": lr, "lr-sweep": sweep,
-                               "runs": []}
+    results: dict[str, Any] = {"experiment": config.to_dict(), "machine": machine(), "lr": lr,
+                               "lr-sweep": sweep, "runs": []}
     jobs = [(seed, partition, arm) for seed in config.seeds for partition in config.partitions
             for arm in config.arms]
     for i, (seed, partition, arm) in enumerate(jobs, 1):
         say(f"[{i}/{len(jobs)}] {arm}, seed {seed}, {partition} ...")
         tick = time.perf_counter()
         result = ARM_RUNNERS[arm](config.arm_config(seed, partition, lr), config.nodes)
+        if not result.curve:
+            raise RuntimeError(f"arm {arm} (seed {seed}, {partition}) was never evaluated; "
+                               f"{path} keeps the arms that finished")
         last = result.curve[-1] if result.curve else {}
         shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "round")
         say(f"[{i}/{len(jobs)}] {arm}, seed {seed}, {partition}: {shown} "
@@ -97,8 +102,34 @@ def run_experiment(config: ExperimentConfig, out: Path, *,
         results["seconds"] = time.perf_counter() - started
         results["summary"] = summarize(results)
         path.write_text(json.dumps(results, indent=1) + "\n")
+    if config.cost_rounds:
+        add_costs(config, results, say=say)
+        path.write_text(json.dumps(results, indent=1) + "\n")
     say(f"wrote {path}")
     return results
 
 
-__all__ = ["ARM_RUNNERS", "choose_lr", "final_score", "run_experiment"]
+def machine() -> dict[str, Any]:
+    """The machine the figures were measured on, as the results page states it."""
+    import torch
+
+    pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    return {"cpus": len(os.sched_getaffinity(0)), "memory-gib": pages * page_size / 2**30,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def add_costs(config: ExperimentConfig, results: dict[str, Any], *,
+              say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure what each role costs (:mod:`cola_fed.experiments.costs`) at the first seed and
+    partition and the run's learning rate, into ``results["costs"]``."""
+    from cola_fed.experiments.costs import measure_costs
+
+    flat = config.arm_config(config.seeds[0], config.partitions[0], results["lr"])
+    results.setdefault("machine", machine())
+    results["costs"] = measure_costs(flat, config.nodes, max(config.cost_rounds, 1), say=say)
+    return results
+
+
+__all__ = ["ARM_RUNNERS", "add_costs", "choose_lr", "final_score", "machine", "run_experiment"]

@@ -258,6 +258,7 @@ class ColaStrategy(Strategy):
         self._hello_id = 0
         self._round_started = 0.0
         self._bytes_down = 0
+        self._server_seconds = 0.0  # this round's passes, wire forms, encoding and sealing
         self._col_model: tuple[frozenset[str], Deltas] | None = None  # this round's
         self._sampled: set[int] = set()
         self._rng = random.Random(config.task.seed)
@@ -556,7 +557,8 @@ class ColaStrategy(Strategy):
         """Each sampled node's sealed TRAIN message, yielded as soon as the pass of its group
         (``strategy.max-server-batch`` samples) is done: the server never holds more than one
         group's adaptation data."""
-        self._bytes_down, self._col_model = 0, None
+        self._bytes_down, self._col_model, self._server_seconds = 0, None, 0.0
+        busy = time.perf_counter()  # the server's own work, not the time its messages wait
         sessions = self.sessions
         sampled = sorted((sessions[n] for n in self._sampled), key=lambda s: s.partition_id)
         collaborators = {str(s.node_id): s for s in sampled}  # ``col`` mode's shared model
@@ -574,9 +576,12 @@ class ColaStrategy(Strategy):
                 sealed = seal_bundle(session.channel, KIND_TRAIN, order, parts)
                 del parts
                 self._bytes_down += len(sealed)
+                self._server_seconds += time.perf_counter() - busy
                 yield Message(Sealed(sealed).to_record(), dst_node_id=session.node_id,
                               message_type=MessageType.TRAIN, group_id=str(server_round),
                               ttl=self.config.strategy.timeout)
+                busy = time.perf_counter()
+        self._server_seconds += time.perf_counter() - busy
 
     def _sample(self, grid: Grid, server_round: int) -> list[int]:
         """The node ids trained this round: ``strategy.fraction-train`` of the connected nodes
@@ -802,6 +807,7 @@ class ColaStrategy(Strategy):
             "bytes-down": self._bytes_down,
             "bytes-up": bytes_up,
             "seconds": time.perf_counter() - self._round_started,
+            "server-seconds": self._server_seconds,
         }
         self.rounds.append(record)
         log.info("round %d/%d: %d nodes (%d failed)  loss %.4f  down %.2f MB  up %.2f MB  %.2f s",
