@@ -6,4 +6,10 @@ Each baseline is what a Flower user would otherwise pick, written as a real Flow
 
 - :mod:`cola_fed.baselines.fedavg_lora`: FedAvg over PEFT LoRA adapters, every client holding
   the frozen base model (FlowerTune's pattern).
+
+Two things set this package apart from the rest of the library. It imports Flower (like
+``cola_fed.federation`` and the CLI, and unlike the algorithm's packages), because a baseline
+is a Flower app. And it trusts its clients as Flower's ``FedAvg`` does: it exists to measure
+against, not to deploy, so it has none of cola-fed's defences (a node with valid keys can
+poison the average with NaN or huge weights, or stop a round with a reply of the wrong shape).
 """
