@@ -192,7 +192,12 @@ def _experiment(args: argparse.Namespace) -> int:
             return 1
         results = json.loads(path.read_text())
         if args.costs_only:
-            add_costs(config, results, say=lambda line: print(line, flush=True))
+            ran = ExperimentConfig.from_dict({**results["experiment"],
+                                              "cost_rounds": config.cost_rounds})
+            if ran != config:
+                print(f"note: {config.name}'s file has changed since the run in {path}; the "
+                      "costs are measured on the run's settings", file=sys.stderr)
+            add_costs(ran, results, say=lambda line: print(line, flush=True))
             path.write_text(json.dumps(results, indent=1) + "\n")
     else:
         results = run_experiment(config, out, say=lambda line: print(line, flush=True))

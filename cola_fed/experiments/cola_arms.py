@@ -19,6 +19,9 @@ from typing import Any
 from cola_fed.config import RunConfig
 from cola_fed.federation.node_process import peak_rss_mb
 
+#: where a node keeps the servers it trusts (``cola_fed.wire.identity``)
+KNOWN_SERVERS_ENV = "COLA_FED_KNOWN_SERVERS"
+
 
 @dataclass
 class ArmResult:
@@ -32,8 +35,8 @@ class ArmResult:
         ``perplexity`` for language models.
     costs : dict
         ``bytes-down`` and ``bytes-up`` per node and round (0 for central arms), ``seconds``
-        of wall time, and where they apply ``server-seconds`` (central arms: the server's or
-        trainer's time per round), ``round-seconds`` (federated arms),
+        of wall time, and where they apply ``server-seconds`` (the server's or central
+        trainer's own time per round), ``round-seconds`` (federated arms),
         ``client-step-seconds`` (FedAvg-LoRA), and ``peak-rss-mb``: the whole process's peak
         so far (arms run in one process, so it only grows; a per-arm figure needs a process
         of its own, as ``benchmarks.edge`` measures).
@@ -99,7 +102,7 @@ def cola_federated(flat: dict[str, Any], nodes: int, mode: str) -> ArmResult:
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cola-experiment-") as out, \
-            nodes_read(flat.get("task.data-path")):
+            simulated_nodes(flat.get("task.data-path")):
         strategy = run_server(LocalGrid(nodes), {
             **flat, "strategy.mode": mode, "output-dir": out, "checkpoint.every": 0,
             "strategy.min-train-nodes": nodes, "strategy.fraction-train": 1.0})
@@ -124,27 +127,41 @@ def cola_federated(flat: dict[str, Any], nodes: int, mode: str) -> ArmResult:
         "bytes-up": statistics.fmean(r["bytes-up"] / n for r, n in zip(trained, per_node))
         if trained else 0.0,
         "round-seconds": statistics.fmean(r["seconds"] for r in trained) if trained else 0.0,
+        "server-seconds": statistics.fmean(r["server-seconds"] for r in trained)
+        if trained else 0.0,
         "peak-rss-mb": peak_rss_mb(),
     }
     return result
 
 
 @contextmanager
-def nodes_read(data_path: str | None) -> Iterator[None]:
-    """Simulated nodes partition ``data_path`` (the run's ``task.data-path``), as under
-    ``cola-fed simulate``: a node never takes its data path from the server."""
+def simulated_nodes(data_path: str | None) -> Iterator[dict[str, str]]:
+    """Within: the environment simulated nodes see, as under ``cola-fed simulate`` (yielded,
+    for node processes, and set in this process, for in-process nodes). They partition
+    ``data_path`` (the run's ``task.data-path``; a node never takes its data path from the
+    server), trust the run's server in a known-servers file of their own that ends with the
+    run, and keep no state; nothing of the user's shell (a data file, a state folder) leaks
+    in."""
     from cola_fed.federation.client import DATA_PATH_ENV
+    from cola_fed.federation.node_store import STATE_DIR_ENV
 
-    before = os.environ.get(DATA_PATH_ENV)
-    if data_path:
-        os.environ[DATA_PATH_ENV] = str(data_path)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(DATA_PATH_ENV, None)
+    with tempfile.TemporaryDirectory(prefix="cola-experiment-nodes-") as home:
+        changes = {DATA_PATH_ENV: str(data_path) if data_path else None, STATE_DIR_ENV: None,
+                   KNOWN_SERVERS_ENV: os.path.join(home, "known-servers.json")}
+        saved = {key: os.environ.get(key) for key in changes}
+        _set_environ(changes)
+        try:
+            yield dict(os.environ)
+        finally:
+            _set_environ(saved)
+
+
+def _set_environ(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
         else:
-            os.environ[DATA_PATH_ENV] = before
+            os.environ[key] = value
 
 
 def pooled_streams(task: Any, config: RunConfig, nodes: int) -> list:
@@ -162,5 +179,5 @@ def _as_torch(batch: dict) -> dict:
     return {k: torch.as_tensor(v) for k, v in batch.items()}
 
 
-__all__ = ["ArmResult", "cola_central", "cola_federated", "nodes_read", "peak_rss_mb",
-           "pooled_streams"]
+__all__ = ["ArmResult", "cola_central", "cola_federated", "peak_rss_mb", "pooled_streams",
+           "simulated_nodes"]

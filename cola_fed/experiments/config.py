@@ -37,6 +37,7 @@ from typing import Any
 
 from cola_fed.config import RunConfig
 from cola_fed.errors import ConfigError
+from cola_fed.experiments.costs import MIN_ROUNDS
 
 try:
     import tomllib
@@ -112,9 +113,10 @@ class ExperimentConfig:
                 raise ConfigError(f"experiment {self.name!r}: {key.replace('_', '-')} must be a "
                                   f"positive integer, got {value!r}")
         if (not isinstance(self.cost_rounds, int) or isinstance(self.cost_rounds, bool)
-                or self.cost_rounds < 0):
-            raise ConfigError(f"experiment {self.name!r}: cost-rounds must be a non-negative "
-                              f"integer (0: no cost run), got {self.cost_rounds!r}")
+                or not (self.cost_rounds == 0 or self.cost_rounds >= MIN_ROUNDS)):
+            raise ConfigError(f"experiment {self.name!r}: cost-rounds must be 0 (no cost run) "
+                              f"or at least {MIN_ROUNDS} (the first round is warm-up), got "
+                              f"{self.cost_rounds!r}")
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                      for s in self.seeds):
             raise ConfigError(f"experiment {self.name!r}: seeds must be non-negative integers")
@@ -191,6 +193,13 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
+        """The experiment a results file records (:meth:`to_dict`), checked again."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v
+                      for k, v in values.items() if k in known})
 
 
 __all__ = ["ARMS", "ARM_LABELS", "EXPERIMENTS_DIR", "PARTITIONS", "ExperimentConfig"]

@@ -17,7 +17,6 @@ warm-up); with one round, that round's.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -26,9 +25,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+#: the longest a role's process may take before it is stopped and reported
+TIMEOUT_S = 3600.0
+#: the fewest rounds of a cost run: the first is warm-up, the median is of the rest
+MIN_ROUNDS = 3
 #: the roles of the cost table, in its order, with what their time measures
 ROLES = {
-    "server": "ColA server: one round's passes, wire forms, encoding and sealing, all nodes",
+    "server": "ColA server: its own work in one round of all nodes (passes, wire forms, "
+              "sealing; opening, checking and applying the replies)",
     "torch-node": "ColA node, PyTorch: one TRAIN message (open, step, reply)",
     "onnx-node": "ColA node, ONNX Runtime, no PyTorch: one TRAIN message (open, step, reply)",
     "fedavg-lora-client": "FedAvg-LoRA client, base model held: one LoRA training step",
@@ -40,7 +44,10 @@ def measure_costs(flat: dict[str, Any], nodes: int, rounds: int, *,
     """Each role of :data:`ROLES`: ``step-seconds`` (median), ``peak-rss-mb`` (its process's
     peak) and, for the server, ``round-seconds``; a role that could not run has ``error``
     instead, and the others are still measured."""
-    costs: dict[str, Any] = {"rounds": rounds, "nodes": nodes}
+    from cola_fed.config import RunConfig
+
+    costs: dict[str, Any] = {"rounds": rounds, "nodes": nodes,
+                             "mode": RunConfig.from_flat(flat).strategy.mode}
     say(f"costs: a {rounds}-round ColA run with every node in a process of its own")
     costs.update(_in_fresh_process("federation", flat, nodes, rounds,
                                    keys=("server", "torch-node", "onnx-node")))
@@ -55,21 +62,29 @@ def measure_costs(flat: dict[str, Any], nodes: int, rounds: int, *,
 
 
 def _in_fresh_process(role: str, flat: dict[str, Any], nodes: int, rounds: int, *,
-                      keys: tuple[str, ...]) -> dict[str, Any]:
+                      keys: tuple[str, ...], timeout: float = TIMEOUT_S) -> dict[str, Any]:
+    """Run ``role`` in a fresh process: its figures, or for each of ``keys`` the error that
+    ended it (the last lines it wrote)."""
     spec = json.dumps({"role": role, "flat": flat, "nodes": nodes, "rounds": rounds})
-    done = subprocess.run([sys.executable, "-m", "cola_fed.experiments.costs"], input=spec,
-                          capture_output=True, text=True)
-    if done.returncode == 0:
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    tail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-    return {key: {"error": f"{role} process failed: {tail[0]}"} for key in keys}
+    try:
+        done = subprocess.run([sys.executable, "-m", "cola_fed.experiments.costs"], input=spec,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        reason = f"{role} process took more than {timeout:.0f} s and was stopped"
+    else:
+        if done.returncode == 0:
+            return json.loads(done.stdout.strip().splitlines()[-1])
+        tail = [line for line in done.stderr.splitlines() if line.strip()][-3:]
+        reason = (f"{role} process failed: " + " / ".join(line.strip() for line in tail)
+                  if tail else f"{role} process exited with {done.returncode}")
+    return {key: {"error": reason} for key in keys}
 
 
 def federation_costs(flat: dict[str, Any], nodes: int, rounds: int) -> dict[str, Any]:
     """The server's and each backend's node costs over a ``rounds``-round run; call in a fresh
     process (its peak is the server's)."""
     from cola_fed.config import RunConfig
-    from cola_fed.federation.client import DATA_PATH_ENV
+    from cola_fed.experiments.cola_arms import simulated_nodes
     from cola_fed.federation.local_grid import LocalGrid, NodeProcess
     from cola_fed.federation.node_process import peak_rss_mb
     from cola_fed.federation.server import build_strategy
@@ -79,13 +94,14 @@ def federation_costs(flat: dict[str, Any], nodes: int, rounds: int) -> dict[str,
         "strategy.min-available-nodes": nodes, "strategy.min-train-nodes": nodes,
         "strategy.fraction-train": 1.0, "checkpoint.every": 0})
     strategy = build_strategy(config)
-    data = {DATA_PATH_ENV: str(flat["task.data-path"])} if flat.get("task.data-path") else {}
     backends = {1000 + i: "onnx" if i % 2 == 0 else "torch" for i in range(nodes)}
-    with tempfile.TemporaryDirectory(prefix="cola-costs-") as cache:
-        env = {**os.environ, "COLA_FED_CACHE": cache, **data}  # as `cola-fed simulate` sets
-        processes = {node: NodeProcess(without_torch=backend == "onnx", env=env)
-                     for node, backend in backends.items()}
+    processes: dict[int, NodeProcess] = {}
+    with simulated_nodes(flat.get("task.data-path")) as env, \
+            tempfile.TemporaryDirectory(prefix="cola-costs-") as cache:
+        env["COLA_FED_CACHE"] = cache  # the nodes' graphs and task files, gone with the run
         try:
+            for node, backend in backends.items():
+                processes[node] = NodeProcess(without_torch=backend == "onnx", env=env)
             grid = LocalGrid(nodes, processes=processes, keep_delivered=False)
             for node, backend in backends.items():
                 grid.contexts[node].node_config["backend"] = backend
@@ -97,8 +113,8 @@ def federation_costs(flat: dict[str, Any], nodes: int, rounds: int) -> dict[str,
         raise RuntimeError(f"the cost run stopped early: {strategy.stopped}")
     trained = [r for r in strategy.rounds if r.get("nodes")]
     costs: dict[str, Any] = {"server": {
-        "step-seconds": _steady(r["server-seconds"] for r in trained),
-        "round-seconds": _steady(r["seconds"] for r in trained),
+        "step-seconds": _steady([r["server-seconds"] for r in trained]),
+        "round-seconds": _steady([r["seconds"] for r in trained]),
         "peak-rss-mb": peak_rss_mb()}}
     for backend in ("torch", "onnx"):
         mine = [n for n, b in backends.items() if b == backend]
@@ -108,12 +124,15 @@ def federation_costs(flat: dict[str, Any], nodes: int, rounds: int) -> dict[str,
         for node in mine:
             session = strategy.sessions.get(node)
             if session is None or session.backend != backend or session.rounds_trained != rounds:
-                raise RuntimeError(f"node {node} did not train every round on {backend}")
-        stats = processes[mine[0]].stats  # hello, then one TRAIN message per round
+                why = session.last_error if session is not None else "it never joined"
+                raise RuntimeError(f"node {node} did not train every round on {backend}: {why}")
+        # per node: the hello, then one TRAIN message per round; medians over every node
+        rounds_of = [processes[n].stats[1:] for n in mine]
         costs[f"{backend}-node"] = {
-            "step-seconds": _steady(s["seconds"] for s in stats[1:]),
+            "step-seconds": statistics.median(
+                s["seconds"] for stats in rounds_of for s in (stats[1:] or stats)),
             "peak-rss-mb": max(s["peak_rss_mb"] for n in mine for s in processes[n].stats),
-            "message-mb": max(s["message_bytes"] for s in stats[1:]) / 1e6}
+            "message-mb": max(s["message_bytes"] for stats in rounds_of for s in stats) / 1e6}
     return costs
 
 
@@ -121,14 +140,14 @@ def fedavg_lora_client_costs(flat: dict[str, Any], nodes: int, rounds: int) -> d
     """One FedAvg-LoRA client: the task's model with PEFT LoRA, ``rounds`` training steps on
     node 0's batches; call in a fresh process (its peak is the client's)."""
     from cola_fed.baselines.fedavg_lora import lora
-    from cola_fed.baselines.fedavg_lora.options import adapter_seed, parse_run_config
-    from cola_fed.experiments.cola_arms import pooled_streams
+    from cola_fed.baselines.fedavg_lora.options import adapter_seed, batch_seed, parse_run_config
     from cola_fed.federation.node_process import peak_rss_mb
 
     config, _ = parse_run_config(flat)
     task = lora.get_task_of(config)
     model = lora.build_lora_model(config, task=task, seed=adapter_seed(config, 0))
-    stream = pooled_streams(task, config, nodes)[0]
+    stream = task.client_data(0, nodes).batches(config.task.batch_size,
+                                                seed=batch_seed(config, 0))
     spec = config.optimizer.spec()
     optimizer = lora.build_optimizer(model, spec)
     seconds = []
@@ -141,9 +160,8 @@ def fedavg_lora_client_costs(flat: dict[str, Any], nodes: int, rounds: int) -> d
                                    "peak-rss-mb": peak_rss_mb()}}
 
 
-def _steady(values: Any) -> float:
+def _steady(values: list[float]) -> float:
     """The median after the first value (warm-up), or the only value."""
-    values = list(values)
     return statistics.median(values[1:] or values)
 
 

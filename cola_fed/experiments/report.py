@@ -25,7 +25,7 @@ FLOOR = {"accuracy": 0.01, "loss": 0.01}
 #: the section name of the overview of every experiment (no experiment may take it)
 OVERVIEW = "*overview*"
 #: the roles' short names for the overview's columns
-ROLE_NAMES = {"server": "ColA server round", "torch-node": "ColA node, PyTorch",
+ROLE_NAMES = {"server": "ColA server, per round", "torch-node": "ColA node, PyTorch",
               "onnx-node": "ColA node, ONNX", "fedavg-lora-client": "FedAvg-LoRA client step"}
 
 
@@ -162,22 +162,30 @@ def markdown(results: dict[str, Any], *, command: str) -> str:
 
 def cost_table(costs: dict[str, Any], *, name: str) -> list[str]:
     """The markdown lines of the cost table: step time and peak memory per role."""
-    lines = [f"Costs per role (`cola-fed experiment {name} --costs-only`): a "
-             f"{costs['rounds']}-round ColA run of {costs['nodes']} nodes and FedAvg-LoRA client "
-             "steps, at the first seed and partition; each role in a process of its own (peak "
-             "RSS is that process's), times the median after the first round.", "",
-             "| role: what the time covers | step time | peak memory (RSS) |",
+    machine = f" on {machine_line(costs['machine'])}" if costs.get("machine") else ""
+    lines = [f"Costs per role (`cola-fed experiment {name} --costs-only`){machine}: a "
+             f"{costs['rounds']}-round ColA run of {costs['nodes']} nodes in "
+             f"`{costs.get('mode', 'unmerged')}` mode, and as many FedAvg-LoRA client steps, at "
+             "the first seed and partition. Each role has a process of its own (peak RSS is "
+             "that process's); times are medians after the first round. The nodes answer one "
+             "after another here, so the whole round is the server's work plus every node's.",
+             "", "| role: what the time covers | step time | peak memory (RSS) |",
              "| --- | --- | --- |"]
     for role, label in ROLES.items():
         row = costs.get(role, {"error": "not measured"})
         if "error" in row:
-            lines.append(f"| {label} | {row['error']} | - |")
+            lines.append(f"| {label} | {_cell(row['error'])} | - |")
             continue
         step = f"{row['step-seconds'] * 1e3:.0f} ms"
         if "round-seconds" in row:
             step += f" (whole round {row['round-seconds']:.2f} s)"
         lines.append(f"| {label} | {step} | {row['peak-rss-mb']:.0f} MB |")
     return lines
+
+
+def _cell(text: str) -> str:
+    """``text`` as one markdown table cell: one line, its pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def machine_line(machine: dict[str, Any]) -> str:

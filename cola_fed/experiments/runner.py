@@ -91,9 +91,9 @@ def run_experiment(config: ExperimentConfig, out: Path, *,
         tick = time.perf_counter()
         result = ARM_RUNNERS[arm](config.arm_config(seed, partition, lr), config.nodes)
         if not result.curve:
-            raise RuntimeError(f"arm {arm} (seed {seed}, {partition}) was never evaluated; "
-                               f"{path} keeps the arms that finished")
-        last = result.curve[-1] if result.curve else {}
+            raise RuntimeError(f"arm {arm} (seed {seed}, {partition}) was never evaluated"
+                               + (f"; {path} keeps the arms that finished" if i > 1 else ""))
+        last = result.curve[-1]
         shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "round")
         say(f"[{i}/{len(jobs)}] {arm}, seed {seed}, {partition}: {shown} "
             f"({time.perf_counter() - tick:.0f} s)")
@@ -127,8 +127,9 @@ def add_costs(config: ExperimentConfig, results: dict[str, Any], *,
     from cola_fed.experiments.costs import measure_costs
 
     flat = config.arm_config(config.seeds[0], config.partitions[0], results["lr"])
-    results.setdefault("machine", machine())
-    results["costs"] = measure_costs(flat, config.nodes, max(config.cost_rounds, 1), say=say)
+    rounds = config.cost_rounds or ExperimentConfig.cost_rounds  # --costs-only of a file with 0
+    results["costs"] = {**measure_costs(flat, config.nodes, rounds, say=say),
+                        "machine": machine()}
     return results
 
 

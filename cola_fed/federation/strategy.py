@@ -258,7 +258,9 @@ class ColaStrategy(Strategy):
         self._hello_id = 0
         self._round_started = 0.0
         self._bytes_down = 0
-        self._server_seconds = 0.0  # this round's passes, wire forms, encoding and sealing
+        # this round's own work: passes, wire forms, sealing; opening, checking and applying
+        # the replies (not the time spent waiting for nodes)
+        self._server_seconds = 0.0
         self._col_model: tuple[frozenset[str], Deltas] | None = None  # this round's
         self._sampled: set[int] = set()
         self._rng = random.Random(config.task.seed)
@@ -763,41 +765,47 @@ class ColaStrategy(Strategy):
         in ``col`` mode every node of the round trains against the same model)."""
         reports, bytes_up, sessions, opened = [], 0, self.sessions, set()
         for reply in replies:
-            node = reply.metadata.src_node_id
-            session = sessions.get(node)
-            if session is None or session.quarantined or node not in self._sampled:
-                continue
-            if reply.has_error():
-                log.warning("round %d: %s failed: %s", server_round, session.node,
-                            node_error(reply.error.reason))
-                continue
-            before = dataclasses.replace(session.channel.state)
-            try:  # a reply that does not open may not be the node's (a replay, a forgery)
-                sealed = Sealed.from_record(reply.content).sealed
-                plaintext = open_sealed(session.channel, sealed, KIND_TRAIN,
-                                        limits=self._reply_limits(session, upload=False))
-            except Exception as err:
-                session.channel.state = before
-                log.warning("round %d: %s: a reply that does not open was refused (not "
-                            "counted against the node): %s: %s", server_round, session.node,
-                            type(err).__name__, err)
-                continue
-            opened.add(node)
-            try:  # the isolation boundary: whatever a node sent, it fails alone
-                session.incoming = self._read_train_reply(session, plaintext, server_round)
-            except Exception as err:
-                # not applied, so not acknowledged: the node resumes from the state we hold
-                session.channel.state = before
-                self._fault(node, server_round, err, "reply refused")
-                continue
-            bytes_up += len(sealed)
-            reports.append(session.incoming[0])
+            busy = time.perf_counter()  # the server's own work on the reply
+            try:
+                node = reply.metadata.src_node_id
+                session = sessions.get(node)
+                if session is None or session.quarantined or node not in self._sampled:
+                    continue
+                if reply.has_error():
+                    log.warning("round %d: %s failed: %s", server_round, session.node,
+                                node_error(reply.error.reason))
+                    continue
+                before = dataclasses.replace(session.channel.state)
+                try:  # a reply that does not open may not be the node's (a replay, a forgery)
+                    sealed = Sealed.from_record(reply.content).sealed
+                    plaintext = open_sealed(session.channel, sealed, KIND_TRAIN,
+                                            limits=self._reply_limits(session, upload=False))
+                except Exception as err:
+                    session.channel.state = before
+                    log.warning("round %d: %s: a reply that does not open was refused (not "
+                                "counted against the node): %s: %s", server_round, session.node,
+                                type(err).__name__, err)
+                    continue
+                opened.add(node)
+                try:  # the isolation boundary: whatever a node sent, it fails alone
+                    session.incoming = self._read_train_reply(session, plaintext, server_round)
+                except Exception as err:
+                    # not applied, so not acknowledged: the node resumes from the state we hold
+                    session.channel.state = before
+                    self._fault(node, server_round, err, "reply refused")
+                    continue
+                bytes_up += len(sealed)
+                reports.append(session.incoming[0])
+            finally:
+                self._server_seconds += time.perf_counter() - busy
         for node in self._sampled:  # a node that keeps missing is asked less often
             if node in sessions:
                 sessions[node].missed = 0 if node in opened else sessions[node].missed + 1
+        busy = time.perf_counter()
         for session in self.members.values():
             if session.incoming is not None:
                 self._apply(session)
+        self._server_seconds += time.perf_counter() - busy
         failed = len(self._sampled) - len(reports)  # refused, errors, late or never sent
         record = {
             "round": server_round,
