@@ -189,10 +189,11 @@ def _cell(text: str) -> str:
 
 
 def machine_line(machine: dict[str, Any]) -> str:
-    """``4 CPU cores, 24 GiB, no GPU, torch 2.13.0+cpu, Python 3.11.9``"""
+    """``2 CPU cores, 24 GiB, no GPU, torch 2.13.0+cpu (2 threads), Python 3.11.9``"""
     gpu = machine.get("gpu") or "no GPU"
+    threads = f" ({machine['torch-threads']} threads)" if "torch-threads" in machine else ""
     return (f"{machine['cpus']} CPU cores, {machine['memory-gib']:.0f} GiB, {gpu}, torch "
-            f"{machine['torch']}, Python {machine['python']}")
+            f"{machine['torch']}{threads}, Python {machine['python']}")
 
 
 def overview(all_results: list[dict[str, Any]]) -> str:

@@ -116,7 +116,8 @@ def machine() -> dict[str, Any]:
     pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     return {"cpus": len(os.sched_getaffinity(0)), "memory-gib": pages * page_size / 2**30,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "torch-threads": torch.get_num_threads(),
+            "python": platform.python_version(),
             "platform": platform.platform()}
 
 
