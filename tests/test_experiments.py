@@ -232,3 +232,18 @@ cost-rounds = 3
     assert curves["cola-unmerged"][-1]["loss"] < curves["cola-unmerged"][0]["loss"]
     for role in ROLES:
         assert "error" not in results["costs"][role], (role, results["costs"][role])
+
+
+def test_a_run_cut_short_is_reported_on_its_complete_seeds():
+    """A run stopped part-way keeps what finished; the tables compare arms over the same
+    seeds only, and say that the run was cut short."""
+    from cola_fed.experiments.report import summarize
+
+    results = json.loads((ROOT / "experiments" / "results" / "digits.json").read_text())
+    results["runs"] = [r for r in results["runs"]
+                       if r["seed"] == 0 or (r["seed"] == 1 and r["arm"] != "local-lora")]
+    summary = summarize(results)
+    assert {cell["seeds"] for cell in summary["cells"].values()} == {1}
+    results["summary"] = summary
+    assert "seeds 0 of the planned 0, 1, 2 (the run was cut short" in markdown(
+        results, command="cola-fed experiment digits")

@@ -34,7 +34,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     verdicts; and the largest gap between arms (A) and (B) over every evaluated round (their
     parity check)."""
     cells: dict[str, dict[str, Any]] = {}
-    for run in results["runs"]:
+    for run in _complete_runs(results):
         cell = cells.setdefault(f"{run['arm']}/{run['partition']}",
                                 {"arm": run["arm"], "partition": run["partition"], "runs": []})
         cell["runs"].append(run)
@@ -58,8 +58,15 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             theirs = summary["cells"].get(f"{baseline}/{partition}")
             if ours and theirs:
                 summary["verdicts"].append(verdict(ours, theirs))
-    summary["parity"] = parity(results["runs"])
+    summary["parity"] = parity(_complete_runs(results))
     return summary
+
+
+def _complete_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of :func:`complete_seeds`, or every run while none is complete (a run under
+    way writes its first arms)."""
+    seeds = set(complete_seeds(results))
+    return [r for r in results["runs"] if r["seed"] in seeds] if seeds else results["runs"]
 
 
 def verdict(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
@@ -95,14 +102,14 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    partitions = list(dict.fromkeys(r["partition"] for r in results["runs"]))
-    metric = "accuracy" if any("accuracy" in p for r in results["runs"] for p in r["curve"]) \
-        else "loss"
+    runs = _complete_runs(results)
+    partitions = list(dict.fromkeys(r["partition"] for r in runs))
+    metric = "accuracy" if any("accuracy" in p for r in runs for p in r["curve"]) else "loss"
     fig, axes = plt.subplots(1, len(partitions), figsize=(6 * len(partitions), 4),
                              squeeze=False)
     for ax, partition in zip(axes[0], partitions):
         for arm in ARMS:
-            curves = [r["curve"] for r in results["runs"]
+            curves = [r["curve"] for r in runs
                       if r["arm"] == arm and r["partition"] == partition]
             if not curves:
                 continue
@@ -131,7 +138,7 @@ def markdown(results: dict[str, Any], *, command: str) -> str:
     metric = "accuracy" if any("accuracy" in c for c in summary["cells"].values()) else "loss"
     lines = [f"### {experiment['name']}: {experiment['description']}", "",
              f"`{command}`: {experiment['nodes']} nodes, {experiment['rounds']} rounds (one step "
-             f"per node per round), seeds {', '.join(map(str, experiment['seeds']))}; learning "
+             f"per node per round), {_seeds(results)}; learning "
              f"rate {results['lr']:g}"
              + (f" (chosen from {_rates(results['lr-sweep'])})" if results["lr-sweep"] else "")
              + f"; {results.get('seconds', 0):.0f} s in all.",
@@ -255,6 +262,27 @@ def section_of(page_text: str, name: str) -> str | None:
     return page_text[page_text.index(begin) + len(begin):page_text.index(end)]
 
 
+def complete_seeds(results: dict[str, Any]) -> list[int]:
+    """The planned seeds whose every arm and partition finished (all of them, unless the run
+    was cut short)."""
+    experiment, runs = results["experiment"], results["runs"]
+    done = {(r["seed"], r["arm"], r["partition"]) for r in runs}
+    return [s for s in experiment["seeds"]
+            if all((s, arm, partition) in done for arm in experiment["arms"]
+                   for partition in experiment["partitions"])]
+
+
+def _seeds(results: dict[str, Any]) -> str:
+    """The seeds run, and which of the planned ones a run cut short left out."""
+    planned, done = results["experiment"]["seeds"], complete_seeds(results)
+    text = f"seeds {', '.join(map(str, planned))}"
+    if done != planned:
+        text = (f"seeds {', '.join(map(str, done)) or 'none'} of the planned "
+                f"{', '.join(map(str, planned))} (the run was cut short; the tables and the "
+                "plot hold the seeds every arm finished)")
+    return text
+
+
 def _rates(sweep: list[dict[str, Any]]) -> str:
     return ", ".join(f"{s['lr']:g}" for s in sweep)
 
@@ -263,5 +291,6 @@ def _mb(value: float | None) -> str:
     return "-" if not value else f"{value / 1e6:.3f} MB"
 
 
-__all__ = ["COUNTERPARTS", "OVERVIEW", "cost_table", "machine_line", "markdown", "overview",
-           "parity", "plot", "section_of", "summarize", "update_results_page", "verdict"]
+__all__ = ["COUNTERPARTS", "OVERVIEW", "complete_seeds", "cost_table", "machine_line",
+           "markdown", "overview", "parity", "plot", "section_of", "summarize",
+           "update_results_page", "verdict"]
