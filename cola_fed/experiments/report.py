@@ -161,7 +161,7 @@ def markdown(results: dict[str, Any], *, command: str) -> str:
         lines += ["", f"Parity of (A) and (B), the largest test-metric gap at any round: "
                       f"{summary['parity']:.1e}."]
     if results.get("machine"):
-        lines += ["", f"Machine: {machine_line(results['machine'])}."]
+        lines += ["", f"The arms ran on {machine_line(results['machine'])}."]
     lines += ["", f"![{experiment['name']}: test {metric} by round, mean and spread over seeds]"
                   f"(../experiments/results/{experiment['name']}.png)"]
     return "\n".join(lines) + "\n"
@@ -198,7 +198,8 @@ def _cell(text: str) -> str:
 def machine_line(machine: dict[str, Any]) -> str:
     """``2 CPU cores, 24 GiB, no GPU, torch 2.13.0+cpu (2 threads), Python 3.11.9``"""
     gpu = machine.get("gpu") or "no GPU"
-    threads = f" ({machine['torch-threads']} threads)" if "torch-threads" in machine else ""
+    count = machine.get("torch-threads")
+    threads = f" ({count} thread{'s' if count != 1 else ''})" if count else ""
     return (f"{machine['cpus']} CPU cores, {machine['memory-gib']:.0f} GiB, {gpu}, torch "
             f"{machine['torch']}{threads}, Python {machine['python']}")
 
