@@ -19,9 +19,6 @@ from typing import Any
 from cola_fed.config import RunConfig
 from cola_fed.federation.node_process import peak_rss_mb
 
-#: where a node keeps the servers it trusts (``cola_fed.wire.identity``)
-KNOWN_SERVERS_ENV = "COLA_FED_KNOWN_SERVERS"
-
 
 @dataclass
 class ArmResult:
@@ -144,6 +141,7 @@ def simulated_nodes(data_path: str | None) -> Iterator[dict[str, str]]:
     in."""
     from cola_fed.federation.client import DATA_PATH_ENV
     from cola_fed.federation.node_store import STATE_DIR_ENV
+    from cola_fed.wire.identity import KNOWN_SERVERS_ENV
 
     with tempfile.TemporaryDirectory(prefix="cola-experiment-nodes-") as home:
         changes = {DATA_PATH_ENV: str(data_path) if data_path else None, STATE_DIR_ENV: None,

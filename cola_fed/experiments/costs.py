@@ -11,7 +11,7 @@ experiment's run config at its first seed and partition and the learning rate ev
     python -m cola_fed.experiments.costs < spec.json   # what measure_costs runs, per role
 
 Times are medians over the rounds after the first (which pays for imports, graph loading and
-warm-up); with one round, that round's.
+warm-up).
 """
 
 from __future__ import annotations
@@ -165,6 +165,9 @@ def _steady(values: list[float]) -> float:
     return statistics.median(values[1:] or values)
 
 
+__all__ = ["ROLES", "fedavg_lora_client_costs", "federation_costs", "measure_costs"]
+
+
 def main() -> None:
     spec = json.loads(sys.stdin.read())
     role = {"federation": federation_costs, "fedavg-lora-client": fedavg_lora_client_costs}
@@ -174,5 +177,3 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-
-__all__ = ["ROLES", "fedavg_lora_client_costs", "federation_costs", "measure_costs"]

@@ -33,8 +33,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     """Per ``arm/partition``: the final metrics' mean and std over seeds, mean costs; the
     verdicts; and the largest gap between arms (A) and (B) over every evaluated round (their
     parity check)."""
+    runs = _complete_runs(results)
     cells: dict[str, dict[str, Any]] = {}
-    for run in _complete_runs(results):
+    for run in runs:
         cell = cells.setdefault(f"{run['arm']}/{run['partition']}",
                                 {"arm": run["arm"], "partition": run["partition"], "runs": []})
         cell["runs"].append(run)
@@ -58,7 +59,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             theirs = summary["cells"].get(f"{baseline}/{partition}")
             if ours and theirs:
                 summary["verdicts"].append(verdict(ours, theirs))
-    summary["parity"] = parity(_complete_runs(results))
+    summary["parity"] = parity(runs)
     return summary
 
 

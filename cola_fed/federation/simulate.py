@@ -36,6 +36,7 @@ from cola_fed.federation.client import DATA_PATH_ENV
 from cola_fed.federation.node_store import STATE_DIR_ENV
 from cola_fed.tasks import get_task
 from cola_fed.tasks.registry import ALLOW_TASKS_ENV, TASK_DIRS_ENV
+from cola_fed.wire.identity import KNOWN_SERVERS_ENV
 
 SIMULATIONS = Path(__file__).resolve().parents[1] / "simulations"
 """The built-in simulation configs, shipped in the package: ``cola-fed simulate NAME``."""
@@ -153,7 +154,7 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
                "HF_HUB_OFFLINE": "1",
                # simulated nodes trust the simulation's server on first use, and forget it
                # with the simulation: no trust state carries over to other runs or keys
-               "COLA_FED_KNOWN_SERVERS": str(Path(home) / "known-servers.json"),
+               KNOWN_SERVERS_ENV: str(Path(home) / "known-servers.json"),
                # each simulated node keeps its state in partition-<id> here, for --resume
                STATE_DIR_ENV: str(node_state),
                # the simulated nodes partition the run's data file, and may import its task

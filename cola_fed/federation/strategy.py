@@ -759,45 +759,49 @@ class ColaStrategy(Strategy):
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    def _timed(self, replies: Iterable[Message]) -> Iterator[Message]:
+        """``replies``, adding to the round's server time what the caller spends on each one
+        (the time spent waiting for the next is the nodes', not the server's)."""
+        for reply in replies:
+            busy = time.perf_counter()
+            yield reply
+            self._server_seconds += time.perf_counter() - busy
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check every reply as it arrives; apply the accepted ones when all are in (so that
         in ``col`` mode every node of the round trains against the same model)."""
         reports, bytes_up, sessions, opened = [], 0, self.sessions, set()
-        for reply in replies:
-            busy = time.perf_counter()  # the server's own work on the reply
-            try:
-                node = reply.metadata.src_node_id
-                session = sessions.get(node)
-                if session is None or session.quarantined or node not in self._sampled:
-                    continue
-                if reply.has_error():
-                    log.warning("round %d: %s failed: %s", server_round, session.node,
-                                node_error(reply.error.reason))
-                    continue
-                before = dataclasses.replace(session.channel.state)
-                try:  # a reply that does not open may not be the node's (a replay, a forgery)
-                    sealed = Sealed.from_record(reply.content).sealed
-                    plaintext = open_sealed(session.channel, sealed, KIND_TRAIN,
-                                            limits=self._reply_limits(session, upload=False))
-                except Exception as err:
-                    session.channel.state = before
-                    log.warning("round %d: %s: a reply that does not open was refused (not "
-                                "counted against the node): %s: %s", server_round, session.node,
-                                type(err).__name__, err)
-                    continue
-                opened.add(node)
-                try:  # the isolation boundary: whatever a node sent, it fails alone
-                    session.incoming = self._read_train_reply(session, plaintext, server_round)
-                except Exception as err:
-                    # not applied, so not acknowledged: the node resumes from the state we hold
-                    session.channel.state = before
-                    self._fault(node, server_round, err, "reply refused")
-                    continue
-                bytes_up += len(sealed)
-                reports.append(session.incoming[0])
-            finally:
-                self._server_seconds += time.perf_counter() - busy
+        for reply in self._timed(replies):  # the time spent on each reply, not waiting
+            node = reply.metadata.src_node_id
+            session = sessions.get(node)
+            if session is None or session.quarantined or node not in self._sampled:
+                continue
+            if reply.has_error():
+                log.warning("round %d: %s failed: %s", server_round, session.node,
+                            node_error(reply.error.reason))
+                continue
+            before = dataclasses.replace(session.channel.state)
+            try:  # a reply that does not open may not be the node's (a replay, a forgery)
+                sealed = Sealed.from_record(reply.content).sealed
+                plaintext = open_sealed(session.channel, sealed, KIND_TRAIN,
+                                        limits=self._reply_limits(session, upload=False))
+            except Exception as err:
+                session.channel.state = before
+                log.warning("round %d: %s: a reply that does not open was refused (not "
+                            "counted against the node): %s: %s", server_round, session.node,
+                            type(err).__name__, err)
+                continue
+            opened.add(node)
+            try:  # the isolation boundary: whatever a node sent, it fails alone
+                session.incoming = self._read_train_reply(session, plaintext, server_round)
+            except Exception as err:
+                # not applied, so not acknowledged: the node resumes from the state we hold
+                session.channel.state = before
+                self._fault(node, server_round, err, "reply refused")
+                continue
+            bytes_up += len(sealed)
+            reports.append(session.incoming[0])
         for node in self._sampled:  # a node that keeps missing is asked less often
             if node in sessions:
                 sessions[node].missed = 0 if node in opened else sessions[node].missed + 1

@@ -43,6 +43,8 @@ log = logging.getLogger("cola_fed")
 
 IDENTITY_FILE = "server-identity.pem"
 KNOWN_SERVERS_FILE = "known-servers.json"
+#: the environment variable naming another known-servers file (``cola-fed simulate`` sets it)
+KNOWN_SERVERS_ENV = "COLA_FED_KNOWN_SERVERS"
 KNOWN_SERVERS_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _MAX_KEY_BYTES = 64 * 1024  # a PEM Ed25519 key is ~120 bytes; anything huge is not ours
@@ -86,7 +88,7 @@ def default_known_servers_path() -> Path:
     otherwise: ``$COLA_FED_KNOWN_SERVERS`` (``cola-fed simulate`` points it at a file of the
     simulation's own, so simulated nodes keep no trust between runs), else
     ``cola_fed_home() / "known-servers.json"``."""
-    override = os.environ.get("COLA_FED_KNOWN_SERVERS")
+    override = os.environ.get(KNOWN_SERVERS_ENV)
     return Path(override).expanduser() if override else cola_fed_home() / KNOWN_SERVERS_FILE
 
 
