@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench clean js js-test
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,22 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(VENV)/bin/cola-fed simulate default
 
-test: $(VENV)/.installed lint
+# The JavaScript node (js/): npm packages from the lock file; onnxruntime-node's install script
+# would fetch CUDA files (offline here, and not needed on CPU), so it is skipped. The protobuf
+# schemas are taken from the pinned flwr and onnx wheels at build time (js/scripts/descriptors.py).
+JS_STAMP := js/node_modules/.installed
+$(JS_STAMP): js/package.json js/package-lock.json js/packages/core/package.json js/packages/node/package.json
+	cd js && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+js: $(VENV)/.installed $(JS_STAMP)
+	$(PY) js/scripts/descriptors.py js/packages/core/src/generated/descriptors.ts
+	cd js && npm run --silent build
+
+js-test: js
+	cd js && npm test
+
+test: $(VENV)/.installed lint js-test
 	$(PY) -m pytest -q -ra
 
 test-fast: $(VENV)/.installed
@@ -39,4 +54,5 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.server_step
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache js/node_modules
+	cd js && npm run --silent clean || true

@@ -1,0 +1,2 @@
+/** cola-fed-node: the cola-fed node for Node.js. */
+export {};
