@@ -36,6 +36,7 @@ $(JS_STAMP): js/package.json js/package-lock.json js/packages/core/package.json 
 
 js: $(VENV)/.installed $(JS_STAMP)
 	$(PY) js/scripts/descriptors.py js/packages/core/src/generated/descriptors.ts
+	$(PY) -m tests.conformance js/conformance
 	cd js && npm run --silent build
 
 js-test: js

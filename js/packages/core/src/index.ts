@@ -2,3 +2,5 @@
 export * from "./util/bytes.js";
 export * from "./flower/proto.js";
 export * from "./errors.js";
+export * from "./tensor.js";
+export * from "./flower/records.js";
