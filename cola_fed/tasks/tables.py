@@ -16,6 +16,7 @@ import csv
 import importlib
 import io
 import json
+import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -471,3 +472,102 @@ def _names(items: Iterable[Any]) -> str:
     items = [str(item) for item in items]
     more = len(items) - PREVIEW
     return ", ".join(items[:PREVIEW]) + (f", ... ({more} more)" if more > 0 else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# numeric feature CSVs (a node's own data for the digits and MNIST tasks)
+
+#: the name of the label column of a feature CSV
+LABEL = "label"
+#: a feature value: a plain decimal number (no spaces, no ``nan``/``inf``, no ``1_0``), so that
+#: every implementation of the node (Python, JavaScript) accepts exactly the same text
+NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_NUMBER = re.compile(NUMBER)
+_NUMBERS = re.compile(f"{NUMBER}(?:,{NUMBER})*")
+_LABEL = re.compile(r"[0-9]+")
+
+
+def read_feature_csv(path: str | Path, *, features: int, low: float, high: float,
+                     classes: int, key: str = "task.data-path"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A node's own numeric data: a CSV with a header, one ``label`` column and ``features``
+    feature columns (in the order the model reads them, wherever ``label`` stands).
+
+    Features are decimal numbers in ``[low, high]``, read as float64 and cast to float32 (the
+    task's input dtype); labels are integers (digits only) in ``[0, classes)``. Blank lines
+    are skipped; fields may be quoted as RFC 4180 says.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        float32 ``[rows, features]`` and int64 ``[rows]``.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, unreadable or not UTF-8; the header lacks ``label``, repeats a
+        column or has the wrong number of features; a row has the wrong number of fields, a
+        value that is not a decimal number, a feature out of range or a bad label (the error
+        names the line); or there are no rows.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key} {path}: no such file (expected a CSV with a {LABEL!r} "
+                          f"column and {features} feature columns)")
+    text = _read_text(path, key, COMPRESSIONS.get(path.suffix.lower()))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    values: list[np.ndarray] = []
+    labels: list[int] = []
+    try:
+        header = next((row for row in reader if row), [])
+        where = f"{key} {path}: line {reader.line_num}"
+        duplicates = sorted({name for name in header if header.count(name) > 1})
+        if duplicates:
+            raise ConfigError(f"{where}: the header repeats column(s) {_names(duplicates)}")
+        if LABEL not in header:
+            raise ConfigError(f"{where}: the header has no {LABEL!r} column (expected "
+                              f"{LABEL!r} and {features} feature columns)")
+        if len(header) != features + 1:
+            raise ConfigError(f"{where}: the header has {len(header) - 1} feature columns "
+                              f"besides {LABEL!r}, the task reads {features}")
+        at = header.index(LABEL)
+        for row in reader:
+            if not row:
+                continue
+            where = f"{key} {path}: line {reader.line_num}"
+            if len(row) != len(header):
+                raise ConfigError(f"{where}: {len(row)} fields, the header has {len(header)}")
+            label = row.pop(at)
+            joined = ",".join(row)  # one match for the whole row; a quoted "0,5" is no number
+            if joined.count(",") != len(row) - 1 or not _NUMBERS.fullmatch(joined):
+                bad = next(i for i, v in enumerate(row) if not _NUMBER.fullmatch(v))
+                name = header[bad + (bad >= at)]
+                raise ConfigError(f"{where}: column {name!r} holds {row[bad][:40]!r}, expected "
+                                  "a decimal number")
+            if not _LABEL.fullmatch(label) or int(label) >= classes:
+                raise ConfigError(f"{where}: label {label[:40]!r}, expected an integer in "
+                                  f"[0, {classes})")
+            values.append(_in_range(row, header, at, low, high, where))
+            labels.append(int(label))
+    except csv.Error as err:
+        raise ConfigError(f"{key} {path}: malformed CSV at line {reader.line_num} ({err})"
+                          ) from None
+    if not labels:
+        raise ConfigError(f"{key} {path}: the file has no rows")
+    # float64 first, then float32 (round to nearest even): a JavaScript node does the same
+    return np.stack(values).astype(np.float32), np.asarray(labels, dtype=np.int64)
+
+
+def _in_range(row: list[str], header: list[str], at: int, low: float, high: float,
+              where: str) -> np.ndarray:
+    """The features of ``row`` (decimal text) as float64, each checked to lie in
+    ``[low, high]``. Python's ``float`` rounds decimal text correctly, as JavaScript's
+    ``Number`` does."""
+    numbers = np.fromiter(map(float, row), dtype=np.float64, count=len(row))
+    outside = np.flatnonzero(~((numbers >= low) & (numbers <= high)))
+    if len(outside):
+        bad = int(outside[0])
+        name = header[bad + (bad >= at)]
+        raise ConfigError(f"{where}: column {name!r} holds {row[bad][:40]}, outside "
+                          f"[{low}, {high}]")
+    return numbers

@@ -3,7 +3,9 @@
 Python's :func:`json.loads` is lenient in ways a hostile peer can use: it accepts duplicate keys
 (the last one wins, so two readers may disagree on a value), ``NaN`` and ``Infinity``, floats
 that overflow to ``inf``, UTF-16/UTF-32 byte strings, and it recurses once per nesting level
-(``RecursionError``) and converts integers of any length (``ValueError`` past 4300 digits).
+(``RecursionError``) and converts integers of any length (``ValueError`` past 4300 digits), and
+it decodes an escaped surrogate that pairs with no other (``"\\ud800"``) to a string no UTF-8 can
+carry, which fails later, far from the parser, or is read differently by another implementation.
 :func:`loads_strict` refuses all of these, each with a :class:`MalformedPayloadError` that names
 what was parsed and why it was refused, and lets no other exception type out. Stdlib only and
 torch-free: edge clients use it.
@@ -28,6 +30,10 @@ MAX_INT_DIGITS = 19
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+# An escape that can decode to a surrogate (U+D800..U+DFFF); only text holding one can parse to
+# a string with an unpaired surrogate (raw surrogates never survive strict UTF-8).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Refused(Exception):
@@ -65,7 +71,8 @@ def loads_strict(
     MalformedPayloadError
         For any input that is not strict JSON within the limits (oversize, not UTF-8, a BOM,
         NUL bytes, too deep, duplicate keys, NaN/Infinity, floats overflowing to inf, integers
-        of more than 19 digits, or any syntax error). No other exception type escapes.
+        of more than 19 digits, strings holding an unpaired surrogate escape, or any syntax
+        error). No other exception type escapes.
     """
     try:
         text = _as_text(data, what, max_bytes)
@@ -171,12 +178,38 @@ def _check_depth(text: str, what: str, max_depth: int) -> None:
 def _parse(text: str, what: str) -> Any:
     """:func:`json.loads` with hooks that refuse what strict JSON must not hold."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_object, parse_constant=_no_constant,
-                          parse_float=_finite_float, parse_int=_bounded_int)
+        value = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_no_constant,
+                           parse_float=_finite_float, parse_int=_bounded_int)
     except _Refused as err:
         raise MalformedPayloadError(f"{what} is refused: {err}") from None
     except json.JSONDecodeError as err:
         raise MalformedPayloadError(f"{what} is not valid JSON: {err}") from None
+    if _SURROGATE_ESCAPE.search(text):
+        _refuse_lone_surrogates(value, what)
+    return value
+
+
+def _refuse_lone_surrogates(value: Any, what: str) -> None:
+    """Refuse a parsed value holding a string (key or value) with an unpaired surrogate.
+
+    Python joins an escaped pair (``"\\ud83d\\ude00"``) into one character, so any surrogate
+    left in a parsed string is unpaired. No recursion: the depth was bounded before parsing,
+    and a stack keeps it flat anyway."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found:
+                raise MalformedPayloadError(
+                    f"{what} is refused: a string holds the unpaired surrogate escape "
+                    f"\\u{ord(found.group()):04x}; send valid Unicode (a surrogate pair, or the "
+                    "character itself)")
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

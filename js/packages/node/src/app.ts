@@ -1,0 +1,49 @@
+/**
+ * The cola-fed app of the Node.js node: the core's {@link ColaNode} with the Node.js
+ * environment (state directory, known servers, caches on disk, onnxruntime-node on the CPU).
+ */
+import { join } from "node:path";
+import {
+  checkOnnxGraph, ColaNode, ContentCache, KnownServers, optionalString, webCryptoProvider, type NodeConfig,
+} from "@cola-fed/core";
+import {
+  colaFedHome, cpuSessionFactory, defaultCacheDir, expandUser, FolderBlobs, knownServersFile, loadIdentity, nodeStore,
+  onnxThreads, readDataFile,
+} from "./environment.js";
+import type { AppHandler } from "./supernode.js";
+
+/** Options of {@link createColaApp}: the node's `--node-config` and a progress-line sink. */
+export interface ColaAppOptions {
+  nodeConfig: NodeConfig;
+  log: (line: string) => void;
+}
+
+/** The cola-fed app handler for this node. */
+export async function createColaApp(options: ColaAppOptions): Promise<AppHandler> {
+  const { nodeConfig, log } = options;
+  const crypto = webCryptoProvider();
+  const stateDir = optionalString(nodeConfig, "state-dir");
+  const folder = stateDir === undefined ? undefined : expandUser(stateDir);
+  const { identity, seed } = await loadIdentity(crypto, folder, log);
+  const cacheRoot = optionalString(nodeConfig, "graph-cache");
+  const graphs = new FolderBlobs(cacheRoot === undefined ? defaultCacheDir("graphs") : expandUser(cacheRoot), ".onnx");
+  const files = new FolderBlobs(cacheRoot === undefined ? defaultCacheDir("files") : join(expandUser(cacheRoot), "files"), "");
+  const knownPath = optionalString(nodeConfig, "known-servers") ?? join(colaFedHome(), "known-servers.json");
+  const node = new ColaNode({
+    crypto,
+    nodeConfig,
+    store: nodeStore(folder, seed),
+    identity: async () => identity,
+    knownServers: new KnownServers(knownServersFile(expandUser(knownPath)), {
+      crypto,
+      onFirstUse: (name, fingerprint, location) => log(`WARNING: trusting server ${name} on first use: `
+        + `${fingerprint} (remembered in ${location}; pin it with server-key-fingerprint)`),
+    }),
+    graphCache: new ContentCache(graphs, crypto, "train-step graph", (name, data) => checkOnnxGraph(data, { name })),
+    fileCache: new ContentCache(files, crypto, "task file"),
+    sessionFactory: cpuSessionFactory(onnxThreads(nodeConfig)),
+    readData: readDataFile,
+    log,
+  });
+  return async (message, context) => node.handle(message, context.nodeId);
+}

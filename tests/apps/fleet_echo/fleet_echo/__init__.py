@@ -1,0 +1,1 @@
+"""A tiny Flower app that checks the JavaScript node's Fleet traffic end to end (test helper)."""
