@@ -278,7 +278,8 @@ def _python_refusal(root: str, objects: dict[str, bytes]) -> str:
         return type(err).__name__
 
 
-def _replace(objects: dict[str, bytes], old: str, new_content: bytes) -> tuple[dict[str, bytes], str]:
+def _replace(objects: dict[str, bytes], old: str,
+             new_content: bytes) -> tuple[dict[str, bytes], str]:
     """Replace one object and rewrite every ancestor's references to it (ids change upwards)."""
     new_id = get_object_id(new_content)
     out = {k: v for k, v in objects.items() if k != old}
@@ -338,7 +339,8 @@ def hostile_vectors() -> list[dict[str, Any]]:
     cases.append(("extra_child_in_head", root_of(objs), objs))
     # Chunk index out of range.
     objs, _ = _replace(base, array_id, _obj(
-        "Array", [chunk], b'{"dtype": "uint8", "shape": [3], "stype": "raw", "arraychunk_ids": [1]}'))
+        "Array", [chunk],
+        b'{"dtype": "uint8", "shape": [3], "stype": "raw", "arraychunk_ids": [1]}'))
     cases.append(("chunk_index_out_of_range", root_of(objs), objs))
     # An ArrayRecord body that is not a JSON object.
     objs, _ = _replace(base, arr_rec, _obj("ArrayRecord", [array_id], b"[]"))
@@ -373,10 +375,10 @@ def hostile_vectors() -> list[dict[str, Any]]:
         tree = _tree_from_heads(root_id, objs)
         reachable: set[str] = set()
 
-        def collect(node: dict[str, Any]) -> None:
+        def collect(node: dict[str, Any], reachable: set[str] = reachable) -> None:
             reachable.add(node["id"])
             for child in node["children"]:
-                collect(child)
+                collect(child, reachable)
         collect(tree)
         out.append({"name": name, "python_error": error, "error": "FleetError", "tree": tree,
                     "objects": {k: v.hex() for k, v in objs.items() if k in reachable}})
@@ -397,7 +399,8 @@ def blob_vectors() -> dict[str, Any]:
     made = []
     for blob in (b"", b"hello", bytes(range(256)) * 5):
         record = blob_to_record(blob)
-        made.append({"blob": blob.hex(), "record": [[k, describe_array(a)] for k, a in record.items()]})
+        made.append({"blob": blob.hex(),
+                     "record": [[k, describe_array(a)] for k, a in record.items()]})
 
     def arr(data: bytes, *, dtype="uint8", shape=None, stype="numpy.ndarray") -> Array:
         return Array(dtype=dtype, shape=shape if shape is not None else (len(data),),
@@ -458,7 +461,8 @@ def openssh_private_key(key: ec.EllipticCurvePrivateKey, comment: bytes = b"node
     q = key.public_key().public_bytes(serialization.Encoding.X962,
                                       serialization.PublicFormat.UncompressedPoint)
     d = key.private_numbers().private_value
-    d_bytes = d.to_bytes((d.bit_length() + 8) // 8, "big")  # mpint: a leading 0 when the top bit is set
+    # mpint: a leading 0 when the top bit is set
+    d_bytes = d.to_bytes((d.bit_length() + 8) // 8, "big")
     key_type = b"ecdsa-sha2-" + curve
     public_blob = _ssh_string(key_type) + _ssh_string(curve) + _ssh_string(q)
     private = (struct.pack(">II", 0x01020304, 0x01020304) + _ssh_string(key_type)

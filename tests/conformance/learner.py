@@ -310,7 +310,7 @@ def _refused(learner: Any, action: Any) -> str:
     state_before = learner.state_dict()
     try:
         action()
-    except Exception as err:  # noqa: BLE001 - the class name is the vector
+    except Exception as err:  # the class name is the vector
         after = learner.state_dict()
         assert after["step"] == state_before["step"]
         assert len(after["buffer"]) == len(state_before["buffer"])
@@ -364,7 +364,7 @@ def _hostile(cases: list[tuple[dict[str, Any], Any]]) -> list[dict[str, Any]]:
     _as_weight_gradient(data, DIGITS, ["fc1"])
     add("digits-lowrank-adamw-i1-rows", "weight gradient without its graph", data)
     data = rows()
-    record, learner = by_name["digits-lowrank-adamw-i1-rows"]
+    _record, learner = by_name["digits-lowrank-adamw-i1-rows"]
     _as_parameter_gradient(data, DIGITS, assign_specs(DIGITS, AdapterSpec(kind="lowrank",
                                                                           rank=4)),
                            learner.adapter_state(), ["fc1"])
@@ -387,7 +387,7 @@ def _hostile(cases: list[tuple[dict[str, Any], Any]]) -> list[dict[str, Any]]:
 
     # the MLP case: parameter-gradient graphs for fc1 and head; its learner holds one chunk
     case = "small-mlp-adamw-i2-parameter-gradient"
-    record, learner = by_name[case]
+    _record, learner = by_name[case]
     assigned = assign_specs(SMALL, {"fc*": AdapterSpec(kind="mlp", hidden=4, depth=2, growth=2,
                                                        activation="gelu"),
                                     "head": AdapterSpec(kind="lowrank", rank=2)})
@@ -461,7 +461,7 @@ def _hostile_states(cases: list[tuple[dict[str, Any], Any]]) -> list[dict[str, A
     case = "small-mlp-adamw-i2-parameter-gradient"
     good = by_name[case][1].to_bytes()
     tensors = load(good)
-    at = [k for k in tensors if k.startswith("b/0/at/")][0]
+    at = next(k for k in tensors if k.startswith("b/0/at/"))
     wrong = dict(tensors)
     wrong[at] = np.zeros(32, np.uint8)
     add(case, "buffered gradient at other adapters", save(wrong, metadata={"step": "2",
