@@ -23,6 +23,8 @@ from cola_fed.tasks.base import Task
 from cola_fed.tasks.contract import BATCH, InputContract, TensorContract
 
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
+#: MiniLM's fast tokenizer: the server ships it at hello, the nodes tokenize with it
+TOKENIZER = "tokenizer.json"
 LABELS = {"rotten": 0, "fresh": 1}
 #: classes of the fresh classification head (local data must use labels 0 and 1 too)
 NUM_LABELS = 2
@@ -126,6 +128,15 @@ class TextClassificationTask(Task):
     name = "text-classification"
     targets = ("query", "value", "classifier")
     head = "classifier"
+    #: the node tokenizes with the server's copy of MiniLM's tokenizer (checked against the
+    #: signed plan's hash), so Python and JavaScript nodes encode the same bytes alike
+    node_files = (TOKENIZER,)
+
+    def locate_node_files(self) -> dict[str, Path]:
+        """Server side: MiniLM's ``tokenizer.json``, from the model package."""
+        from cola_fed.tasks.models import tokenizer_file
+
+        return {TOKENIZER: tokenizer_file(Path(minilm_path()))}
 
     def build_model(self):
         model, _ = load_minilm_classifier(num_labels=NUM_LABELS, seed=self.config.seed)
@@ -154,16 +165,20 @@ class TextClassificationTask(Task):
 
     def encode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         dataset = self.load()
-        encoded = tokenize([dataset.texts[i] for i in rows], self.config.max_length)
+        encoded = tokenize([dataset.texts[i] for i in rows], self.config.max_length,
+                           self.file(TOKENIZER))
         encoded["labels"] = np.asarray([dataset.labels[i] for i in rows], dtype=np.int64)
         return encoded
 
 
-def tokenize(texts: list[str], max_length: int) -> dict[str, np.ndarray]:
-    """MiniLM's WordPiece tokenizer through the ``tokenizers`` library (no torch needed)."""
+def tokenize(texts: list[str], max_length: int, tokenizer_path: Path | None = None
+             ) -> dict[str, np.ndarray]:
+    """MiniLM's WordPiece tokenizer through the ``tokenizers`` library (no torch needed), read
+    from ``tokenizer_path`` (the node: the copy the server shipped), else from the model."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(Path(minilm_path()) / "tokenizer.json"))
+    path = tokenizer_path or Path(minilm_path()) / TOKENIZER
+    tokenizer = Tokenizer.from_file(str(path))
     tokenizer.enable_truncation(max_length=max_length)
     tokenizer.enable_padding(length=max_length, pad_id=0, pad_token="[PAD]")
     encodings = tokenizer.encode_batch(texts)

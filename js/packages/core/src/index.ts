@@ -29,7 +29,6 @@ export * from "./wire/codec.js";
 export * from "./tasks/index.js";
 export * from "./node/config.js";
 export * from "./node/session.js";
-export * from "./node/cache.js";
 export * from "./node/app.js";
 export * from "./protocol/index.js";
 export { ALLOWED_OPS, DEFAULT_DOMAINS, ORT_FORMAT_MARK, checkGraph as checkOnnxGraph } from "./edge/graph-check.js";

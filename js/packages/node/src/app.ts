@@ -4,7 +4,7 @@
  */
 import { join } from "node:path";
 import {
-  checkOnnxGraph, ColaNode, ContentCache, KnownServers, optionalString, webCryptoProvider, type NodeConfig,
+  ColaNode, GraphCache, KnownServers, optionalString, TaskFileCache, TaskTokenizer, webCryptoProvider, type NodeConfig,
 } from "@cola-fed/core";
 import {
   colaFedHome, cpuSessionFactory, defaultCacheDir, expandUser, FolderBlobs, knownServersFile, loadIdentity, nodeStore,
@@ -39,8 +39,9 @@ export async function createColaApp(options: ColaAppOptions): Promise<AppHandler
       onFirstUse: (name, fingerprint, location) => log(`WARNING: trusting server ${name} on first use: `
         + `${fingerprint} (remembered in ${location}; pin it with server-key-fingerprint)`),
     }),
-    graphCache: new ContentCache(graphs, crypto, "train-step graph", (name, data) => checkOnnxGraph(data, { name })),
-    fileCache: new ContentCache(files, crypto, "task file"),
+    graphCache: new GraphCache(graphs),
+    // a tokenizer is checked by loading it with the tokenizer library the node uses
+    fileCache: new TaskFileCache(files, (_name, data) => void new TaskTokenizer(data)),
     sessionFactory: cpuSessionFactory(onnxThreads(nodeConfig)),
     readData: readDataFile,
     log,

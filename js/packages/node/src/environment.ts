@@ -5,12 +5,12 @@
  * (`cola_fed/federation/node_store.py`, `cola_fed/wire/identity.py`, `cola_fed/edge/cache.py`).
  */
 import { createHmac, hkdfSync, randomBytes } from "node:crypto";
-import { readFile, readdir, rename, stat } from "node:fs/promises";
+import { readFile, readdir, rename, rm, stat } from "node:fs/promises";
 import { homedir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import {
-  ConfigError, MemoryNodeStore, webCryptoProvider, type CryptoProvider, type Ed25519Identity, type KnownServersStorage,
-  type NodeConfig, type NodeStore, type SessionFactory,
+  ConfigError, MemoryNodeStore, webCryptoProvider, type ContentStore, type CryptoProvider, type Ed25519Identity,
+  type KnownServersStorage, type NodeConfig, type NodeStore, type SessionFactory,
 } from "@cola-fed/core";
 import * as ort from "onnxruntime-node";
 import { ensurePrivateDir, readPrivateFile, writePrivateFile } from "./files.js";
@@ -129,8 +129,9 @@ export function knownServersFile(path: string): KnownServersStorage {
   };
 }
 
-/** Verified content by SHA-256 in a private folder, one `<sha256><suffix>` file each. */
-export class FolderBlobs {
+/** Content by SHA-256 in a private folder, one `<sha256><suffix>` file each (the core's
+ * `GraphCache` / `TaskFileCache` check it on the way in and out). */
+export class FolderBlobs implements ContentStore {
   readonly folder: string;
   readonly #suffix: string;
 
@@ -145,6 +146,10 @@ export class FolderBlobs {
 
   async write(digest: string, data: Uint8Array): Promise<void> {
     writePrivateFile(join(this.folder, this.#file(digest)), data);
+  }
+
+  async remove(digest: string): Promise<void> {
+    await rm(join(this.folder, this.#file(digest)), { force: true });
   }
 
   #file(digest: string): string {

@@ -10,7 +10,12 @@
  *   bools or strings: arrays, dates and times are refused, as `flatten_dict` refuses them.
  */
 import { ConfigError } from "@cola-fed/core";
-import { loadsToml, TomlDateTime, TomlDecodeError, type TomlTable, type TomlValue } from "./toml.js";
+import { parse as parseTomlText, TomlDate, TomlError } from "smol-toml";
+
+type TomlValue = bigint | number | boolean | string | TomlDate | TomlValue[] | TomlTable;
+interface TomlTable {
+  [key: string]: TomlValue;
+}
 
 /** A node config value: Flower's `UserConfigValue` (int as bigint, float as number). */
 export type NodeConfigValue = string | number | boolean | bigint;
@@ -49,9 +54,9 @@ export function parseNodeConfig(arg: string | undefined, readFile?: (path: strin
 
 function parseToml(text: string, what: string): TomlTable {
   try {
-    return loadsToml(text);
+    return parseTomlText(text, { integersAsBigInt: true }) as TomlTable;
   } catch (err) {
-    if (err instanceof TomlDecodeError) {
+    if (err instanceof TomlError) {
       throw new ConfigError(`${what} is not in a valid format (${err.message}). ${FORMAT_HINT}`);
     }
     throw err;
@@ -80,12 +85,12 @@ export function flattenConfig(table: TomlTable, parentKey = "", into: NodeConfig
 }
 
 function isPlainTable(value: TomlValue): value is TomlTable {
-  return typeof value === "object" && !Array.isArray(value) && !(value instanceof TomlDateTime);
+  return typeof value === "object" && !Array.isArray(value) && !(value instanceof TomlDate);
 }
 
 function describe(value: TomlValue): string {
   if (Array.isArray(value)) return "an array";
-  if (value instanceof TomlDateTime) return `a date or time (${value.text})`;
+  if (value instanceof TomlDate) return `a date or time (${value.toISOString()})`;
   return typeof value;
 }
 

@@ -14,6 +14,7 @@ import type { RecordDict } from "../flower/records.js";
 import type { SessionFactory } from "../learner/sessions.js";
 import { OrtLearner } from "../learner/learner.js";
 import { clientDataFor, type ClientData } from "../tasks/index.js";
+import { toHex } from "../util/bytes.js";
 import type { NdArray } from "../tensor.js";
 import { decodeAdaptation, encodeAdapterState, encodeBatch } from "../wire/codec.js";
 import type { KnownServers, KnownServersStorage } from "../wire/identity.js";
@@ -22,9 +23,12 @@ import {
   adaptationPart, batchPart, evalPart, expectParts, Hello, HelloClaim, HelloReply, HelloTranscript, KIND_HELLO,
   KIND_TRAIN, NodeCaps, openBundle, PART_ADAPTERS, PART_TRAIN, sealBundle, Sealed, TrainOrder, TrainReport, type Plan,
 } from "../protocol/index.js";
-import { checkHello, graphsNeeded, type ContentCache } from "../protocol/hello-check.js";
+import {
+  checkHello, checkNotReplayed, graphsNeeded, receiveFiles, receiveGraphs, type ContentCache,
+} from "../protocol/hello-check.js";
 import { checkNodeConfig, optionalString, partitionOf, type NodeConfig } from "./config.js";
-import { decodeSession, encodeSession, MAX_NODE_STATES, runFileName, type NodeSession, type NodeStore } from "./session.js";
+import { MAX_NODE_STATES } from "../protocol/constants.js";
+import { decodeSession, encodeSession, runFileName, type NodeSession, type NodeStore } from "./session.js";
 
 /** What the platform gives the app. */
 export interface ColaNodeEnvironment {
@@ -92,8 +96,8 @@ export class ColaNode {
     const plan = transcript.plan;
     const prior = await this.#priorSession(runId, transcript, partitionId);
     this.#checkBackend(plan, partitionId);
-    const graphHashes = await this.#receiveGraphs(hello, plan, partitionId);
-    await this.#receiveFiles(hello, plan);
+    const graphHashes = await receiveGraphs(hello, plan, partitionId, env.graphCache);
+    await receiveFiles(hello, plan, env.fileCache);
 
     const nodePrivate = env.crypto.randomBytes(32);
     const key = { privateKey: nodePrivate, publicKey: await env.crypto.x25519PublicKey(nodePrivate) };
@@ -135,8 +139,8 @@ export class ColaNode {
     const identity = await env.identity();
     const claim = new HelloClaim({
       partitionId, numExamples: data.numExamples, backend: "onnx", state: number,
-      identity: toHexString(identity.publicKey),
-      signature: toHexString(await signNodeClaim(identity, digest, key.publicKey)),
+      identity: toHex(identity.publicKey),
+      signature: toHex(await signNodeClaim(identity, digest, key.publicKey)),
       held: [...states.keys()].sort((a, b) => a - b),
     });
     const sealed = bounded(await sealBundle(channel, KIND_HELLO, claim, parts), caps);
@@ -158,14 +162,9 @@ export class ColaNode {
     const session = this.#sessions.get(runId) ?? await this.#loadRun(transcript);
     if (session === undefined) return undefined;
     const previous = HelloTranscript.decode(session.transcript);
-    if (!bytesSame(previous.identity, transcript.identity) || previous.lineage !== transcript.lineage
-      || (previous.runId === transcript.runId && transcript.helloId <= previous.helloId)) {
-      throw new ReplayError("a second hello for this run that is not a newer one from the same server; the session is kept");
-    }
-    if (session.partitionId !== partitionId) {
-      throw new ConfigError(`this node held partition ${session.partitionId} in this run, and its node config now says `
-        + `partition-id = ${partitionId}; a node keeps its partition for the whole run`);
-    }
+    await checkNotReplayed(transcript, partitionId, {
+      lastAccepted: async () => ({ ...previous, partitionId: session.partitionId }),
+    });
     if (!session.learners.has(session.latest)) throw new ProtocolError("this node's stored session is damaged; rejoin the run");
     return session;
   }
@@ -197,28 +196,6 @@ export class ColaNode {
     }
     if (wanted !== "auto" && wanted !== "onnx") {
       throw new ConfigError(`node config backend: expected auto, torch or onnx, got '${wanted}'`);
-    }
-  }
-
-  async #receiveGraphs(hello: Hello, plan: Plan, partitionId: number): Promise<Map<string, string>> {
-    const needed = graphsNeeded(plan, partitionId);
-    for (const [name, digest] of needed) {
-      if (!(await this.#env.graphCache.has(name, digest))) {
-        const shipped = hello.graphs.get(name);
-        if (shipped === undefined) throw new ProtocolError(`train-step graph '${name}' is listed but was not shipped`);
-        await this.#env.graphCache.put(name, shipped, digest);
-      }
-    }
-    return needed;
-  }
-
-  async #receiveFiles(hello: Hello, plan: Plan): Promise<void> {
-    for (const [name, digest] of plan.files) {
-      if (!(await this.#env.fileCache.has(name, digest))) {
-        const shipped = hello.files.get(name);
-        if (shipped === undefined) throw new ProtocolError(`task file '${name}' is listed but was not shipped`);
-        await this.#env.fileCache.put(name, shipped, digest);
-      }
     }
   }
 
@@ -360,10 +337,3 @@ function bounded(sealed: Uint8Array, caps: NodeCaps): Uint8Array {
   return sealed;
 }
 
-function bytesSame(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((v, i) => v === b[i]);
-}
-
-function toHexString(bytes: Uint8Array): string {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}

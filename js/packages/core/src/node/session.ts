@@ -12,12 +12,11 @@
  * byte of it is parsed.
  */
 import { ProtocolError } from "../errors.js";
+import { MAX_NODE_STATES } from "../protocol/constants.js";
 import { dumpsCanonical, isJsonObject, loadsStrict, type JsonValue } from "../json/strict-json.js";
 import { bytesEqual, concatBytes, fromHex, toHex } from "../util/bytes.js";
 import { Limits, decodeBundle, encodeBundle } from "../wire/codec.js";
 
-/** Learner states a node keeps (the server holds one of the newest few). */
-export const MAX_NODE_STATES = 16;
 const STATE_MAGIC = new TextEncoder().encode("CFNS");
 const STATE_FORMAT = 1;
 const TAG_BYTES = 32;
