@@ -1,6 +1,6 @@
 """Conformance vectors: what a second implementation of the cola-fed node must reproduce.
 
-Each module here (``wire``, ``flower``, ``protocol``, ``learner``, ``tasks``) has a
+Each module here (``wire``, ``flower``, ``protocol``, ``learner``, ``tasks``, ``node``) has a
 ``vectors() -> dict`` that computes, from the Python code itself and deterministically, the
 bytes a node must produce and the hostile inputs it must refuse (with the Python error class
 it raises). ``python -m tests.conformance OUT_DIR`` writes each as ``OUT_DIR/<module>.json``;
@@ -9,4 +9,4 @@ implementations are always checked against the same, current code. Bytes travel 
 lower-case hex strings.
 """
 
-AREAS = ("wire", "flower", "protocol", "learner", "tasks")
+AREAS = ("wire", "flower", "protocol", "learner", "tasks", "node")
