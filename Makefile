@@ -30,7 +30,8 @@ demo: $(VENV)/.installed
 # would fetch CUDA files (offline here, and not needed on CPU), so it is skipped. The protobuf
 # schemas are taken from the pinned flwr and onnx wheels at build time (js/scripts/descriptors.py).
 JS_STAMP := js/node_modules/.installed
-$(JS_STAMP): js/package.json js/package-lock.json js/packages/core/package.json js/packages/node/package.json
+$(JS_STAMP): js/package.json js/package-lock.json js/packages/core/package.json js/packages/node/package.json \
+		js/packages/browser/package.json
 	cd js && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
@@ -39,10 +40,18 @@ js: $(VENV)/.installed $(JS_STAMP)
 	$(PY) -m tests.conformance js/conformance
 	cd js && npm run --silent build
 
+# Debian's Chromium for the browser node's end-to-end test (tests/test_browser_node.py drives it
+# with playwright-core, pinned to the version whose Chromium matches; no browser download).
+# Installed once, quietly, as root (CI runs as root); a machine that has it skips this.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
 js-test: js
 	cd js && npm test
 
-test: $(VENV)/.installed lint js-test
+test: $(VENV)/.installed lint js-test $(CHROMIUM)
 	$(PY) -m pytest -q -ra
 
 test-fast: $(VENV)/.installed

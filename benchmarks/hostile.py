@@ -3,9 +3,11 @@ against the real strategy and client over LocalGrid, counted per class of attack
 
 For every class: ``cases`` (hostile messages sent), ``refused`` (refused with a named error, for
 that node and message alone), ``accepted`` (hostile content the run took in), ``escaped`` (an
-error outside the protocol's family), ``aborts`` (runs that ended). Federation classes also check
-that every honest node trained every round. Targets: 0 accepted, 0 escaped, 0 aborts. The wire
-decoders' own classes come from ``benchmarks.fuzz_wire``.
+error outside the protocol's family), ``aborts`` (runs that ended), ``blamed`` (refusals counted
+against an honest node). Federation classes also check that every honest node trained every
+round. Checkpoint classes tamper with a finished run's checkpoint and resume it: refused means
+refused whole, naming the file, with every result file unchanged. Targets: 0 accepted, 0
+escaped, 0 aborts, 0 blamed. The wire decoders' own classes come from ``benchmarks.fuzz_wire``.
 
     python -m benchmarks.hostile [--runs 3] [--fuzz 2000] [--seed 0]
 """
@@ -17,14 +19,21 @@ import copy
 import json
 import logging
 import random
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save as save_tensors
 
 from benchmarks import fuzz_wire
 from benchmarks.common import write_result
 from cola_fed.config import RunConfig
-from cola_fed.errors import PayloadError, ProtocolError
+from cola_fed.errors import ConfigError, PayloadError, ProtocolError
 from cola_fed.federation.adversary import (
     NODE_HELLO_ATTACKS,
     NODE_TRAIN_ATTACKS,
@@ -35,7 +44,7 @@ from cola_fed.federation.adversary import (
 from cola_fed.federation.client import STATE_SESSION
 from cola_fed.federation.local_grid import LocalGrid
 from cola_fed.federation.protocol import HelloClaim, HelloTranscript, TrainOrder, TrainReport
-from cola_fed.federation.server import build_strategy
+from cola_fed.federation.server import build_strategy, run_server
 
 DIGITS = {"task.name": "digits", "task.batch-size": 16, "task.eval-batches": 2,
           "optimizer.lr": 0.01, "strategy.min-available-nodes": 1,
@@ -52,7 +61,7 @@ def federation(grid_options: dict, *, victim_config: dict | None = None):
         strategy.start(grid, num_rounds=ROUNDS, timeout=3)
     except Exception as err:  # an abort: what this benchmark exists to find
         return strategy, grid, repr(err)
-    return strategy, grid, None
+    return strategy, grid, strategy.stopped  # a run that stopped early is an abort too
 
 
 def honest_ok(strategy) -> bool:
@@ -93,6 +102,106 @@ def relay_hello_class(rewrite, folder) -> dict[str, int]:
     return {"cases": 1, "refused": 1 - accepted, "accepted": accepted, "escaped": 0,
             "aborts": int(aborted is not None), "honest-ok": int(honest_ok(strategy)),
             "honest-denied": honest_denied(strategy)}
+
+
+def relay_late_class() -> dict[str, int]:
+    """A relay holds node 1001's authentic TRAIN reply of each round back and delivers it in
+    place of the next round's: each late reply is dropped, never applied, never blamed."""
+    held: dict[str, Any] = {}
+
+    def late(node, reply):
+        if node != HOSTILE or reply.metadata.message_type != "train" or reply.has_error():
+            return reply
+        earlier, held["reply"] = held.get("reply"), reply.content
+        if earlier is None:
+            return None
+        reply.content = earlier
+        return reply
+
+    strategy, _, aborted = federation({"reply_filter": late})
+    victim = strategy.sessions.get(HOSTILE)
+    accepted = victim.rounds_trained if victim else 0
+    return {"cases": ROUNDS - 1, "refused": ROUNDS - 1 - accepted, "accepted": accepted,
+            "escaped": 0, "aborts": int(aborted is not None), "honest-ok": int(honest_ok(strategy)),
+            "honest-denied": honest_denied(strategy),
+            "blamed": victim.failures + int(victim.quarantined) if victim else 1}
+
+
+def _state_edit(edit):
+    def tamper(folder: Path) -> Path:
+        [path] = folder.glob("partition-0-v*.safetensors")
+        path.write_bytes(save_tensors(edit(load_tensors(path.read_bytes()))))
+        return path
+    return tamper
+
+
+def _round_edit(edit):
+    def tamper(folder: Path) -> Path:
+        [path] = folder.glob("round-*.json")
+        path.write_text(edit(json.loads(path.read_text())))
+        return path
+    return tamper
+
+
+def _set(t: dict, key: str, value: float) -> dict:
+    return {**t, key: np.full_like(t[key], value)}
+
+
+def _member(state: dict, key: str, value) -> str:
+    state["members"]["0"][key] = value
+    return json.dumps(state)
+
+
+#: name -> tampering of a finished run's checkpoint folder, returning the file it changed
+CHECKPOINT_TAMPERING = {
+    "nan adapters": _state_edit(lambda t: _set(t, "adapters/fc1/A", np.nan)),
+    "adapters beyond the norm bound": _state_edit(lambda t: _set(t, "adapters/fc1/A", 1e30)),
+    "pending batches removed": _state_edit(
+        lambda t: {k: v for k, v in t.items() if not k.startswith("pending/")}),
+    "held-out batches removed": _state_edit(
+        lambda t: {k: v for k, v in t.items() if not k.startswith("eval/1/")}),
+    "nan in a pending batch": _state_edit(lambda t: _set(t, "pending/0/x", np.nan)),
+    "damaged rng state": _round_edit(lambda s: json.dumps({**s, "rng": [3, [1, 2, 3], None]})),
+    "record of the wrong types": _round_edit(lambda s: _member(s, "quarantined", "false")),
+    "deeply nested round file": _round_edit(lambda s: "[" * 100_000 + "]" * 100_000),
+}
+
+
+def checkpointed_run(out: Path, run_id: int, rounds: int, *, resume: bool = False):
+    """A 3-node digits run writing its results and checkpoint to ``out``."""
+    grid = LocalGrid(3, run_id=run_id)
+    for i, context in enumerate(grid.contexts.values()):
+        context.node_config["state-dir"] = str(out / "node-state" / f"partition-{i}")
+    return run_server(grid, {**DIGITS, "edge.graphs": False, "num-server-rounds": rounds,
+                             "output-dir": str(out), "checkpoint.resume": resume})
+
+
+def checkpoint_class(tamper, finished: Path) -> dict[str, int]:
+    """Resume a copy of ``finished`` after ``tamper``: refused whole, naming the file."""
+    out = Path(tempfile.mkdtemp()) / "run"
+    shutil.copytree(finished, out)
+    path = tamper(out / "checkpoint")
+
+    def results() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for p in sorted(out.rglob("*"))
+                if p.is_file() and "node-state" not in p.parts and p.name != ".lock"}
+
+    before = results()
+    counts = {"cases": 1, "refused": 0, "accepted": 0, "escaped": 0, "aborts": 0,
+              "honest-ok": 1, "honest-denied": 0, "blamed": 0}
+    try:
+        strategy = checkpointed_run(out, 9, ROUNDS + 1, resume=True)
+    except ConfigError as err:  # refused whole: the file named, nothing written
+        ok = str(path) in str(err) and results() == before
+        counts["refused" if ok else "escaped"] = 1
+    except Exception:
+        counts["escaped"] = 1
+    else:
+        counts["accepted"] = 1
+        counts["blamed"] = sum(s.failures + s.quarantined for s in strategy.members.values())
+        counts["aborts"] = int(strategy.stopped is not None)
+    shutil.rmtree(out.parent, ignore_errors=True)
+    return counts
 
 
 def protocol_fuzz(cases: int, seed: int) -> dict[str, dict[str, int]]:
@@ -147,9 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("cola_fed").setLevel(logging.CRITICAL)  # refusals are expected here
     logging.getLogger("flwr").setLevel(logging.CRITICAL)
-    import tempfile
-    from pathlib import Path
-
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     plans = [(f"node train: {n}", lambda r=r: node_train_class(r))
@@ -158,7 +264,14 @@ def main(argv: list[str] | None = None) -> int:
               for n, (r, _) in NODE_HELLO_ATTACKS.items()]
     plans += [(f"relay hello: {n}", lambda r=r: relay_hello_class(r, Path(tempfile.mkdtemp())))
               for n, r in RELAY_HELLO_REWRITES.items()]
+    plans += [("relay train: late replies", relay_late_class)]
+    finished = Path(tempfile.mkdtemp()) / "finished"
+    plans += [(f"checkpoint: {n}", lambda t=t: checkpoint_class(t, finished))
+              for n, t in CHECKPOINT_TAMPERING.items()]
     for name, one_run in plans:
+        if name.startswith("checkpoint") and not finished.exists():
+            checkpointed_run(finished, 8, ROUNDS)  # the run whose checkpoint is tampered with
+            (finished / "checkpoint" / ".lock").unlink()
         total: dict[str, int] = {}
         for _ in range(args.runs):
             for key, value in one_run().items():
@@ -174,20 +287,20 @@ def main(argv: list[str] | None = None) -> int:
     for name, counts in results.items():
         group = groups.setdefault(name.split(":")[0], {})
         for key in ("cases", "refused", "accepted", "escaped", "aborts", "honest-ok",
-                    "honest-denied"):
+                    "honest-denied", "blamed"):
             group[key] = group.get(key, 0) + int(counts.get(key, 0))
     path = write_result("hostile", {"runs": args.runs, "fuzz": args.fuzz, "seed": args.seed,
                                     "seconds": time.perf_counter() - started,
                                     "classes": results, "groups": groups})
     print(f"{'group':14s} {'classes':>7s} {'cases':>7s} {'refused':>8s} {'accepted':>9s} "
-          f"{'escaped':>8s} {'aborts':>7s} {'honest denied':>14s}")
+          f"{'escaped':>8s} {'aborts':>7s} {'honest denied':>14s} {'blamed':>7s}")
     for group, counts in groups.items():
         classes = sum(1 for n in results if n.split(":")[0] == group)
         print(f"{group:14s} {classes:7d} {counts['cases']:7d} {counts['refused']:8d} "
               f"{counts['accepted']:9d} {counts['escaped']:8d} {counts['aborts']:7d} "
-              f"{counts['honest-denied']:14d}")
+              f"{counts['honest-denied']:14d} {counts['blamed']:7d}")
     print(f"wrote {path}")
-    bad = any(c["escaped"] or c.get("aborts") for c in results.values()) or any(
+    bad = any(c["escaped"] or c.get("aborts") or c.get("blamed") for c in results.values()) or any(
         results[n]["accepted"] for n in results if not n.startswith(("wire", "protocol")))
     return 1 if bad else 0
 

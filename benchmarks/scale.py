@@ -212,6 +212,8 @@ def run_point(task: str, nodes: int, rounds: int, threads: int) -> dict[str, Any
         started = time.perf_counter()
         strategy.start(grid, num_rounds=rounds, timeout=3600)
         marks["run_seconds"] = time.perf_counter() - started
+        if strategy.stopped:  # a failure of the server's own ends the run, not with a raise
+            raise RuntimeError(f"the scale run stopped early: {strategy.stopped}")
     finally:
         host.close()
     marks["rounds_peak_mb"] = status_mb("VmHWM")

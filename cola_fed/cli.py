@@ -211,6 +211,19 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_node(args: argparse.Namespace) -> int:
+    from cola_fed.federation.page_server import DEFAULT_PAGE_DIR, SuperLinkTarget, serve
+
+    target = SuperLinkTarget(args.superlink, insecure=args.insecure,
+                             root_certificates=Path(args.superlink_root_certificates)
+                             if args.superlink_root_certificates else None)
+    serve(target, host=args.host, port=args.port,
+          page_dir=Path(args.page_dir) if args.page_dir else DEFAULT_PAGE_DIR,
+          certfile=Path(args.ssl_certfile) if args.ssl_certfile else None,
+          keyfile=Path(args.ssl_keyfile) if args.ssl_keyfile else None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cola-fed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -288,6 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
                                   "rotation)")
     forget.add_argument("name", help="the server's name, as cola-fed trust list prints it")
     forget.set_defaults(run=_trust_forget)
+    serve_node = sub.add_parser(
+        "serve-node", help="serve the browser node's page and forward Flower's Fleet API to "
+        "the SuperLink on the same origin (docs/edge.md, \"Run a node in a browser\")")
+    serve_node.add_argument("--superlink", required=True, help="the SuperLink's Fleet API, "
+                            "HOST:PORT (as flower-supernode --superlink)")
+    serve_node.add_argument("--insecure", action="store_true", help="reach the SuperLink over "
+                            "plain http (a SuperLink started with --insecure)")
+    serve_node.add_argument("--superlink-root-certificates", help="CA file that verifies the "
+                            "SuperLink's TLS certificate (default: the system's roots)")
+    serve_node.add_argument("--host", default="127.0.0.1", help="address to listen on "
+                            "(default 127.0.0.1; anything but loopback needs --ssl-certfile)")
+    serve_node.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve_node.add_argument("--ssl-certfile", help="serve the page over https with this "
+                            "certificate (PEM)")
+    serve_node.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    serve_node.add_argument("--page-dir", help="the page's static files (default: "
+                            "js/packages/browser/dist-web, built by make js)")
+    serve_node.set_defaults(run=_serve_node)
     return parser
 
 

@@ -131,11 +131,24 @@ class FlowerProcesses(Processes):
 
     def flwr_run(self, app: Path, run_config: dict[str, object], timeout: float = 300) -> str:
         """`flwr run APP test --stream` with `run_config` written as a TOML file; its output."""
+        return self.run(self._flwr_run_args(app, run_config), home="cli", timeout=timeout)
+
+    def start_flwr_run(self, app: Path, run_config: dict[str, object]) -> subprocess.Popen:
+        """`flwr run` as :meth:`flwr_run` does it, in the background (its output: `run.log`)."""
+        return self.start("run", self._flwr_run_args(app, run_config), home="cli")
+
+    def _flwr_run_args(self, app: Path, run_config: dict[str, object]) -> list[str]:
         path = self.root / "run-config.toml"
         path.write_text("".join(f"{key} = {toml_value(value)}\n"
                                 for key, value in run_config.items()))
-        return self.run([str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream",
-                         "--run-config", str(path)], home="cli", timeout=timeout)
+        return [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream",
+                "--run-config", str(path)]
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL the process and the children it started (its own session): no goodbye to
+        the SuperLink, which keeps the node online until its heartbeat expires."""
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
     def wait_for_log(self, name: str, text: str, seconds: float = 60,
                      proc: subprocess.Popen | None = None) -> str:

@@ -216,6 +216,31 @@ def test_replies_lost_several_rounds_in_a_row_lose_nothing():
                                        rtol=0, atol=1e-6)
 
 
+def test_a_reply_held_back_a_round_is_dropped_and_not_held_against_the_node(caplog):
+    """A relay holds node 1001's authentic reply of each of rounds 1 to 3 and delivers it in
+    place of the next round's: each is dropped, none counts against the node (one refusal
+    would quarantine it here), and once the relay stops the node trains again."""
+    held = {}
+
+    def late(node, reply):
+        if node != VICTIM or reply.metadata.message_type != "train" or reply.has_error() or \
+                int(reply.metadata.group_id) > 4:
+            return reply
+        earlier, held["reply"] = held.get("reply"), reply.content
+        if earlier is None:
+            return None  # round 1's reply, held back
+        reply.content = earlier  # the previous round's reply, in place of this round's
+        return reply
+
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, _ = run({"strategy.max-failures": 1}, nodes=2, rounds=6, reply_filter=late)
+    victim = strategy.sessions[VICTIM]
+    assert not victim.quarantined and victim.failures == 0 and victim.last_error == ""
+    assert victim.rounds_trained == 2  # rounds 5 and 6
+    assert caplog.text.count("dropped, not counted against the node") == 3
+    assert strategy.sessions[1000].rounds_trained == 6
+
+
 def test_trust_on_first_use_learns_only_from_a_hello_fit_to_act_on(tmp_path):
     """A correctly signed hello meant for another node is refused, and its key not remembered."""
     known = tmp_path / "known-servers.json"

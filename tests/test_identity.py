@@ -263,6 +263,8 @@ def test_bad_server_names_are_refused(home, name):
     '{"version": 1, "servers": {"lab": 3}}',
     '{"version": 1, "servers": {"lab": "abcd"}}',
     '{"version": 1, "servers": {"bad name": "' + "ab" * 32 + '"}}',
+    pytest.param('{"version": 1, "servers": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                 id="nested-too-deeply"),  # not a RecursionError
 ])
 def test_a_corrupt_file_is_an_error_naming_it_and_is_never_overwritten(home, content):
     home.mkdir()

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from safetensors.numpy import save as save_tensors
 
 from cola_fed.errors import ConfigError
 from cola_fed.wire.identity import read_private_file, write_private_file
+from cola_fed.wire.strict_json import _check_depth
 
 log = logging.getLogger("cola_fed")
 
@@ -40,6 +42,7 @@ LATEST = "LATEST"
 _ROUND_FILE = re.compile(r"round-(\d+)\.json")
 _STATE_FILE = re.compile(r"partition-(\d+)-v(\d+)\.safetensors")
 MAX_FILE_BYTES = 2**36
+MAX_DEPTH = 64  # nesting of a round file (cola-fed writes under 10 levels)
 
 Tensors = dict[str, np.ndarray]
 
@@ -55,6 +58,7 @@ class Checkpoint:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self.round_file: Path | None = None  # the one :meth:`load` read
         self._lock: int | None = None
 
     def lock(self) -> None:
@@ -106,8 +110,11 @@ class Checkpoint:
                               "--resume / checkpoint.resume to start afresh)") from None
         if not _ROUND_FILE.fullmatch(name):
             raise ConfigError(f"checkpoint pointer {self.folder / LATEST} is damaged")
-        try:
-            state = json.loads(_read(self.folder / name, MAX_FILE_BYTES))
+        self.round_file = self.folder / name
+        try:  # depth first: json.loads recurses once per level (RecursionError)
+            text = _read(self.folder / name, MAX_FILE_BYTES).decode("utf-8")
+            _check_depth(text, f"checkpoint {self.folder / name}", MAX_DEPTH)
+            state = json.loads(text)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"checkpoint {self.folder / name} is missing or damaged: "
                               f"{err}") from None
@@ -125,6 +132,10 @@ class Checkpoint:
             return load_tensors(_read(path, MAX_FILE_BYTES))
 
         return state, tensors
+
+    def state_file(self, state: Mapping[str, Any], partition: int) -> Path:
+        """The state file the loaded round file names for ``partition``."""
+        return self.folder / state["files"][str(partition)]
 
     def exists(self) -> bool:
         return (self.folder / LATEST).is_file()
@@ -189,6 +200,57 @@ def unflatten_state(flat: Tensors, kinds: tuple[str, ...]
             raise ConfigError(f"a checkpoint state holds an unknown tensor {name!r}")
     ordered = {kind: [items[i] for i in sorted(items)] for kind, items in batches.items()}
     return adapters, ordered, train or None
+
+
+# --------------------------------------------------------------------------------------------
+# what a round file holds, checked before anything is taken from it
+
+#: a session record's fields: type, and for integers the least value
+_RECORD_FIELDS: dict[str, tuple[type, int]] = {
+    "identity": (str, 0), "acknowledged": (int, 0), "drawn": (int, 0), "num-examples": (int, 0),
+    "backend": (str, 0), "rounds-trained": (int, 0), "failures": (int, 0), "missed": (int, 0),
+    "quarantined": (bool, 0), "last-error": (str, 0), "history": (list, 0), "version": (int, 0)}
+_MT_WORDS = 624  # Mersenne Twister state words (random.getstate: 624 words and a position)
+
+
+def session_record(record: object, partition: int) -> dict[str, Any]:
+    """A partition's record from a round file, every field of its type: no ``int()`` or
+    ``bool()`` of whatever is there (``bool("false")`` is true)."""
+    if not isinstance(record, dict) or set(record) != set(_RECORD_FIELDS):
+        raise ValueError(f"partition {partition}'s record does not have the fields "
+                         f"{sorted(_RECORD_FIELDS)}")
+    for key, (kind, least) in _RECORD_FIELDS.items():
+        value = record[key]
+        if not isinstance(value, kind) or (kind is int and (
+                isinstance(value, bool) or value < least)):
+            raise ValueError(f"partition {partition}'s {key!r} is {value!r:.60}, expected "
+                             f"{'an integer >= 0' if kind is int else f'a {kind.__name__}'}")
+    if not re.fullmatch(r"[0-9a-f]{64}", record["identity"]):
+        raise ValueError(f"partition {partition}'s identity is not 32 bytes of hex")
+    if not all(isinstance(entry, dict) and all(
+            isinstance(k, str) and isinstance(v, (int, float)) for k, v in entry.items())
+            for entry in record["history"]):
+        raise ValueError(f"partition {partition}'s history is not a list of metric records")
+    return record
+
+
+def rng_state(value: object) -> tuple[int, tuple[int, ...], float | None]:
+    """The sampling RNG's state from a round file (``[version, words, gauss]`` of
+    :meth:`random.Random.getstate`), checked so that ``setstate`` cannot fail."""
+    if not (isinstance(value, list) and len(value) == 3):
+        raise ValueError("the sampling RNG state is not [version, state, gauss]")
+    version, words, gauss = value
+    if version != 3 or isinstance(version, bool):
+        raise ValueError(f"the sampling RNG state has version {version!r:.20}, expected 3")
+    if not (isinstance(words, list) and len(words) == _MT_WORDS + 1 and all(
+            isinstance(w, int) and not isinstance(w, bool) and 0 <= w < 2**32 for w in words)
+            and 0 <= words[-1] <= _MT_WORDS):
+        raise ValueError(f"the sampling RNG state is not {_MT_WORDS} 32-bit words and a "
+                         f"position in [0, {_MT_WORDS}]")
+    if gauss is not None and not (isinstance(gauss, float) and math.isfinite(gauss)):
+        raise ValueError(f"the sampling RNG state's gauss is {gauss!r:.20}, expected null or "
+                         "a finite number")
+    return version, tuple(words), gauss
 
 
 def _read(path: Path, limit: int) -> bytes:

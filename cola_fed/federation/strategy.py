@@ -41,8 +41,15 @@ from cola_fed.errors import (
     RunStopped,
     TargetError,
 )
-from cola_fed.federation.checkpoint import Checkpoint, flatten_state, unflatten_state
+from cola_fed.federation.checkpoint import (
+    Checkpoint,
+    flatten_state,
+    rng_state,
+    session_record,
+    unflatten_state,
+)
 from cola_fed.federation.protocol import (
+    BACKENDS,
     KIND_HELLO,
     KIND_TRAIN,
     PART_ADAPTERS,
@@ -67,7 +74,7 @@ from cola_fed.federation.protocol import (
     seal_bundle,
 )
 from cola_fed.gl.data import AdaptationData
-from cola_fed.gl.engine import Deltas, ServerEngine
+from cola_fed.gl.engine import ColAggregate, Deltas, ServerEngine
 from cola_fed.gl.forms import to_forms
 from cola_fed.gl.layout import Layout, assign_specs
 from cola_fed.tasks.base import ClientData, Task
@@ -262,6 +269,9 @@ class ColaStrategy(Strategy):
         # the replies (not the time spent waiting for nodes)
         self._server_seconds = 0.0
         self._col_model: tuple[frozenset[str], Deltas] | None = None  # this round's
+        s = config.strategy  # how ``col`` mode's shared delta W is formed
+        self.col_aggregate = ColAggregate(s.col_aggregate, s.col_trim_fraction,
+                                          s.col_clip_multiple)
         self._sampled: set[int] = set()
         self._rng = random.Random(config.task.seed)
 
@@ -276,7 +286,8 @@ class ColaStrategy(Strategy):
     def start(self, grid: Grid, num_rounds: int, timeout: float) -> Result:  # type: ignore[override]
         """Hello round (keys, first batches), then rounds of admit, train, evaluate and
         checkpoint; ends early, keeping every result, when fewer than
-        ``strategy.min-train-nodes`` nodes are available for ``strategy.wait-for-nodes``."""
+        ``strategy.min-train-nodes`` nodes are available for ``strategy.wait-for-nodes`` or
+        when the server itself fails, and ends as stopped when no node trained in any round."""
         try:
             self._begin(grid)
             self.hello(grid, timeout)
@@ -293,9 +304,23 @@ class ColaStrategy(Strategy):
                 self.evaluate(server_round, ArrayRecord())
                 self.last_round = server_round
                 self._after_round(server_round)
+            trained = [r["nodes"] for r in self.rounds if "nodes" in r]
+            if trained and not any(trained):  # a run that trained nothing has failed
+                raise RunStopped(f"no node trained in any of the {len(trained)} rounds: every "
+                                 "sampled node failed every round (the log says why; so does "
+                                 "each node's last-error in metrics.json)")
         except RunStopped as stop:
             self.stopped = str(stop)
             log.error("the run stopped early: %s", stop)
+        except Exception as err:
+            if not self.began:  # a config or checkpoint refused before the run began
+                raise
+            # not a node's fault (those are caught where they happen): the server's own
+            # (a full disk, a bug); the run stops with every result written, and a reason
+            self.stopped = (f"round {self.last_round + 1}: the server failed, not a node: "
+                            f"{type(err).__name__}: {err}")
+            log.error("the run stopped early: %s", self.stopped)
+            log.debug("where the server failed", exc_info=True)
         finally:
             if self.checkpoint is not None:
                 self.checkpoint.unlock()
@@ -713,7 +738,8 @@ class ColaStrategy(Strategy):
         if self._col_model is None or self._col_model[0] != key:
             self._col_model = key, self.engine.collaborative_deltas(
                 {n: s.adapters for n, s in collaborators.items()},
-                specs={n: s.specs for n, s in collaborators.items()})
+                specs={n: s.specs for n, s in collaborators.items()},
+                aggregate=self.col_aggregate)
         return self._col_model[1]
 
     def _exchange(self, grid: Grid, messages: Iterator[Message], timeout: float
@@ -795,6 +821,11 @@ class ColaStrategy(Strategy):
             opened.add(node)
             try:  # the isolation boundary: whatever a node sent, it fails alone
                 session.incoming = self._read_train_reply(session, plaintext, server_round)
+            except LateReply as err:  # authentic, but held back (a relay can): not the node's
+                session.channel.state = before
+                log.warning("round %d: %s: %s; dropped, not counted against the node",
+                            server_round, session.node, err)
+                continue
             except Exception as err:
                 # not applied, so not acknowledged: the node resumes from the state we hold
                 session.channel.state = before
@@ -845,6 +876,9 @@ class ColaStrategy(Strategy):
         """An opened TRAIN reply, checked: the round it answers, its parts, the adapters and
         the next batches."""
         report, parts = read_bundle(plaintext, KIND_TRAIN, TrainReport)
+        if report.round < server_round:
+            raise LateReply(f"an authentic reply to round {report.round} came in round "
+                            f"{server_round}")
         if report.round != server_round:
             raise ProtocolError(f"the reply answers round {report.round}, this is round "
                                 f"{server_round}")
@@ -909,16 +943,35 @@ class ColaStrategy(Strategy):
                               "resumed run keeps what its nodes were told (task, adapters, "
                               "optimizer, data, wire and edge settings); num-server-rounds, "
                               "strategy.* and checkpoint.* may change")
-        try:  # everything is read before anything is taken: a damaged checkpoint changes nothing
-            members = {int(key): self._restored(int(key), record, tensors(int(key)))
+        # everything is read and checked as strictly as a node's reply before anything is
+        # taken: a checkpoint that fails is refused whole (the server's own files are never a
+        # node's fault), naming the file and the reason
+        def refused(path: Any, err: Exception) -> ConfigError:
+            return ConfigError(f"checkpoint {path} is damaged ({type(err).__name__}: {err}); "
+                               "nothing was taken from it: resume from a copy of it, or start "
+                               "afresh")
+        try:
+            rng = rng_state(state.get("rng"))
+            lineage, last_round, rounds = state["lineage"], state["round"], state["rounds"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                       for v in (lineage, last_round)):
+                raise ValueError("its lineage and round are not integers >= 0")
+            if not (isinstance(rounds, list) and all(
+                    isinstance(r, dict) and isinstance(r.get("round"), int) for r in rounds)):
+                raise ValueError("its rounds are not a list of round records")
+            if not isinstance(state["members"], dict):
+                raise ValueError("its members are not an object")
+            records = {int(key): session_record(record, int(key))
                        for key, record in state["members"].items()}
-            version, internal, gauss = state["rng"]
-            rng = (int(version), tuple(int(i) for i in internal), gauss)
-            lineage, last_round, rounds = int(state["lineage"]), int(state["round"]), \
-                list(state["rounds"])
         except Exception as err:
-            raise ConfigError(f"the checkpoint in {where} is damaged ({type(err).__name__}: "
-                              f"{err}); resume from a copy of it, or start afresh") from None
+            raise refused(self.checkpoint.round_file, err) from None
+        members = {}
+        for partition, record in records.items():
+            try:
+                members[partition] = self._restored(partition, record, tensors(partition))
+            except Exception as err:
+                path = self.checkpoint.folder / str(state["files"].get(str(partition), "?"))
+                raise refused(path, err) from None
         self._rng.setstate(rng)
         self.members, self.lineage, self.last_round, self.rounds = (members, lineage,
                                                                     last_round, rounds)
@@ -937,18 +990,35 @@ class ColaStrategy(Strategy):
         if got != {layer: {name: tuple(shape) for name, shape in params.items()}
                    for layer, params in expected.items()}:
             raise ValueError(f"partition {partition}'s adapters do not fit the plan")
-        for name, batch in [(f"pending{i}", b) for i, b in enumerate(batches["pending"])] + [
-                (f"eval{i}", b) for i, b in enumerate(batches["eval"])]:
-            self.contract.check(batch, batch_size=self.plan.task.batch_size, what=name)
+        if any(v.dtype != np.float32 for params in adapters.values() for v in params.values()):
+            raise ValueError(f"partition {partition}'s adapters are not all float32")
+        self._within_bounds(adapters)
+        counts = {"pending": self.plan.interval, "eval": self.plan.task.eval_batches}
+        for kind, want in counts.items():
+            if len(batches[kind]) != want:
+                raise ValueError(f"partition {partition} holds {len(batches[kind])} {kind} "
+                                 f"batches, the plan needs {want}")
+            for i, batch in enumerate(batches[kind]):
+                self.contract.check(batch, batch_size=self.plan.task.batch_size,
+                                    what=f"{kind}{i}")
+        if (train is not None) != (self.plan.data_mode == "upload"):
+            raise ValueError(f"partition {partition} {'holds' if train is not None else 'lacks'}"
+                             f" a training split in data.mode = {self.plan.data_mode}")
+        if train is not None:
+            self.contract.check(train, min_batch=self.plan.task.batch_size,
+                                max_batch=self.config.strategy.max_upload_samples, what="train")
+        if record["backend"] not in BACKENDS:
+            raise ValueError(f"partition {partition}'s backend {record['backend']!r:.40} is "
+                             f"not one of {BACKENDS}")
         return NodeSession(
             partition, bytes.fromhex(record["identity"]), self.plan.specs_for(partition),
             adapters, batches["pending"], batches["eval"],
-            acknowledged=int(record["acknowledged"]), checkpointed=int(record["acknowledged"]),
-            train=train, drawn=int(record["drawn"]), num_examples=int(record["num-examples"]),
-            backend=str(record["backend"]), rounds_trained=int(record["rounds-trained"]),
-            failures=int(record["failures"]), missed=int(record["missed"]),
-            quarantined=bool(record["quarantined"]), last_error=str(record["last-error"]),
-            history=list(record["history"]), version=int(record["version"]))
+            acknowledged=record["acknowledged"], checkpointed=record["acknowledged"],
+            train=train, drawn=record["drawn"], num_examples=record["num-examples"],
+            backend=record["backend"], rounds_trained=record["rounds-trained"],
+            failures=record["failures"], missed=record["missed"],
+            quarantined=record["quarantined"], last_error=record["last-error"],
+            history=record["history"], version=record["version"])
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -1059,7 +1129,8 @@ class ColaStrategy(Strategy):
             members = {n: s for n, s in self.members.items() if not s.quarantined}
             return self.engine.predict_col(
                 batch, {str(n): s.adapters for n, s in members.items()},
-                specs={str(n): s.specs for n, s in members.items()})
+                specs={str(n): s.specs for n, s in members.items()},
+                aggregate=self.col_aggregate)
         return self.engine.predict(batch, session.adapters, spec=session.specs)
 
     def _rouge(self, session: NodeSession) -> float:
@@ -1092,9 +1163,18 @@ class ColaStrategy(Strategy):
         expected = state_shapes(layout, assign_specs(layout, self.plan.specs_for(partition_id)))
         state = decode_adapter_state(blob, layout=layout, expected_shapes=expected,
                                      limits=self._limits)
+        return self._within_bounds(state)
+
+    def _within_bounds(self, state: dict[str, dict[str, np.ndarray]]
+                       ) -> dict[str, dict[str, np.ndarray]]:
+        """``state``, if every tensor is finite and within ``strategy.max-adapter-norm``
+        (a node's reply and a checkpoint's adapters alike)."""
         limit = self.config.strategy.max_adapter_norm
         for layer, params in state.items():
             for name, value in params.items():
+                if not np.isfinite(value).all():
+                    raise AdapterBoundsError(f"adapter {layer}/{name} holds values that are "
+                                             "not finite")
                 norm = float(np.linalg.norm(value.astype(np.float64)))
                 if norm > limit:
                     raise AdapterBoundsError(
@@ -1114,6 +1194,11 @@ class ColaStrategy(Strategy):
         else:
             self.contract.check(batch, batch_size=size, what=name)
         return batch
+
+
+class LateReply(ProtocolError):
+    """An authentic reply to an earlier round: a relay held it back. Dropped; the node is
+    not blamed for it."""
 
 
 def node_error(reason: str) -> str:

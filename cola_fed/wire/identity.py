@@ -515,6 +515,8 @@ class KnownServers:
             document = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise self._corrupt(f"it is not valid JSON ({err})") from None
+        except RecursionError:  # json.loads recurses once per level of nesting
+            raise self._corrupt("it nests too deeply to be a known-servers file") from None
         if not isinstance(document, dict) or document.get("version") != KNOWN_SERVERS_VERSION:
             raise self._corrupt(f"expected an object with \"version\": {KNOWN_SERVERS_VERSION}")
         servers = document.get("servers")

@@ -34,3 +34,6 @@ export * from "./protocol/index.js";
 export { ALLOWED_OPS, DEFAULT_DOMAINS, ORT_FORMAT_MARK, checkGraph as checkOnnxGraph } from "./edge/graph-check.js";
 export { graphKeys, contentHash, type GraphKey, type FormRequest } from "./edge/graphs.js";
 export { VerifiedCache, GraphCache, TaskFileCache, MemoryContentStore, type ContentStore, type TaskFileCheck } from "./edge/cache.js";
+export * from "./supernode/backoff.js";
+export * from "./supernode/heartbeat.js";
+export * from "./supernode/supernode.js";

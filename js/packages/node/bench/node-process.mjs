@@ -19,6 +19,8 @@
  *                node_process times as `seconds`;
  *   message_s    inflating the message + the handler + building and deflating the reply;
  *   fit_s        the learner's `fit` calls within the handler (summed over the interval);
+ *   session_s    ONNX Runtime sessions created within the handler (the learner creates them
+ *                lazily, in its first `fit`: part of fit_s);
  *   peak_rss_mb  this process's peak resident memory so far (VmHWM of /proc/self/status);
  *   held_rss_mb  its resident memory after the message, once garbage is collected (VmRSS);
  *   heap_used_mb V8's heap in use then; message_bytes the objects' bytes that came.
@@ -29,6 +31,7 @@
 import { readFileSync } from "node:fs";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { decodeMessageTree, encodeMessage, makeReply, message as schema, OrtLearner } from "@cola-fed/core";
+import * as ort from "onnxruntime-node";
 import { createColaApp } from "../dist/app.js";
 import { parseNodeConfig } from "../dist/node-config.js";
 import { CLIENT_APP_RAISED_EXCEPTION, exceptionReason } from "../dist/supernode.js";
@@ -51,6 +54,21 @@ OrtLearner.prototype.fit = async function timedFit(...args) {
     return await fit.apply(this, args);
   } finally {
     fitSeconds += (performance.now() - started) / 1000;
+  }
+};
+
+// ONNX Runtime session creation (lazy, inside fit on both nodes), timed the same way.
+let sessionSeconds = 0;
+const createSession = ort.InferenceSession.create.bind(ort.InferenceSession);
+const arenaOff = process.env.COLA_FED_BENCH_ORT_ARENA === "off";
+ort.InferenceSession.create = async (model, options, ...rest) => {
+  const started = performance.now();
+  try {
+    // the experiment `--js-arena-off`: the session options the Python learner sets
+    const opts = arenaOff ? { ...options, enableCpuMemArena: false, enableMemPattern: false } : options;
+    return await createSession(model, opts, ...rest);
+  } finally {
+    sessionSeconds += (performance.now() - started) / 1000;
   }
 };
 
@@ -129,6 +147,7 @@ for (;;) {
     messageBytes += frame.length - 64;
   }
   fitSeconds = 0;
+  sessionSeconds = 0;
   const started = performance.now();
   let message = await decodeMessageTree(treeFromProto(fromBinary(schema("flwr.proto.ObjectTree"), treeBytes)), objects);
   objects = undefined;
@@ -156,7 +175,7 @@ for (;;) {
   message = reply = encoded = body = undefined;
   globalThis.gc?.();
   const stats = {
-    handle_s: handleSeconds, message_s: messageSeconds, fit_s: fitSeconds, message_bytes: messageBytes,
+    handle_s: handleSeconds, message_s: messageSeconds, fit_s: fitSeconds, session_s: sessionSeconds, message_bytes: messageBytes,
     peak_rss_mb: statusMb("VmHWM"), held_rss_mb: statusMb("VmRSS"),
     heap_used_mb: process.memoryUsage().heapUsed / 2 ** 20, error,
   };

@@ -27,7 +27,9 @@ export async function createColaApp(options: ColaAppOptions): Promise<AppHandler
   const { identity, seed } = await loadIdentity(crypto, folder, log);
   const cacheRoot = optionalString(nodeConfig, "graph-cache");
   const graphs = new FolderBlobs(cacheRoot === undefined ? defaultCacheDir("graphs") : expandUser(cacheRoot), ".onnx");
-  const files = new FolderBlobs(cacheRoot === undefined ? defaultCacheDir("files") : join(expandUser(cacheRoot), "files"), "");
+  // task files live beside the graphs when graph-cache moves those, as the Python node keeps
+  // them (`client.py` `_file_cache`): one graph-cache folder serves either node
+  const files = new FolderBlobs(cacheRoot === undefined ? defaultCacheDir("files") : expandUser(cacheRoot), "");
   const knownPath = optionalString(nodeConfig, "known-servers") ?? join(colaFedHome(), "known-servers.json");
   const node = new ColaNode({
     crypto,

@@ -163,6 +163,9 @@ export class FolderBlobs implements ContentStore {
 export function cpuSessionFactory(threads: number): SessionFactory {
   return async (model) => ort.InferenceSession.create(model, {
     executionProviders: ["cpu"], intraOpNumThreads: threads, interOpNumThreads: 1,
+    // as the Python learner: no arena or memory patterns, whose buffers a small device would
+    // hold between steps
+    enableCpuMemArena: false, enableMemPattern: false,
   });
 }
 

@@ -13,24 +13,10 @@
  */
 import { FLEET_ROUTES, nodeAuthHeaders, type NodeAuthKey } from "@cola-fed/core";
 import { TransportError, type Transport } from "./transport.js";
+import { abortableSleep, exponential, fullJitter, MAX_RETRY_DELAY, RetryAborted } from "@cola-fed/core";
 
-/** `MAX_RETRY_DELAY` (seconds) of `flwr.common.constant`. */
-export const MAX_RETRY_DELAY = 20;
-
-/** Flower's `exponential(base_delay, multiplier, max_delay)` wait generator (seconds). */
-export function* exponential(baseDelay = 1, multiplier = 2, maxDelay?: number): Generator<number, never, undefined> {
-  let delay = maxDelay === undefined ? baseDelay : Math.min(baseDelay, maxDelay);
-  for (;;) {
-    yield delay;
-    delay *= multiplier;
-    if (maxDelay !== undefined) delay = Math.min(delay, maxDelay);
-  }
-}
-
-/** Flower's `full_jitter`: a uniform wait in [0, max). */
-export function fullJitter(max: number): number {
-  return Math.random() * max;
-}
+// moved to the core (core/src/supernode/backoff.ts), re-exported for this package's users
+export { abortableSleep, exponential, fullJitter, MAX_RETRY_DELAY, RetryAborted };
 
 /** The state a retry callback sees (`RetryState`). */
 export interface RetryState {
@@ -40,14 +26,6 @@ export interface RetryState {
   error?: unknown;
   /** Seconds the invoker is about to wait (set before `onBackoff`). */
   wait?: number;
-}
-
-/** Raised by a wait that was interrupted because the node is stopping. */
-export class RetryAborted extends Error {
-  constructor() {
-    super("retrying stopped: the node is shutting down");
-    this.name = "RetryAborted";
-  }
 }
 
 /** Settings of a {@link RetryInvoker}. */
@@ -73,25 +51,6 @@ export interface RetryInvokerOptions {
   now?: () => number;
   /** Aborting it ends every wait at once (the call then fails with RetryAborted). */
   signal?: AbortSignal;
-}
-
-/** Sleep that an AbortSignal interrupts (with RetryAborted). */
-export function abortableSleep(seconds: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) {
-      reject(new RetryAborted());
-      return;
-    }
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(new RetryAborted());
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, Math.max(0, seconds * 1000));
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }
 
 /** Port of Flower's `RetryInvoker.invoke` for async calls. */

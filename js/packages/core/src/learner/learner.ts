@@ -52,8 +52,9 @@ interface LayerStep {
 export interface OrtLearnerOptions {
   /** Makes a session from graph bytes (onnxruntime-node's or -web's); one per graph used. */
   sessionFactory: SessionFactory;
-  /** Seeds the initial adapters exactly as the Python learners' seed does (default 0). */
-  seed?: number | bigint;
+  /** Seeds the initial adapters exactly as the Python learners' seed does (default 0); null
+   * starts from zeros, for a learner whose state is loaded right after (`loadBytes`). */
+  seed?: number | bigint | null;
   /** Adaptation interval I: buffer I chunks, then one step on all of them (default 1). */
   interval?: number;
   /** `{layer: {param: array}}` to start from instead of the seeded adapters. */
@@ -62,6 +63,13 @@ export interface OrtLearnerOptions {
 
 /** Metrics of one `fit`: `stepped`, `rows`, `loss`, and when it stepped `grad_norm` and `lr`. */
 export type FitMetrics = Record<string, number>;
+
+/** Zero float32 parameters of the given shapes: a placeholder state, replaced by a load. */
+function zeroState(shapes: ReadonlyMap<string, Shapes>): Map<string, Map<string, NdArray>> {
+  return new Map([...shapes].map(([layer, params]) => [layer, new Map([...params].map(([p, shape]) => [p, {
+    dtype: "float32" as const, shape, data: new Float32Array(shape.reduce((n, d) => n * d, 1)),
+  }]))]));
+}
 
 function copyF32(array: F32): F32 {
   return { dtype: "float32", shape: [...array.shape], data: array.data.slice() };
@@ -106,11 +114,12 @@ export class OrtLearner<S extends AdapterSpecLike = AdapterSpecLike> {
     this.#layers = layoutIndex(layout);
     this.specs = assignSpecs(layout, spec);
     this.#shapes = stateShapes(this.#layers, this.specs);
-    const initial = options.initialState ?? new Map([...initialState(this.#layers, this.specs, options.seed ?? 0)].map(
-      ([layer, params]) => [layer, new Map([...params].map(([p, v]) => [p, {
-        dtype: "float64" as const, shape: this.#shapes.get(layer)!.get(p)!, data: v,
-      }]))],
-    ));
+    const initial = options.initialState ?? (options.seed === null ? zeroState(this.#shapes)
+      : new Map([...initialState(this.#layers, this.specs, options.seed ?? 0)].map(
+        ([layer, params]) => [layer, new Map([...params].map(([p, v]) => [p, {
+          dtype: "float64" as const, shape: this.#shapes.get(layer)!.get(p)!, data: v,
+        }]))],
+      )));
     this.#params = this.#checkedParams(initial);
     const slots = slotNames(optimizer.name);
     this.#slots = new Map([...this.#params].map(([layer, params]) => [layer, new Map([...params].map(

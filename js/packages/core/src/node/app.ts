@@ -28,6 +28,7 @@ import {
 } from "../protocol/hello-check.js";
 import { checkNodeConfig, optionalString, partitionOf, type NodeConfig } from "./config.js";
 import { MAX_NODE_STATES } from "../protocol/constants.js";
+import { TASK_FIELDS } from "../protocol/task-config.js";
 import { decodeSession, encodeSession, runFileName, type NodeSession, type NodeStore } from "./session.js";
 
 /** What the platform gives the app. */
@@ -106,7 +107,7 @@ export class ColaNode {
       crypto: env.crypto, privateKey: key.privateKey, peerPublic: transcript.exchangeKey, role: "node", runId, nodeId,
       transcript: digest,
     });
-    const learner = await this.#newLearner(plan, partitionId, graphHashes);
+    const learner = await this.#newLearner(plan, partitionId, graphHashes, prior === undefined);
     let states = new Map<number, number>();
     let learners = new Map<number, Uint8Array>();
     let drawn = 0;
@@ -199,11 +200,15 @@ export class ColaNode {
     }
   }
 
-  async #newLearner(plan: Plan, partitionId: number, graphHashes: Map<string, string>): Promise<OrtLearner> {
+  /** A learner with the run's seeded initial adapters, or (`seeded` false) an empty one whose
+   * state the caller loads at once. */
+  async #newLearner(plan: Plan, partitionId: number, graphHashes: Map<string, string>,
+    seeded: boolean): Promise<OrtLearner> {
     const graphs = new Map<string, Uint8Array>();
     for (const [name, digest] of graphHashes) graphs.set(name, await this.#env.graphCache.get(name, digest));
     return new OrtLearner(plan.layout, plan.specsFor(partitionId), plan.optimizer, graphs, {
-      sessionFactory: this.#env.sessionFactory, seed: plan.adapterSeed(partitionId), interval: plan.interval,
+      sessionFactory: this.#env.sessionFactory, seed: seeded ? plan.adapterSeed(partitionId) : null,
+      interval: plan.interval,
     });
   }
 
@@ -213,10 +218,13 @@ export class ColaNode {
       throw new ConfigError("node config lacks 'data-path': a JavaScript node trains on its own data file "
         + "(a CSV with a label column), never on a simulated partition");
     }
+    // The whole task config and the files' digests, as the Python node's cache key
+    // (`_cached_client_data`): a later run with another max-length or tokenizer re-reads the data;
+    // the same one reads, tokenizes and checks nothing again.
+    const key = JSON.stringify([path, TASK_FIELDS.map(([, , field]) => plan.task[field]), [...plan.files].sort()]);
+    if (this.#data?.key === key) return this.#data.data;
     const files = new Map<string, Uint8Array>();
     for (const [name, digest] of plan.files) files.set(name, await this.#env.fileCache.get(name, digest));
-    const key = `${path}|${plan.task.name}|${plan.task.batchSize}|${plan.task.evalBatches}|${plan.task.seed}`;
-    if (this.#data?.key === key) return this.#data.data;
     let data: ClientData;
     try {
       data = clientDataFor(plan.task, files, await this.#env.readData(path), { dataName: path });
@@ -263,7 +271,7 @@ export class ColaNode {
       env.log(`round ${order.round}: the server holds this node's state #${base}, not its latest #${session.latest}; `
         + `going on from #${base}`);
     }
-    const learner = await this.#newLearner(plan, session.partitionId, graphsNeeded(plan, session.partitionId));
+    const learner = await this.#newLearner(plan, session.partitionId, graphsNeeded(plan, session.partitionId), false);
     const baseBytes = session.learners.get(base)!;
     await learner.loadBytes(baseBytes);
     let metrics: Record<string, number> = {};
