@@ -96,3 +96,14 @@ def gpt64():
 def net64():
     torch.manual_seed(0)
     return TinyNet().double()
+
+
+@pytest.fixture(scope="session")
+def python_onnx_digits(tmp_path_factory):
+    """The digits federation of tests/test_js_node.py with partition 1 on a Python SuperNode
+    with ONNX Runtime: the reference that the JavaScript node (tests/test_js_node.py) and the
+    browser node (tests/test_browser_node.py) are compared with, run once per session."""
+    from test_js_node import federation
+
+    return federation(tmp_path_factory.mktemp("python-onnx") / "digits", "digits",
+                      js_node=False)

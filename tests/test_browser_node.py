@@ -22,14 +22,13 @@ import numpy as np
 import pytest
 from flower_processes import JS, ROOT, FlowerProcesses
 from test_deployment import BIN, wait_for_port
-from test_js_node import write_digits_csv
+from test_js_node import ROUNDS, digits_config, digits_data
 
 from cola_fed.federation.simulate import free_port
 from cola_fed.wire import decode_adapter_state
 
 pytestmark = pytest.mark.slow
 
-ROUNDS = 4
 RELOAD_AFTER = 2  # rounds trained before the page is reloaded
 PAGE = JS / "packages" / "browser" / "dist-web"
 DRIVER = JS / "packages" / "browser" / "test" / "drive-page.mjs"
@@ -43,14 +42,6 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # the adapters are compared within 1e-5 absolute + 1e-4 relative: far below what a wrong batch,
 # seed, state or optimizer step changes (1e-2 and more). The test prints the largest difference.
 ADAPTER_TOLERANCE = {"atol": 1e-5, "rtol": 1e-4}
-
-
-def run_config(out: Path) -> dict[str, object]:
-    """Digits for ROUNDS rounds, both partitions every round (as tests/test_js_node.py)."""
-    return {"task.name": "digits", "task.batch-size": 16, "task.eval-batches": 1,
-            "num-server-rounds": ROUNDS, "edge.graphs": True, "strategy.evaluate-every": 1,
-            "strategy.min-available-nodes": 2, "strategy.timeout": 120.0,
-            "output-dir": str(out)}
 
 
 def _adapters(out: Path) -> dict[str, np.ndarray]:
@@ -82,7 +73,7 @@ def _wait_for(path: Path, kind: str, procs: FlowerProcesses, proc, seconds: floa
 
 def browser_federation(tmp: Path) -> dict:
     tmp.mkdir()
-    csv = [write_digits_csv(tmp / f"node{i}.csv", np.arange(i, 600, 2)) for i in range(2)]
+    csv = digits_data(tmp)  # the CSVs of tests/test_js_node.py: the reference is its run
     out = tmp / "browser"
     out.mkdir()
     with FlowerProcesses(tmp) as procs:
@@ -103,7 +94,7 @@ def browser_federation(tmp: Path) -> dict:
         jsonl = out / "driver.jsonl"
         _wait_for(jsonl, "activated", procs, driver)
         try:
-            procs.flwr_run(ROOT, run_config(tmp / "out"), timeout=600)
+            procs.flwr_run(ROOT, digits_config(tmp / "out"), timeout=600)
         except AssertionError:
             print("\n".join(json.dumps(r) for r in _records(jsonl)[-60:]))
             raise
@@ -122,32 +113,18 @@ def browser_federation(tmp: Path) -> dict:
             "known0": json.loads((tmp / "known0.json").read_text())}
 
 
-def python_federation(tmp: Path) -> dict:
-    """The same federation with partition 1 on a Python SuperNode with ONNX Runtime."""
-    tmp.mkdir()
-    csv = [write_digits_csv(tmp / f"node{i}.csv", np.arange(i, 600, 2)) for i in range(2)]
-    with FlowerProcesses(tmp) as procs:
-        procs.env["COLA_FED_HOME"] = str(tmp / "home")
-        procs.start_superlink()
-        for i in range(2):
-            procs.start_supernode(f"node{i}", node_config=(
-                f'partition-id={i} num-partitions=2 data-path="{csv[i]}" '
-                f'state-dir="{tmp / f"state{i}"}" known-servers="{tmp / f"known{i}.json"}"'
-                + (' backend="onnx"' if i == 1 else '')))
-        procs.flwr_run(ROOT, run_config(tmp / "out"), timeout=600)
-    return {"metrics": json.loads((tmp / "out" / "metrics.json").read_text()),
-            "adapters": _adapters(tmp / "out")}
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, python_onnx_digits):
+    """The browser node's federation, and the Python ONNX node's on the same CSV and partition
+    (tests/conftest.py: the same federation tests/test_js_node.py compares with)."""
     for need, how in [(PAGE / "index.html", "run `make js` first"),
                       (Path(CHROMIUM), "install it: apt-get install -y chromium (make test does)"),
                       (JS / "node_modules" / "playwright-core", "run `make js` first")]:
         if not need.exists():
             pytest.fail(f"{need} is missing: {how}")
     tmp = tmp_path_factory.mktemp("browser-node")
-    return browser_federation(tmp / "browser"), python_federation(tmp / "python")
+    python = {"metrics": python_onnx_digits.metrics, "adapters": python_onnx_digits.adapters}
+    return browser_federation(tmp / "browser"), python
 
 
 def page_events(records: list[dict], kind: str) -> list[dict]:

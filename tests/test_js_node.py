@@ -170,12 +170,12 @@ def check_adapters_equal(js: Run, python: Run, rounds: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> tuple[Run, Run]:
+def digits(tmp_path_factory, python_onnx_digits) -> tuple[Run, Run]:
+    """The JavaScript node's federation, and the Python ONNX node's (tests/conftest.py)."""
     if not JS_NODE_BIN.exists():
         pytest.fail("js/node_modules/.bin/cola-fed-node is missing: run `make js` first")
     tmp = tmp_path_factory.mktemp("js-node-digits")
-    return (federation(tmp / "js", "digits", js_node=True, secure=True),
-            federation(tmp / "python", "digits", js_node=False))
+    return federation(tmp / "js", "digits", js_node=True, secure=True), python_onnx_digits
 
 
 def test_the_javascript_node_trains_every_round_with_tls_and_node_auth(digits):
