@@ -422,9 +422,9 @@ def test_convolution_data_whose_unfolding_outgrows_the_cap_is_refused(geometry):
     x = np.ones((2, channels, side, side), np.float32)
     d = np.ones((2, 1, *output_size(info, side, side)), np.float32)
     blob = encode_adaptation(AdaptationData({"conv": x}, {"conv": d}, {"conv": "conv"}))
-    needed = 4 * unfolded_values(info, x.shape)
+    needed = 4 * (unfolded_values(info, x.shape) + x.size + d.size)
     assert needed > 50 * len(blob)
     layout = Layout((info,))
     assert decode_adaptation(blob, layout=layout, limits=Limits(max_bytes=needed)).grads
-    with pytest.raises(MalformedPayloadError, match="unfolding"):
+    with pytest.raises(MalformedPayloadError, match="decoded and unfolded"):
         decode_adaptation(blob, layout=layout, limits=Limits(max_bytes=needed - 1))

@@ -5,7 +5,10 @@ server lists for it and for what it contains (``graph_check``: only the exporter
 external data, no subgraphs), and keeps it here under its hash, so that later rounds (often a
 fresh process per message) load exactly the bytes that were checked, and check them again on
 load. Files are written whole or not at all (a temporary file, fsynced, then renamed), readable
-by the node's user only.
+by the node's user only. The folder must be this user's: one open to others (a pre-existing
+world-writable folder) is made 0700 with a warning before anything in it is read, a link or
+another user's folder is refused, and a cached file is read only if it is a regular file of
+this user's, never through a link (and its hash is checked again either way).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 
 from cola_fed.edge.graph_check import check_graph
 from cola_fed.edge.graphs import content_hash
-from cola_fed.errors import PayloadError
+from cola_fed.errors import ConfigError, PayloadError
+from cola_fed.wire.identity import ensure_private_dir, read_private_file
 
 
 def default_cache_dir(kind: str = "graphs") -> Path:
@@ -32,6 +36,9 @@ def default_cache_dir(kind: str = "graphs") -> Path:
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+_MAX_CACHED_BYTES = 2**32
 
 
 class ContentCache:
@@ -58,16 +65,17 @@ class ContentCache:
         self.check(name, data)
         if self.has(name, expected_hash):
             return
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_private_dir(self.directory, what=f"{self.what} cache")
         _write_atomically(path, data)  # concurrent nodes on one machine share the cache
 
     def get(self, name: str, expected_hash: str) -> bytes:
         """The stored bytes of ``name``, checked again against ``expected_hash`` and by
         :meth:`check`."""
         path = self._path(name, expected_hash)
+        self._check_folder()
         try:
-            data = path.read_bytes()
-        except OSError:
+            data = self._read(path)
+        except (OSError, ConfigError):
             raise PayloadError(f"{self.what} {name!r} ({expected_hash[:16]}...) is not in "
                                f"the cache {self.directory}; the node must rejoin the "
                                "run to receive it again") from None
@@ -81,15 +89,28 @@ class ContentCache:
         """Whether the file is stored intact: it exists and its bytes still hash to
         ``expected_hash``. An altered file is deleted (so that ``put`` stores it again)."""
         path = self._path(name, expected_hash)
+        self._check_folder()
         try:
-            data = path.read_bytes()
-        except OSError:
+            data = self._read(path)
+        except FileNotFoundError:
             return False
+        except (OSError, ConfigError):  # a link, a folder, another user's file: not ours
+            data = b""
         if content_hash(data) != expected_hash:
             with contextlib.suppress(OSError):
                 path.unlink()
             return False
         return True
+
+    def _check_folder(self) -> None:
+        """The cache folder, if there is one, is this user's and closed to others (one open to
+        others is repaired first; a link or another user's folder is refused): see
+        :func:`~cola_fed.wire.identity.ensure_private_dir`."""
+        ensure_private_dir(self.directory, what=f"{self.what} cache", create=False)
+
+    def _read(self, path: Path) -> bytes:
+        """A cached file's bytes: only a regular file of this user's, never through a link."""
+        return read_private_file(path, what=f"cached {self.what}", limit=_MAX_CACHED_BYTES)
 
     def _path(self, name: str, expected_hash: object) -> Path:
         """The file of a hash; anything but 64 lower-case hex digits (a path, say) is refused."""

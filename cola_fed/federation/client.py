@@ -76,6 +76,7 @@ from cola_fed.tasks.base import ClientData
 from cola_fed.tasks.registry import node_allowed_paths
 from cola_fed.wire import (
     ChannelState,
+    DecodeBudget,
     SecureChannel,
     decode_adaptation,
     encode_adapter_state,
@@ -205,8 +206,11 @@ def handle_train(msg: Message, context: Context) -> Message:
                             f"node holds states {sorted(session.states)}")
     names = [adaptation_part(i) for i in range(plan.interval)]
     expect_parts(parts, names, "a TRAIN order")
-    chunks = [decode_adaptation(parts.pop(name), layout=plan.layout, limits=limits)
-              for name in names]
+    # one budget for the whole order: what every chunk of the interval takes decoded and
+    # unfolded, together, stays within max-payload-mb, checked before anything is unfolded
+    budget = DecodeBudget(limits.max_bytes)
+    chunks = [decode_adaptation(parts.pop(name), layout=plan.layout, limits=limits,
+                                budget=budget) for name in names]
     del parts  # the encoded parts: on a small device, memory for one copy of the data only
     # The server's adaptation data was computed at the adapters of the state it holds. If that
     # is not our latest (our reply was lost or refused, we restarted, or the server resumed
@@ -313,10 +317,11 @@ def _prior_state(context: Context, store: NodeStore | None, transcript: HelloTra
 
 def _restore(context: Context, store: NodeStore | None) -> bool:
     """Take back this run's session from the state directory, if this process lost it (the
-    node restarted and kept its node id): the newest saved session of this run and node."""
+    node restarted and kept its node id): the newest saved session of this run and node. A
+    file that fails its checks is set aside and blocks nothing; the next one is tried."""
     for path in store.files() if store else []:
-        records = store.read(path)
-        if STATE_SESSION not in records:
+        records = store.read_or_set_aside(path)
+        if records is None or STATE_SESSION not in records:
             continue
         transcript = HelloTranscript.decode(NodeSession.from_record(
             records[STATE_SESSION]).transcript)

@@ -70,6 +70,38 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+class DecodeBudget:
+    """What the adaptation data of one TRAIN order may take, every chunk of its interval
+    together: its values once decoded (float32, row indices int64) and the values the learner
+    unfolds from a convolution's compact data (:func:`cola_fed.gl.layer_data.unfolded_values`,
+    float32). :func:`decode_adaptation` spends a chunk's share from its header, after the
+    header is checked and before anything is read, cast or unfolded; the chunk that would
+    overdraw the budget is refused with :class:`MalformedPayloadError`.
+
+    Parameters
+    ----------
+    max_bytes : int
+        The budget, in bytes (a node's ``max-payload-mb``: ``Limits.max_bytes``).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.spent = 0
+        self.chunks = 0
+
+    def spend(self, nbytes: int) -> None:
+        """Take ``nbytes`` for one more chunk, or refuse it (and change nothing)."""
+        total = self.spent + nbytes
+        if total > self.max_bytes:
+            what = "this adaptation data" if self.chunks == 0 else (
+                f"the adaptation data of this order's first {self.chunks + 1} chunks")
+            raise MalformedPayloadError(
+                f"{what} would take {total} bytes decoded and unfolded (float32), above this "
+                f"node's cap of {self.max_bytes} bytes (max-payload-mb): refused before "
+                "anything is unfolded")
+        self.spent, self.chunks = total, self.chunks + 1
+
+
 # --------------------------------------------------------------------------------------------
 # the envelope shared by every kind
 
@@ -450,7 +482,8 @@ def encode_adaptation(data: AdaptationData, *, dtype: str = "float32") -> bytes:
 
 
 def decode_adaptation(
-    blob: bytes, *, layout: Layout | None = None, limits: Limits = DEFAULT_LIMITS
+    blob: bytes, *, layout: Layout | None = None, limits: Limits = DEFAULT_LIMITS,
+    budget: DecodeBudget | None = None,
 ) -> AdaptationData:
     """Adaptation data (numpy float32) from a payload, checked against ``layout`` if given.
 
@@ -463,6 +496,10 @@ def decode_adaptation(
         are 4-D, with the channels and output size its geometry gives).
     limits : Limits, optional
         Size caps checked before anything is allocated.
+    budget : DecodeBudget, optional
+        Shared by every chunk of one TRAIN order: what they take decoded and unfolded, all
+        together, stays within it. Default: a budget of ``limits.max_bytes`` for this payload
+        alone.
 
     Returns
     -------
@@ -499,6 +536,7 @@ def decode_adaptation(
             f"tensors {odd[:5]} do not match the header" if odd else
             f"layers {sorted(bare)[:5]} in parameter-gradient form carry no gradient")
     wire = np.dtype(_WIRE_NUMPY[dtype])
+    unfolded = 0  # values the learner will unfold from convolution data
     for name in layers:
         x_dtype, x_shape = specs[f"x/{input_of[name]}"]
         d_dtype, d_shape = specs[f"d/{name}"]
@@ -514,12 +552,7 @@ def decode_adaptation(
             if error is not None:
                 raise MalformedPayloadError(error)
             if layout[name].is_conv2d:  # compact on the wire, unfolded by the learner
-                values = unfolded_values(layout[name], (d_shape[0], *x_shape[1:]))
-                if 4 * values > limits.max_bytes:
-                    raise MalformedPayloadError(
-                        f"layer {name!r}: unfolding this convolution data would take "
-                        f"{4 * values / 2**20:.0f} MiB, above this node's cap of "
-                        f"{limits.max_bytes / 2**20:.0f} MiB")
+                unfolded += unfolded_values(layout[name], (d_shape[0], *x_shape[1:]))
         if has_rows[name] is True:
             r_dtype, r_shape = specs[f"rows/{name}"]
             if r_dtype.kind != "i" or r_shape != (d_shape[0],):
@@ -546,6 +579,10 @@ def decode_adaptation(
                                         f"{dtype} tensors")
         if layout is not None and name not in layout:
             raise MalformedPayloadError(f"layer {name!r} is not an adapted layer")
+    # decoded (float32; row indices int64) and unfolded, before anything is read or unfolded
+    (budget or DecodeBudget(limits.max_bytes)).spend(4 * unfolded + sum(
+        math.prod(shape) * (8 if name.startswith("rows/") else 4)
+        for name, (_, shape) in specs.items()))
     tensors = _read(checked.blob, specs, checked.starts, copy=False)
     data = AdaptationData({}, {}, dict(input_of), {}, loss=loss, num_samples=num_samples,
                           param_at=dict(param_at))

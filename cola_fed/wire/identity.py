@@ -235,12 +235,57 @@ def _read_fd(fd: int, path: Path, what: str, limit: int) -> bytes:
     return data
 
 
-def read_private_file(path: str | Path, *, what: str, limit: int) -> bytes:
+def read_private_file(path: str | Path, *, what: str, limit: int, private: bool = False
+                      ) -> bytes:
     """The bytes of a file this user owns, read without following a link: at most ``limit``
-    bytes (a larger file is refused). :class:`FileNotFoundError` when there is none."""
+    bytes (a larger file is refused). :class:`FileNotFoundError` when there is none. With
+    ``private``, a file that others may read or write (any of 0077) is refused too, as ssh
+    refuses a private key."""
     path = Path(path)
-    fd, _ = _open_regular(path, what)
+    fd, info = _open_regular(path, what)
+    if private and info.st_mode & 0o077:
+        os.close(fd)
+        raise ConfigError(f"{what} {path} is accessible to others (mode "
+                          f"{stat.S_IMODE(info.st_mode):04o}); it must be 0600. If you wrote "
+                          f"it yourself, run: chmod 600 {path}")
     return _read_fd(fd, path, what, limit)
+
+
+def ensure_private_dir(folder: str | Path, *, what: str, create: bool = True) -> bool:
+    """Make sure ``folder`` is a folder of this user's that nobody else may enter or write:
+    created 0700 when missing (with ``create``); one of this user's with a looser mode is
+    repaired to 0700, with a warning; a link, a file, or a folder of another user is refused
+    (:class:`ConfigError`). Whatever is in a folder that was open to others is still checked
+    on the way out by its reader (hashes, tags), never trusted for being there. Returns
+    whether the folder exists."""
+    folder = Path(folder)
+    if create:
+        _ensure_dir(folder)
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{what} {folder} is not a folder (or is a symbolic link); refused. "
+                          "Point cola-fed at a folder of your own")
+    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        raise ConfigError(f"{what} {folder} belongs to user {info.st_uid}, not to this user "
+                          f"({os.geteuid()}); refused. Choose a folder of your own")
+    if info.st_mode & 0o077:
+        try:  # the folder itself, never what a link swapped in meanwhile points to
+            fd = os.open(folder, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fchmod(fd, 0o700)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise ConfigError(f"{what} {folder} is open to others (mode "
+                              f"{stat.S_IMODE(info.st_mode):04o}) and cannot be made 0700 "
+                              f"({err}); run: chmod 700 {folder}") from None
+        log.warning("%s %s was open to others (mode %04o); made it 0700. What it holds is "
+                    "checked before use, never trusted", what, folder,
+                    stat.S_IMODE(info.st_mode))
+    return True
 
 
 # --------------------------------------------------------------------------------------------

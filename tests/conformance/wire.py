@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cola_fed.gl.data import AdaptationData
+from cola_fed.gl.layer_data import output_size
 from cola_fed.gl.layout import LayerInfo, Layout
 from cola_fed.gl.parameter_gradient import digest
 from cola_fed.wire import codec
@@ -524,7 +525,57 @@ def _codec_vectors() -> dict:
                         "metrics": valid["metrics"]["metrics"],
                         "bundle_order": ["state", "batches", "none"]},
             "hostile": _hostile_payloads(state_blob, batch_blob, metrics_blob, bundle_blob,
-                                         rng)}
+                                         rng),
+            "orders": _order_budgets()}
+
+
+def _order_budgets() -> list[dict]:
+    """The chunks of one TRAIN order decoded with one shared ``DecodeBudget`` (issue 22): what
+    they take decoded and unfolded, all together, is within ``max_bytes`` or the chunk that
+    overdraws it is refused, though every chunk passes the per-chunk rule alone. ``spent``:
+    the budget after each chunk taken; ``error``: the refused chunk's error, else None."""
+    rng = np.random.default_rng(22)
+    rows = _adaptation_data(rng)["rows"]  # shared x, row indices, linear layers and a conv
+
+    def conv(samples: int, height: int, width: int) -> bytes:
+        d_shape = (samples, 4, *output_size(LAYOUT["conv"], height, width))
+        return codec.encode_adaptation(AdaptationData(
+            {"conv": _rng_f32(rng, samples, 2, height, width)}, {"conv": _rng_f32(rng, *d_shape)},
+            {"conv": "conv"}, {"conv": None}, loss=1.0, num_samples=samples))
+
+    convs = [conv(3, 9, 11), conv(2, 12, 8), conv(3, 9, 11)]
+    mixed = [codec.encode_adaptation(rows, dtype="float16"), conv(2, 6, 6),
+             codec.encode_adaptation(rows, dtype="bfloat16")]
+    out = []
+    for label, blobs in (("an interval of convolution chunks", convs),
+                         ("rows and shared inputs in float16 and bfloat16, and a convolution",
+                          mixed)):
+        costs = []
+        for blob in blobs:
+            budget = codec.DecodeBudget(2**62)
+            codec.decode_adaptation(blob, layout=LAYOUT, budget=budget)
+            costs.append(budget.spent)
+        total = sum(costs)
+        assert max(costs) < total - 1 and max(len(b) for b in blobs) <= max(costs)
+        for max_bytes, what in ((total, "exactly at the order's bound"),
+                                (total - 1, "one byte above the order's bound"),
+                                (max(costs), "each chunk within the cap, not all together")):
+            budget = codec.DecodeBudget(max_bytes)
+            limits = codec.Limits(max_bytes=max_bytes)
+            spent, error = [], None
+            for blob in blobs:
+                # every chunk alone passes the per-chunk rule
+                codec.decode_adaptation(blob, layout=LAYOUT, limits=limits)
+                try:
+                    codec.decode_adaptation(blob, layout=LAYOUT, limits=limits, budget=budget)
+                except codec.MalformedPayloadError as err:
+                    error = type(err).__name__
+                    break
+                spent.append(str(budget.spent))
+            assert (error is None) is (max_bytes == total), (label, what)
+            out.append({"label": f"{label}: {what}", "blobs": [_hex(b) for b in blobs],
+                        "max_bytes": max_bytes, "spent": spent, "error": error})
+    return out
 
 
 def _casts(casts_source: np.ndarray, rng: np.random.Generator) -> dict:

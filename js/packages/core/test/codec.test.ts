@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { AdaptationData } from "../src/wire/adaptation.js";
 import {
-  Limits, decodeAdaptation, decodeAdapterState, decodeBatch, decodeBundle, decodeMetrics, encodeAdaptation,
+  DecodeBudget, Limits, decodeAdaptation, decodeAdapterState, decodeBatch, decodeBundle, decodeMetrics, encodeAdaptation,
   encodeAdapterState, encodeBatch, encodeBundle, encodeMetrics, type WireDType,
 } from "../src/wire/codec.js";
 import { type Layout, type ModuleType, layerInfo } from "../src/wire/layout.js";
@@ -157,6 +157,33 @@ function decodeHostile(v: Hostile): unknown {
 
 test(`${hostile.length} hostile payloads are refused with Python's error class`, async () => {
   for (const v of hostile) await assertRefused(() => decodeHostile(v), v.error, v.label);
+});
+
+interface OrderBudget { label: string; blobs: string[]; max_bytes: number; spent: string[]; error: string | null }
+
+test("the chunks of one TRAIN order share one budget, decoded and unfolded, as Python's", async () => {
+  const orders: OrderBudget[] = C.orders;
+  assert.ok(orders.length >= 6 && orders.some((o) => o.error === null) && orders.some((o) => o.error !== null));
+  for (const o of orders) {
+    const limits = new Limits({ maxBytes: o.max_bytes });
+    const budget = new DecodeBudget(o.max_bytes);
+    const spent: string[] = [];
+    let refused: unknown = null;
+    for (const blob of o.blobs) {
+      decodeAdaptation(hex(blob), { layout: LAYOUT, limits }); // every chunk alone passes
+      try {
+        decodeAdaptation(hex(blob), { layout: LAYOUT, limits, budget });
+      } catch (err) {
+        refused = err;
+        break;
+      }
+      spent.push(budget.spent.toString());
+    }
+    assert.deepEqual(spent, o.spent, o.label);
+    if (o.error === null) assert.equal(refused, null, o.label);
+    else await assertRefused(() => { throw refused; }, o.error, o.label);
+    assert.equal(budget.spent.toString(), o.spent.at(-1) ?? "0", `${o.label}: a refused chunk takes nothing`);
+  }
 });
 
 test("non-bytes and a Uint8Array view into a larger buffer", async () => {

@@ -16,7 +16,7 @@ import { OrtLearner } from "../learner/learner.js";
 import { clientDataFor, type ClientData } from "../tasks/index.js";
 import { toHex } from "../util/bytes.js";
 import type { NdArray } from "../tensor.js";
-import { decodeAdaptation, encodeAdapterState, encodeBatch } from "../wire/codec.js";
+import { DecodeBudget, decodeAdaptation, encodeAdapterState, encodeBatch } from "../wire/codec.js";
 import type { KnownServers, KnownServersStorage } from "../wire/identity.js";
 import { SecureChannel, ChannelState, signNodeClaim, transcriptHash } from "../wire/seal.js";
 import {
@@ -264,7 +264,10 @@ export class ColaNode {
     }
     const names = Array.from({ length: plan.interval }, (_, i) => adaptationPart(i));
     expectParts(parts, names, "a TRAIN order");
-    const chunks = names.map((name) => decodeAdaptation(parts.get(name)!, { layout: plan.layout, limits }));
+    // one budget for the whole order: what every chunk of the interval takes decoded and
+    // unfolded, together, stays within max-payload-mb, checked before anything is unfolded
+    const budget = new DecodeBudget(limits.maxBytes);
+    const chunks = names.map((name) => decodeAdaptation(parts.get(name)!, { layout: plan.layout, limits, budget }));
     const base = order.acknowledged;
     const drawn = session.states.get(base)!;
     if (base !== session.latest) {

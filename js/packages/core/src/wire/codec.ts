@@ -77,6 +77,37 @@ export class Limits {
 /** The caps Python's codec uses unless told otherwise. */
 export const DEFAULT_LIMITS = new Limits();
 
+/**
+ * What the adaptation data of one TRAIN order may take, every chunk of its interval together
+ * (`codec.DecodeBudget`): its values once decoded (float32, row indices int64) and the values
+ * the learner unfolds from a convolution's compact data (float32). {@link decodeAdaptation}
+ * spends a chunk's share from its header, before anything is read, cast or unfolded; the chunk
+ * that would overdraw the budget is refused with {@link MalformedPayloadError}.
+ */
+export class DecodeBudget {
+  readonly maxBytes: bigint;
+  spent = 0n;
+  chunks = 0;
+
+  /** `maxBytes`: the budget in bytes (a node's `max-payload-mb`: `Limits.maxBytes`). */
+  constructor(maxBytes: number | bigint) {
+    this.maxBytes = BigInt(maxBytes);
+  }
+
+  /** Take `nbytes` for one more chunk, or refuse it (and change nothing). */
+  spend(nbytes: bigint): void {
+    const total = this.spent + nbytes;
+    if (total > this.maxBytes) {
+      const what = this.chunks === 0 ? "this adaptation data"
+        : `the adaptation data of this order's first ${this.chunks + 1} chunks`;
+      throw new MalformedPayloadError(`${what} would take ${total} bytes decoded and unfolded (float32), above this `
+        + `node's cap of ${this.maxBytes} bytes (max-payload-mb): refused before anything is unfolded`);
+    }
+    this.spent = total;
+    this.chunks += 1;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // the envelope shared by every kind
 
@@ -441,6 +472,11 @@ export interface DecodeAdaptationOptions {
   layout?: Layout | null;
   /** Size caps checked before anything is allocated. */
   limits?: Limits;
+  /**
+   * Shared by every chunk of one TRAIN order: what they take decoded and unfolded, all
+   * together, stays within it. Default: a budget of `limits.maxBytes` for this payload alone.
+   */
+  budget?: DecodeBudget;
 }
 
 /**
@@ -486,6 +522,7 @@ export function decodeAdaptation(blob: Uint8Array, options: DecodeAdaptationOpti
   }
   const wire = WIRE_ST[dtype];
   const spec = (name: string): TensorSpec => specs.get(name) as TensorSpec;
+  let unfolded = 0n; // values the learner will unfold from convolution data
   for (const name of layers) {
     const x = spec(`x/${inputOf.get(name) as string}`);
     const d = spec(`d/${name}`);
@@ -498,11 +535,7 @@ export function decodeAdaptation(blob: Uint8Array, options: DecodeAdaptationOpti
       const error = shapeError(info, x.shape, d.shape, true);
       if (error !== null) throw new MalformedPayloadError(error);
       if (isConv2d(info)) { // compact on the wire, unfolded by the learner
-        const values = unfoldedValues(info, [d.shape[0], x.shape[1], x.shape[2], x.shape[3]] as [number, number, number, number]);
-        if (4n * values > BigInt(limits.maxBytes)) {
-          throw new MalformedPayloadError(`layer '${name}': unfolding this convolution data would take `
-            + `${Math.round(Number(4n * values) / 2 ** 20)} MiB, above this node's cap of ${Math.round(limits.maxBytes / 2 ** 20)} MiB`);
-        }
+        unfolded += unfoldedValues(info, [d.shape[0], x.shape[1], x.shape[2], x.shape[3]] as [number, number, number, number]);
       }
     }
     if (hasRows.get(name) === true) {
@@ -533,6 +566,12 @@ export function decodeAdaptation(blob: Uint8Array, options: DecodeAdaptationOpti
     if (spec(tensor).dtype !== wire) throw new MalformedPayloadError(`layer '${name}': its parameter gradient must be ${dtype} tensors`);
     if (layout !== null && !layout.has(name)) throw new MalformedPayloadError(`layer '${name}' is not an adapted layer`);
   }
+  // decoded (float32; row indices int64) and unfolded, before anything is read or unfolded
+  let decoded = 0n;
+  for (const [name, { shape }] of specs) {
+    decoded += shape.reduce((n, s) => n * BigInt(s), 1n) * (name.startsWith("rows/") ? 8n : 4n);
+  }
+  (options.budget ?? new DecodeBudget(limits.maxBytes)).spend(4n * unfolded + decoded);
   const bytes = readRaw(checked);
   const read = (name: string): NdArray<"float32"> => fromWire(spec(name), bytes.get(name) as Uint8Array, dtype);
   const data = emptyAdaptation();
