@@ -6,8 +6,10 @@ that node and message alone), ``accepted`` (hostile content the run took in), ``
 error outside the protocol's family), ``aborts`` (runs that ended), ``blamed`` (refusals counted
 against an honest node). Federation classes also check that every honest node trained every
 round. Checkpoint classes tamper with a finished run's checkpoint and resume it: refused means
-refused whole, naming the file, with every result file unchanged. Targets: 0 accepted, 0
-escaped, 0 aborts, 0 blamed. The wire decoders' own classes come from ``benchmarks.fuzz_wire``.
+refused whole, naming the file, with every result file unchanged. Owners classes run with a
+``strategy.partition-owners`` file and Sybil node ids claiming an owned partition (0 honest
+nodes denied there). Targets: 0 accepted, 0 escaped, 0 aborts, 0 blamed. The wire decoders'
+own classes come from ``benchmarks.fuzz_wire``.
 
     python -m benchmarks.hostile [--runs 3] [--fuzz 2000] [--seed 0]
 """
@@ -43,8 +45,10 @@ from cola_fed.federation.adversary import (
 )
 from cola_fed.federation.client import STATE_SESSION
 from cola_fed.federation.local_grid import LocalGrid
+from cola_fed.federation.node_store import NodeStore
 from cola_fed.federation.protocol import HelloClaim, HelloTranscript, TrainOrder, TrainReport
 from cola_fed.federation.server import build_strategy, run_server
+from cola_fed.wire.crypto import fingerprint, public_bytes
 
 DIGITS = {"task.name": "digits", "task.batch-size": 16, "task.eval-batches": 2,
           "optimizer.lr": 0.01, "strategy.min-available-nodes": 1,
@@ -125,6 +129,51 @@ def relay_late_class() -> dict[str, int]:
             "escaped": 0, "aborts": int(aborted is not None), "honest-ok": int(honest_ok(strategy)),
             "honest-denied": honest_denied(strategy),
             "blamed": victim.failures + int(victim.quarantined) if victim else 1}
+
+
+def owners_class(*, sybils_first: bool) -> dict[str, int]:
+    """Contested partitions with ``strategy.partition-owners``: node ids with identities of
+    their own claim partition 0, all at once with its owner (three of them) or first, its owner
+    connecting after round 1 (one). Every Sybil is refused; no honest node is denied."""
+    folder = Path(tempfile.mkdtemp())
+    sybils = [5000] if sybils_first else [5000, 5001, 5002]
+    grid = LocalGrid(3)
+    honest = list(grid.contexts)
+    for node in sybils:
+        grid.connect(node, 0, 3)
+    prints = {}
+    for node, context in grid.contexts.items():
+        context.node_config["state-dir"] = str(folder / f"node-{node}")
+        prints[node] = fingerprint(public_bytes(NodeStore(folder / f"node-{node}").identity()))
+    owners = folder / "partition-owners"
+    owners.write_text("".join(f"{i} {prints[n]}\n" for i, n in enumerate(honest)))
+    owners.chmod(0o600)
+    if sybils_first:
+        owner, trained = grid.disconnect(honest[0]), []
+
+        def late(node, msg):
+            if msg.metadata.message_type == "train":
+                trained.append(node)
+                if len(trained) == 2:
+                    grid.contexts[honest[0]] = owner
+            return msg
+
+        grid.message_filter = late
+    strategy = build_strategy(RunConfig.from_flat({**DIGITS, "num-server-rounds": ROUNDS,
+                                                   "strategy.partition-owners": str(owners)}))
+    try:
+        strategy.start(grid, num_rounds=ROUNDS, timeout=3)
+        aborted = strategy.stopped
+    except Exception as err:
+        aborted = repr(err)
+    shutil.rmtree(folder, ignore_errors=True)
+    accepted = sum(n in strategy.sessions for n in sybils)
+    wanted = {n: ROUNDS - (sybils_first and n == honest[0]) for n in honest}
+    return {"cases": len(sybils), "refused": len(sybils) - accepted, "accepted": accepted,
+            "escaped": 0, "aborts": int(aborted is not None),
+            "honest-ok": int(all(n in strategy.sessions and strategy.sessions[n].rounds_trained
+                                 == wanted[n] for n in honest)),
+            "honest-denied": sum(n not in strategy.sessions for n in honest)}
 
 
 def _state_edit(edit):
@@ -265,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     plans += [(f"relay hello: {n}", lambda r=r: relay_hello_class(r, Path(tempfile.mkdtemp())))
               for n, r in RELAY_HELLO_REWRITES.items()]
     plans += [("relay train: late replies", relay_late_class)]
+    plans += [("owners: contested partitions, all at once",
+               lambda: owners_class(sybils_first=False)),
+              ("owners: contested partitions, sybils first",
+               lambda: owners_class(sybils_first=True))]
     finished = Path(tempfile.mkdtemp()) / "finished"
     plans += [(f"checkpoint: {n}", lambda t=t: checkpoint_class(t, finished))
               for n, t in CHECKPOINT_TAMPERING.items()]

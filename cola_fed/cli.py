@@ -224,6 +224,30 @@ def _serve_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_id(args: argparse.Namespace) -> int:
+    """A node's identity fingerprint from its state dir, for strategy.partition-owners (the
+    Python and the JavaScript node keep node-identity.key in the same format)."""
+    from cola_fed.federation.node_store import IDENTITY_FILE, NodeStore
+    from cola_fed.wire.crypto import fingerprint, public_bytes
+
+    store = NodeStore(args.state_dir)
+    path = (store.folder / IDENTITY_FILE).absolute()
+    created = not path.exists() and not path.is_symlink()
+    if created and not args.create:
+        print(f"{path} does not exist: the node creates its identity at its first hello; "
+              "pass --create to create it now", file=sys.stderr)
+        return 1
+    logging.getLogger("cola_fed").setLevel(logging.WARNING)  # stdout: the fingerprint alone
+    seen = fingerprint(public_bytes(store.identity()))
+    if created:
+        print(f"created a node identity in {path} (mode 0600)", file=sys.stderr)
+    if args.partition is not None:
+        print(f"{args.partition} {seen}")
+    else:
+        print(seen)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cola-fed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true", help="replace an existing key (nodes "
                         "that pinned or remembered the old one will refuse the new one)")
     keygen.set_defaults(run=_keygen)
+    node_id = sub.add_parser("node-id", help="print a node's identity fingerprint from its "
+                             "state dir (Python or JavaScript node), for "
+                             "strategy.partition-owners")
+    node_id.add_argument("--state-dir", required=True, help="the node's state-dir")
+    node_id.add_argument("--create", action="store_true", help="create the identity if the "
+                         "node has none yet (it would create one at its first hello)")
+    node_id.add_argument("--partition", type=int, help="print a whole owners-file line for "
+                         "this partition id: '<partition-id> <fingerprint>'")
+    node_id.set_defaults(run=_node_id)
     known = argparse.ArgumentParser(add_help=False)
     known.add_argument("--known-servers", help="the known-servers file (default: "
                        "$COLA_FED_HOME/known-servers.json, else "

@@ -28,6 +28,7 @@ from cola_fed.tasks.registry import check_task_name
 
 PARTITIONERS = ("iid", "dirichlet")
 DATA_MODES = ("stream", "upload")
+COL_AGGREGATES = ("mean", "trimmed-mean", "clipped-mean")  # cola_fed.gl.engine's
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,22 @@ class StrategyConfig:
     max_inflight_mb : float
         Most megabytes of sealed payloads sent and not yet answered; the server sends each
         node's payload as soon as its pass is done, within this cap.
+    partition_owners : str
+        A file naming the node identities allowed to hold each partition (one
+        ``<partition-id> <fingerprint>`` per line, as SSH's ``authorized_keys``; the format is
+        in docs/security.md). A claim by any other identity, or of a partition the file does
+        not list, is refused. Empty: a partition goes to the first identity that claims it.
+    col_aggregate : str
+        ``col`` mode: how the shared delta W is formed from the nodes' own: ``mean`` (the
+        reference code's), ``trimmed-mean`` (per coordinate, cutting ``col-trim-fraction`` of
+        the nodes from each tail) or ``clipped-mean`` (each node's delta of a layer clipped to
+        ``col-clip-multiple`` times the round's median norm, then the mean).
+    col_trim_fraction : float
+        ``trimmed-mean``: the fraction of nodes cut from each tail per coordinate, in
+        ``[0, 0.5)`` (Flower's ``FedTrimmedAvg`` ``beta``).
+    col_clip_multiple : float
+        ``clipped-mean``: the multiple of the round's median delta norm (per layer) each node's
+        delta is clipped to, > 0.
     """
 
     mode: str = "unmerged"
@@ -315,9 +332,20 @@ class StrategyConfig:
     wait_for_nodes: float = 300.0
     max_joins_per_round: int = 16
     max_inflight_mb: float = 1024.0
+    partition_owners: str = ""
+    col_aggregate: str = "mean"
+    col_trim_fraction: float = 0.2
+    col_clip_multiple: float = 1.0
 
     def __post_init__(self) -> None:
         _one_of("strategy.mode", self.mode, ("unmerged", "merged", "col"))
+        _one_of("strategy.col-aggregate", self.col_aggregate, COL_AGGREGATES)
+        if not 0 <= self.col_trim_fraction < 0.5:
+            raise ConfigError(f"strategy.col-trim-fraction: must be in [0, 0.5), got "
+                              f"{self.col_trim_fraction}")
+        if not 0 < self.col_clip_multiple < float("inf"):
+            raise ConfigError(f"strategy.col-clip-multiple: must be a finite number > 0, got "
+                              f"{self.col_clip_multiple}")
         if not self.max_adapter_norm > 0 or self.max_adapter_norm == float("inf"):
             raise ConfigError(f"strategy.max-adapter-norm: must be a finite number > 0, got "
                               f"{self.max_adapter_norm}")

@@ -48,6 +48,7 @@ from cola_fed.federation.checkpoint import (
     session_record,
     unflatten_state,
 )
+from cola_fed.federation.owners import read_partition_owners
 from cola_fed.federation.protocol import (
     BACKENDS,
     KIND_HELLO,
@@ -242,6 +243,9 @@ class ColaStrategy(Strategy):
             {name: content_hash(data) for name, data in self.files.items()})
         self.contract = task.input_contract()
         task.check()
+        #: with strategy.partition-owners: the identities that may hold each partition
+        self.owners = (read_partition_owners(config.strategy.partition_owners)
+                       if config.strategy.partition_owners else None)
         if config.task.rouge_prompts:
             if not hasattr(task, "rouge_examples"):
                 raise ConfigError(f"task.rouge-prompts: the {task.name} task does not "
@@ -269,9 +273,9 @@ class ColaStrategy(Strategy):
         # the replies (not the time spent waiting for nodes)
         self._server_seconds = 0.0
         self._col_model: tuple[frozenset[str], Deltas] | None = None  # this round's
-        s = config.strategy  # how ``col`` mode's shared delta W is formed
-        self.col_aggregate = ColAggregate(s.col_aggregate, s.col_trim_fraction,
-                                          s.col_clip_multiple)
+        robust = config.strategy  # how ``col`` mode's shared delta W is formed
+        self.col_aggregate = ColAggregate(robust.col_aggregate, robust.col_trim_fraction,
+                                          robust.col_clip_multiple)
         self._sampled: set[int] = set()
         self._rng = random.Random(config.task.seed)
 
@@ -339,6 +343,7 @@ class ColaStrategy(Strategy):
         self.checkpoint.lock()
         if self.config.checkpoint.resume:
             self._resume()
+            self._drop_unowned()
         else:
             aside = self.checkpoint.set_aside()
             if aside is not None:
@@ -484,10 +489,16 @@ class ColaStrategy(Strategy):
         session back (its adapters and batches as the server holds them); a new partition
         gets a session from the node's first adapters and batches. A partition held by
         another identity is refused, and so is every node of a partition that several new
-        nodes claim at once (claims are not proof: the first has no right over a later one)."""
+        nodes claim at once (claims are not proof: the first has no right over a later one).
+        With ``strategy.partition-owners``, a claim by an identity the file does not list for
+        the partition is refused first, for the run, whoever came first."""
         fresh = collections.defaultdict(list)
         for node, claim, parts, channel in claims:
             identity = bytes.fromhex(claim.identity)
+            if self.owners is not None and not self.owners.allows(claim.partition_id, identity):
+                self._refuse_hello(node, "ProtocolError: " + self.owners.why_not(
+                    claim.partition_id, identity))
+                continue
             session = self.members.get(claim.partition_id)
             if session is None:
                 fresh[claim.partition_id].append((node, claim, parts, channel))
@@ -535,6 +546,19 @@ class ColaStrategy(Strategy):
                  claim.partition_id, node,
                  f" (was node {previous})" if previous not in (None, node) else "",
                  session.acknowledged)
+
+    def _drop_unowned(self) -> None:
+        """With ``strategy.partition-owners``: forget the resumed sessions of identities the
+        file does not list for their partition (taken before the file was, or before it
+        changed), so that the owners' claims start them afresh."""
+        if self.owners is None:
+            return
+        for partition, session in list(self.members.items()):
+            if not self.owners.allows(partition, session.identity):
+                del self.members[partition]
+                log.warning("resume: partition %d was held by an identity %s does not list "
+                            "for it; its session is dropped, and its owner starts it afresh",
+                            partition, self.owners.path)
 
     def _refuse_hello(self, node: int, why: str, *, retry: bool = False) -> None:
         """A node that did not join: for the run, or (``retry``: no answer, an error or a
@@ -730,8 +754,9 @@ class ColaStrategy(Strategy):
             return chunks
 
     def _collaborative(self, collaborators: dict[str, NodeSession]) -> Deltas | None:
-        """``col`` mode: the round's model, the mean delta W of its sampled nodes, formed once
-        for all its groups (and again only when a node whose batch breaks a pass leaves)."""
+        """``col`` mode: the round's model, the delta W of its sampled nodes (aggregated as
+        ``strategy.col-aggregate`` says), formed once for all its groups (and again only when
+        a node whose batch breaks a pass leaves)."""
         if self.config.strategy.mode != "col":
             return None
         key = frozenset(collaborators)

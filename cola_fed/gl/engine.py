@@ -17,7 +17,8 @@ Modes
     weights are restored bit for bit. Low Rank and Linear only; one pass per client.
 ``col``
     The mean ``delta W`` of all clients is merged once and every client's batch runs against it
-    (the reference code's collaborative mode). Low Rank and Linear only.
+    (the reference code's collaborative mode). Low Rank and Linear only. :class:`ColAggregate`
+    picks a robust alternative to the mean (a coordinate-wise trimmed mean, a norm-clipped mean).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import statistics
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +45,7 @@ from cola_fed.gl.losses import LossFn, default_loss, logits_of
 from cola_fed.gl.targets import Targets, find_targets
 
 MODES = ("unmerged", "merged", "col")
+COL_AGGREGATES = ("mean", "trimmed-mean", "clipped-mean")
 
 Batch = Mapping[str, torch.Tensor]
 AdapterState = Mapping[str, Mapping[str, Any]]
@@ -50,6 +53,41 @@ AdapterState = Mapping[str, Mapping[str, Any]]
 PreparedAdapters = dict[str, tuple[Adapter, Params]]
 # per layer: a weight delta and an optional bias delta, to merge into the frozen layer
 Deltas = dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass(frozen=True)
+class ColAggregate:
+    """How ``col`` mode forms the shared ``delta W`` of a layer from the clients' own (after
+    Flower's robust strategies: ``FedTrimmedAvg``'s ``beta``, the clipping of ``DPFedAvg``).
+
+    Parameters
+    ----------
+    rule : str
+        ``mean`` (the reference code's), ``trimmed-mean`` (per coordinate, the mean of the
+        values left when ``int(trim_fraction * n)`` of the n clients' values are cut from each
+        tail) or ``clipped-mean`` (each client's delta of the layer, weight and bias together,
+        scaled down to at most ``clip_multiple`` times the median of the clients' norms of that
+        layer, then the mean).
+    trim_fraction : float
+        ``trimmed-mean``: the fraction cut from each tail, in ``[0, 0.5)``.
+    clip_multiple : float
+        ``clipped-mean``: the multiple of the round's median norm a delta is clipped to, > 0.
+    """
+
+    rule: str = "mean"
+    trim_fraction: float = 0.2
+    clip_multiple: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.rule not in COL_AGGREGATES:
+            raise ConfigError(f"col aggregate: expected one of {', '.join(COL_AGGREGATES)}, "
+                              f"got {self.rule!r}")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ConfigError(f"col trim fraction: must be in [0, 0.5), got "
+                              f"{self.trim_fraction}")
+        if not 0.0 < self.clip_multiple < math.inf:
+            raise ConfigError(f"col clip multiple: must be a finite number > 0, got "
+                              f"{self.clip_multiple}")
 
 
 @dataclass
@@ -81,6 +119,8 @@ class ServerEngine:
         model's class computes (cross-entropy, MSE for one output, shifted for causal LMs).
     max_batch_size : int or None
         Most samples in one pass; clients are packed into passes whole. ``None``: no limit.
+    col_aggregate : ColAggregate or None
+        How ``col`` mode forms the shared ``delta W`` (``None``: the mean).
     """
 
     def __init__(
@@ -91,6 +131,7 @@ class ServerEngine:
         mode: str = "unmerged",
         loss_fn: LossFn | None = None,
         max_batch_size: int | None = None,
+        col_aggregate: ColAggregate | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
@@ -101,6 +142,7 @@ class ServerEngine:
         self.mode = mode
         self.loss_fn = loss_fn or default_loss(model)
         self.max_batch_size = max_batch_size
+        self.col_aggregate = col_aggregate or ColAggregate()
         self.layout, self._modules = find_targets(model, targets)
         self._pass: _Pass | None = None
         self._hooks = [
@@ -128,9 +170,10 @@ class ServerEngine:
         a mapping of layer selectors to specs) is needed for MLP adapters with a non-default
         activation and for families a state does not reveal (a plugin's with options, or
         without an ``infer``); otherwise the family is read off the state.
-        In ``col`` mode the collaborative model is the mean ``delta W`` of the clients in
-        this call, or ``collaborative`` (from :meth:`collaborative_deltas`) when a round's
-        clients are computed in several calls against one model.
+        In ``col`` mode the collaborative model is the ``delta W`` of the clients in this
+        call, aggregated as ``col_aggregate`` says (the mean by default), or ``collaborative``
+        (from :meth:`collaborative_deltas`) when a round's clients are computed in several
+        calls against one model.
         """
         mode = mode or self.mode
         if mode not in MODES:
@@ -153,7 +196,8 @@ class ServerEngine:
                 with self._merged(_delta_weights(client, prepared[client])):
                     results.update(self._run_pass([client], batches, sizes, {}))
         elif mode == "col":
-            with self._merged(collaborative or _mean_delta_weights(prepared)):
+            with self._merged(collaborative or _aggregate_delta_weights(prepared,
+                                                                        self.col_aggregate)):
                 for group in self._pack(batches, sizes):
                     results.update(self._run_pass(group, batches, sizes, {}))
         else:
@@ -162,11 +206,14 @@ class ServerEngine:
         return {client: results[client] for client in batches}
 
     def collaborative_deltas(self, adapters: Mapping[str, AdapterState], *,
-                             specs: Mapping[str, SpecLike] | None = None) -> Deltas:
-        """The ``col`` mode model of ``adapters``: per layer, the mean ``delta W`` (and bias)
-        over the clients that adapt it."""
-        return _mean_delta_weights({c: self._prepare(c, state, (specs or {}).get(c))
-                                    for c, state in adapters.items()})
+                             specs: Mapping[str, SpecLike] | None = None,
+                             aggregate: ColAggregate | None = None) -> Deltas:
+        """The ``col`` mode model of ``adapters``: per layer, the ``delta W`` (and bias) of
+        the clients that adapt it, aggregated as ``aggregate`` (default: ``col_aggregate``)
+        says."""
+        return _aggregate_delta_weights(
+            {c: self._prepare(c, state, (specs or {}).get(c)) for c, state in adapters.items()},
+            aggregate or self.col_aggregate)
 
     @torch.no_grad()
     def predict(
@@ -189,13 +236,14 @@ class ServerEngine:
         adapters: Mapping[str, AdapterState],
         *,
         specs: Mapping[str, SpecLike] | None = None,
+        aggregate: ColAggregate | None = None,
     ) -> torch.Tensor:
-        """Logits of the collaborative model: the base with the mean ``delta W`` of all clients
-        merged (what ``col`` mode trains through)."""
-        prepared = {c: self._prepare(c, state, (specs or {}).get(c))
-                    for c, state in adapters.items()}
+        """Logits of the collaborative model: the base with the ``delta W`` of all clients
+        merged, aggregated as ``aggregate`` (default: ``col_aggregate``) says (what ``col``
+        mode trains through)."""
+        deltas = self.collaborative_deltas(adapters, specs=specs, aggregate=aggregate)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        with self._merged(_mean_delta_weights(prepared)):
+        with self._merged(deltas):
             return logits_of(self.model(**inputs))
 
     def close(self) -> None:
@@ -675,21 +723,49 @@ def _delta_weights(
     return deltas
 
 
-def _mean_delta_weights(
-    prepared: Mapping[str, PreparedAdapters],
+def _aggregate_delta_weights(
+    prepared: Mapping[str, PreparedAdapters], aggregate: ColAggregate,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    """``mean_k delta W_k`` per layer over the clients that adapt it (``col`` mode)."""
+    """Per layer, the clients' ``delta W`` (and bias) aggregated over the clients that adapt
+    it (``col`` mode): the mean, a coordinate-wise trimmed mean or a norm-clipped mean. A
+    client without a bias delta counts as a zero one."""
     per_layer: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
     for client, adapters in prepared.items():
         for name, delta in _delta_weights(client, adapters).items():
             per_layer.setdefault(name, []).append(delta)
-    means = {}
+    out = {}
     for name, deltas in per_layer.items():
-        dw = torch.stack([dw for dw, _ in deltas]).mean(0)
-        biases = [db for _, db in deltas if db is not None]
-        db = torch.stack(biases).sum(0) / len(deltas) if biases else None
-        means[name] = (dw, db)
-    return means
+        dws = torch.stack([dw for dw, _ in deltas])
+        biased = any(db is not None for _, db in deltas)
+        dbs = torch.stack([db if db is not None else torch.zeros_like(
+            next(b for _, b in deltas if b is not None)) for _, db in deltas]) if biased else None
+        if aggregate.rule == "trimmed-mean":
+            out[name] = (_trimmed_mean(dws, aggregate.trim_fraction),
+                         _trimmed_mean(dbs, aggregate.trim_fraction) if biased else None)
+            continue
+        if aggregate.rule == "clipped-mean":
+            squared = dws.flatten(1).double().square().sum(1)
+            if biased:
+                squared = squared + dbs.flatten(1).double().square().sum(1)
+            norms = squared.sqrt()
+            limit = aggregate.clip_multiple * float(statistics.median(norms.tolist()))
+            # at most ``limit``; a delta of norm 0 stays 0 (and a zero limit zeroes them all)
+            factors = (limit / norms.clamp_min(1e-300)).clamp(max=1.0)
+            dws = dws * factors.to(dws.dtype).reshape(-1, *[1] * (dws.dim() - 1))
+            if biased:
+                dbs = dbs * factors.to(dbs.dtype).reshape(-1, *[1] * (dbs.dim() - 1))
+        out[name] = (dws.mean(0), dbs.mean(0) if biased else None)
+    return out
+
+
+def _trimmed_mean(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Per coordinate, the mean over dimension 0 after ``int(fraction * n)`` of the ``n``
+    values are cut from each tail (as Flower's ``trim_mean``)."""
+    n = values.shape[0]
+    cut = int(fraction * n)
+    if cut == 0:
+        return values.mean(0)
+    return values.sort(dim=0).values[cut:n - cut].mean(0)
 
 
 def _batch_size(client: str, batch: Mapping[str, Any]) -> int:
