@@ -37,3 +37,4 @@ export { VerifiedCache, GraphCache, TaskFileCache, MemoryContentStore, type Cont
 export * from "./supernode/backoff.js";
 export * from "./supernode/heartbeat.js";
 export * from "./supernode/supernode.js";
+export * from "./crypto/noble.js";

@@ -4,6 +4,7 @@
  * and the content hash graphs are listed and cached under.
  */
 
+import { defaultCryptoProvider } from "../crypto/provider.js";
 import { compareCodePoints } from "../json/python-json.js";
 import { assignSpecs } from "../learner/assign.js";
 import { familyOf } from "../learner/families.js";
@@ -86,5 +87,5 @@ function graphForms(form: FormRequest, spec: AdapterSpec, dIn: number, dOut: num
 /** SHA-256 of a graph's (or a task file's) bytes, lower-case hex (`content_hash`): how graphs
  * are named in plans and caches. */
 export async function contentHash(data: Uint8Array): Promise<string> {
-  return toHex(new Uint8Array(await globalThis.crypto.subtle.digest("SHA-256", data as Uint8Array<ArrayBuffer>)));
+  return toHex(await defaultCryptoProvider().sha256(data));
 }

@@ -1,5 +1,6 @@
 /**
- * Flower 1.42's SuperNode authentication on the Fleet HTTP API, with WebCrypto only.
+ * Flower 1.42's SuperNode authentication on the Fleet HTTP API, over a {@link CryptoProvider}
+ * (WebCrypto, or the pure-JavaScript one where there is no `crypto.subtle`).
  *
  * Every Fleet call carries three headers (`flwr/supernode/node_auth_http_interceptor.py`):
  * `flwr-public-key` (base64 of the node's PEM SubjectPublicKeyInfo), `flwr-timestamp` (Python's
@@ -10,9 +11,11 @@
  *
  * A node started with `--auth-supernode-private-key` reads an OpenSSH private key
  * (`load_ssh_private_key` in `flwr/supernode/cli/flower_supernode.py`, e.g. from
- * `ssh-keygen -t ecdsa -b 384 -N ""`). WebCrypto imports only PKCS#8, so
- * {@link importNodeAuthKey} rewraps OpenSSH and SEC1 ("EC PRIVATE KEY") keys as PKCS#8 by hand.
+ * `ssh-keygen -t ecdsa -b 384 -N ""`). {@link importNodeAuthKey} reads the private scalar out
+ * of OpenSSH, SEC1 ("EC PRIVATE KEY") and PKCS#8 keys by hand, and the provider computes the
+ * public key from it, as `cryptography` does.
  */
+import { defaultCryptoProvider, type CryptoProvider, type EcdsaSigningKey } from "../crypto/provider.js";
 import { AuthenticationError, ConfigError } from "../errors.js";
 import { base64Decode, base64Encode, concatBytes } from "../util/bytes.js";
 
@@ -39,16 +42,6 @@ const CURVES: Record<NodeAuthCurve, { oid: Uint8Array; size: number; ssh: string
 };
 const EC_PUBLIC_KEY_OID = Uint8Array.of(0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01);
 
-// Named through globalThis so the file compiles with either the DOM or Node's type library.
-type Subtle = typeof globalThis.crypto.subtle;
-type Key = Awaited<ReturnType<Subtle["importKey"]>>;
-
-function subtle(): Subtle {
-  const found = globalThis.crypto?.subtle;
-  if (found === undefined) throw new ConfigError("WebCrypto (globalThis.crypto.subtle) is not available on this platform");
-  return found;
-}
-
 /**
  * Python's `datetime.now(tz=UTC).isoformat()` for a JavaScript date: microseconds (from the
  * millisecond clock) are written only when not zero, and the offset is `+00:00`.
@@ -73,48 +66,46 @@ export async function nodeAuthHeaders(key: NodeAuthKey, now: Date = new Date()):
   };
 }
 
-/** A fresh signing key (Flower's SuperNode makes a P-384 one when not given a key file). */
-export async function generateNodeAuthKey(curve: NodeAuthCurve = "P-384"): Promise<NodeAuthKey> {
-  const pair = (await subtle().generateKey({ name: "ECDSA", namedCurve: curve }, false, ["sign", "verify"])) as { privateKey: Key; publicKey: Key };
-  const spki = new Uint8Array(await subtle().exportKey("spki", pair.publicKey));
-  return makeKey(pair.privateKey, curve, toPem("PUBLIC KEY", spki));
+/** A fresh signing key (Flower's SuperNode makes a P-384 one when not given a key file); its
+ * private key cannot be exported where the provider can keep it so (WebCrypto). */
+export async function generateNodeAuthKey(curve: NodeAuthCurve = "P-384", crypto: CryptoProvider = defaultCryptoProvider()): Promise<NodeAuthKey> {
+  return makeKey(await crypto.ecdsaGenerate(curve), curve);
 }
 
 /**
  * A signing key from a PEM private key: OpenSSH ("OPENSSH PRIVATE KEY", unencrypted; what
  * Flower 1.42's `--auth-supernode-private-key` reads), PKCS#8 ("PRIVATE KEY") or SEC1
- * ("EC PRIVATE KEY"). Throws ConfigError on anything else (encrypted keys, other curves or
- * algorithms, damaged files).
+ * ("EC PRIVATE KEY"). The public key is computed from the private scalar, as `cryptography`
+ * does: an OpenSSH file's public point is not read (as `load_ssh_private_key`), a SEC1 or
+ * PKCS#8 key whose public point is another is refused (as `load_pem_private_key`). Throws
+ * ConfigError on anything else (encrypted keys, other curves or algorithms, damaged files).
  */
-export async function importNodeAuthKey(pem: string): Promise<NodeAuthKey> {
+export async function importNodeAuthKey(pem: string, crypto: CryptoProvider = defaultCryptoProvider()): Promise<NodeAuthKey> {
   const { label, der } = fromPem(pem);
-  let pkcs8: Uint8Array;
-  let curve: NodeAuthCurve;
-  if (label === "OPENSSH PRIVATE KEY") ({ pkcs8, curve } = openSshToPkcs8(der));
-  else if (label === "EC PRIVATE KEY") ({ pkcs8, curve } = sec1ToPkcs8(der));
-  else if (label === "PRIVATE KEY") ({ pkcs8, curve } = { pkcs8: der, curve: pkcs8Curve(der) });
+  let parsed: EcPrivateKey;
+  if (label === "OPENSSH PRIVATE KEY") parsed = openSshPrivateKey(der);
+  else if (label === "EC PRIVATE KEY") parsed = sec1PrivateKey(der);
+  else if (label === "PRIVATE KEY") parsed = pkcs8PrivateKey(der);
   else throw new ConfigError(`expected an EC private key in PEM (OPENSSH, EC or PKCS#8 PRIVATE KEY), got "${label.slice(0, 40)}"`);
-  let extractable: Key;
+  const { curve, scalar, point } = parsed;
+  let key: EcdsaSigningKey;
   try {
-    extractable = await subtle().importKey("pkcs8", new Uint8Array(pkcs8), { name: "ECDSA", namedCurve: curve }, true, ["sign"]);
+    key = await crypto.ecdsaFromPrivateScalar(curve, scalar);
   } catch (err) {
     throw new ConfigError(`the ${curve} private key could not be imported: ${String(err)}`);
   }
-  // The public key comes from the private one (WebCrypto computes x and y for the JWK export).
-  const jwk = await subtle().exportKey("jwk", extractable);
-  const publicKey = await subtle().importKey("jwk", { kty: "EC", crv: curve, x: jwk.x, y: jwk.y, ext: true }, { name: "ECDSA", namedCurve: curve }, true, ["verify"]);
-  const privateKey = await subtle().importKey("jwk", jwk, { name: "ECDSA", namedCurve: curve }, false, ["sign"]);
-  const spki = new Uint8Array(await subtle().exportKey("spki", publicKey));
-  return makeKey(privateKey, curve, toPem("PUBLIC KEY", spki));
+  if (point !== undefined && !bytesEq(point, key.publicPoint)) {
+    throw new ConfigError(`the ${curve} private key's public point is not its scalar's: the key file is damaged`);
+  }
+  return makeKey(key, curve);
 }
 
-function makeKey(privateKey: Key, curve: NodeAuthCurve, publicKeyPem: string): NodeAuthKey {
+function makeKey(key: EcdsaSigningKey, curve: NodeAuthCurve): NodeAuthKey {
   const size = CURVES[curve].size;
   return {
-    publicKeyPem,
+    publicKeyPem: toPem("PUBLIC KEY", ecSpki(curve, key.publicPoint)),
     async sign(data: Uint8Array): Promise<Uint8Array> {
-      const raw = new Uint8Array(await subtle().sign({ name: "ECDSA", hash: "SHA-256" }, privateKey, new Uint8Array(data)));
-      return rawToDerSignature(raw, size);
+      return rawToDerSignature(await key.sign(data), size);
     },
   };
 }
@@ -124,13 +115,17 @@ function makeKey(privateKey: Key, curve: NodeAuthCurve, publicKeyPem: string): N
  * does); used by tests and by tools that check a header. Returns false on a bad signature,
  * throws AuthenticationError when the key or the DER is malformed.
  */
-export async function verifyNodeSignature(publicKeyPem: string, data: Uint8Array, derSignature: Uint8Array): Promise<boolean> {
+export async function verifyNodeSignature(publicKeyPem: string, data: Uint8Array, derSignature: Uint8Array,
+  crypto: CryptoProvider = defaultCryptoProvider()): Promise<boolean> {
   const { label, der } = fromPem(publicKeyPem);
   if (label !== "PUBLIC KEY") throw new AuthenticationError(`expected a PEM PUBLIC KEY, got "${label.slice(0, 40)}"`);
-  const curve = spkiCurve(der);
-  const key = await subtle().importKey("spki", new Uint8Array(der), { name: "ECDSA", namedCurve: curve }, false, ["verify"]);
+  const { curve, point } = spkiPoint(der);
   const raw = derToRawSignature(derSignature, CURVES[curve].size);
-  return subtle().verify({ name: "ECDSA", hash: "SHA-256" }, key, new Uint8Array(raw), new Uint8Array(data));
+  try {
+    return await crypto.ecdsaVerify(curve, point, raw, data);
+  } catch (err) {
+    throw new AuthenticationError(`the public key is not a point on ${curve}: ${String(err)}`);
+  }
 }
 
 // ---------------------------------------------------------------- signatures: raw r||s <-> DER
@@ -206,25 +201,42 @@ function algorithmCurve(reader: DerReader): NodeAuthCurve {
   return curveFromOid(alg.read(0x06));
 }
 
-function pkcs8Curve(der: Uint8Array): NodeAuthCurve {
-  const outer = new DerReader(der, ConfigError);
-  const body = new DerReader(outer.read(0x30), ConfigError);
-  body.read(0x02);
-  return algorithmCurve(body);
-}
-
-function spkiCurve(der: Uint8Array): NodeAuthCurve {
+/** The curve and the uncompressed public point of a DER SubjectPublicKeyInfo. */
+function spkiPoint(der: Uint8Array): { curve: NodeAuthCurve; point: Uint8Array } {
   const outer = new DerReader(der, AuthenticationError);
   const body = new DerReader(outer.read(0x30), AuthenticationError);
+  outer.end();
+  let curve: NodeAuthCurve;
   try {
-    return algorithmCurve(body);
+    curve = algorithmCurve(body);
   } catch (err) {
     throw new AuthenticationError(err instanceof Error ? err.message : String(err));
   }
+  const bits = body.read(0x03);
+  body.end();
+  const size = CURVES[curve].size;
+  if (bits[0] !== 0 || bits.length !== 2 * size + 2 || bits[1] !== 0x04) {
+    throw new AuthenticationError(`the public key is not an uncompressed ${curve} point`);
+  }
+  return { curve, point: bits.subarray(1) };
 }
 
-/** PKCS#8 `PrivateKeyInfo` of an EC key from its scalar `d` and public point `q`. */
-function ecPkcs8(curve: NodeAuthCurve, d: Uint8Array, q: Uint8Array | undefined): Uint8Array {
+/** DER SubjectPublicKeyInfo of an uncompressed EC point, as `cryptography` and WebCrypto write it. */
+function ecSpki(curve: NodeAuthCurve, point: Uint8Array): Uint8Array {
+  const algorithm = derNode(0x30, concatBytes(EC_PUBLIC_KEY_OID, CURVES[curve].oid));
+  return derNode(0x30, concatBytes(algorithm, derNode(0x03, concatBytes(Uint8Array.of(0), point))));
+}
+
+/** An EC private key as read from a key file: the scalar (left-padded to the curve's size)
+ * and the public point the file states, if it does (and if it is to be checked). */
+interface EcPrivateKey {
+  curve: NodeAuthCurve;
+  scalar: Uint8Array;
+  point?: Uint8Array;
+}
+
+/** A big-endian integer's bytes (leading zeros allowed) as the curve's fixed-size scalar. */
+function fixedScalar(curve: NodeAuthCurve, d: Uint8Array): Uint8Array {
   const size = CURVES[curve].size;
   let start = 0;
   while (start < d.length && d[start] === 0) start++;
@@ -232,42 +244,59 @@ function ecPkcs8(curve: NodeAuthCurve, d: Uint8Array, q: Uint8Array | undefined)
   if (scalar.length === 0 || scalar.length > size) throw new ConfigError(`the private scalar does not fit ${curve}`);
   const padded = new Uint8Array(size);
   padded.set(scalar, size - scalar.length);
-  const parts = [derNode(0x02, Uint8Array.of(1)), derNode(0x04, padded)];
-  if (q !== undefined) {
-    if (q.length !== 2 * size + 1 || q[0] !== 0x04) throw new ConfigError(`the public point is not an uncompressed ${curve} point`);
-    parts.push(derNode(0xa1, derNode(0x03, concatBytes(Uint8Array.of(0), q))));
-  }
-  const ecPrivateKey = derNode(0x30, concatBytes(...parts));
-  const algorithm = derNode(0x30, concatBytes(EC_PUBLIC_KEY_OID, CURVES[curve].oid));
-  return derNode(0x30, concatBytes(derNode(0x02, Uint8Array.of(0)), algorithm, derNode(0x04, ecPrivateKey)));
+  return padded;
 }
 
-/** SEC1 `ECPrivateKey` (RFC 5915, with its curve parameters) rewrapped as PKCS#8. */
-function sec1ToPkcs8(der: Uint8Array): { pkcs8: Uint8Array; curve: NodeAuthCurve } {
+/** The body of a SEC1 `ECPrivateKey` (RFC 5915); `known` is the curve PKCS#8 named around it. */
+function ecPrivateKeyBody(der: Uint8Array, label: string, known?: NodeAuthCurve): EcPrivateKey {
   const outer = new DerReader(der, ConfigError);
   const body = new DerReader(outer.read(0x30), ConfigError);
   outer.end();
   const version = body.read(0x02);
-  if (version.length !== 1 || version[0] !== 1) throw new ConfigError("an EC PRIVATE KEY must have version 1");
+  if (version.length !== 1 || version[0] !== 1) throw new ConfigError(`an ${label} must have version 1`);
   const d = body.read(0x04);
-  let curve: NodeAuthCurve | undefined;
-  let q: Uint8Array | undefined;
+  let curve = known;
+  let point: Uint8Array | undefined;
   while (!body.done()) {
     const tag = body.peekTag();
     const value = body.read(tag);
-    if (tag === 0xa0) curve = curveFromOid(new DerReader(value, ConfigError).read(0x06));
-    else if (tag === 0xa1) {
+    if (tag === 0xa0) {
+      const named = curveFromOid(new DerReader(value, ConfigError).read(0x06));
+      if (curve !== undefined && named !== curve) throw new ConfigError(`the ${label} names two curves, ${curve} and ${named}`);
+      curve = named;
+    } else if (tag === 0xa1) {
       const bits = new DerReader(value, ConfigError).read(0x03);
       if (bits[0] !== 0) throw new ConfigError("the public key bit string has unused bits");
-      q = bits.subarray(1);
+      point = bits.subarray(1);
     }
   }
-  if (curve === undefined) throw new ConfigError("the EC PRIVATE KEY does not name its curve");
-  return { pkcs8: ecPkcs8(curve, d, q), curve };
+  if (curve === undefined) throw new ConfigError(`the ${label} does not name its curve`);
+  const size = CURVES[curve].size;
+  if (point !== undefined && (point.length !== 2 * size + 1 || point[0] !== 0x04)) {
+    throw new ConfigError(`the public point is not an uncompressed ${curve} point`);
+  }
+  return { curve, scalar: fixedScalar(curve, d), point };
 }
 
-/** An unencrypted OpenSSH `openssh-key-v1` ECDSA private key rewrapped as PKCS#8. */
-function openSshToPkcs8(data: Uint8Array): { pkcs8: Uint8Array; curve: NodeAuthCurve } {
+/** SEC1 `ECPrivateKey` ("EC PRIVATE KEY", with its curve parameters). */
+function sec1PrivateKey(der: Uint8Array): EcPrivateKey {
+  return ecPrivateKeyBody(der, "EC PRIVATE KEY");
+}
+
+/** PKCS#8 `PrivateKeyInfo` ("PRIVATE KEY") of an EC key. */
+function pkcs8PrivateKey(der: Uint8Array): EcPrivateKey {
+  const outer = new DerReader(der, ConfigError);
+  const body = new DerReader(outer.read(0x30), ConfigError);
+  outer.end();
+  const version = body.read(0x02);
+  if (version.length !== 1 || version[0] !== 0) throw new ConfigError("a PKCS#8 PRIVATE KEY must have version 0");
+  const curve = algorithmCurve(body);
+  return ecPrivateKeyBody(body.read(0x04), "EC key in PKCS#8", curve); // attributes after it are ignored
+}
+
+/** An unencrypted OpenSSH `openssh-key-v1` ECDSA private key (its public point is not read:
+ * `load_ssh_private_key` derives the public key from the scalar). */
+function openSshPrivateKey(data: Uint8Array): EcPrivateKey {
   const magic = new TextEncoder().encode("openssh-key-v1\0");
   if (data.length < magic.length || !bytesEq(data.subarray(0, magic.length), magic)) throw new ConfigError("not an openssh-key-v1 private key");
   const reader = new SshReader(data.subarray(magic.length));
@@ -285,9 +314,9 @@ function openSshToPkcs8(data: Uint8Array): { pkcs8: Uint8Array; curve: NodeAuthC
   if (curve === undefined || keyType !== `ecdsa-sha2-${curveName}`) {
     throw new ConfigError(`expected an ECDSA key on a NIST curve, got ${keyType.slice(0, 40)}`);
   }
-  const q = section.bytes();
+  section.bytes(); // the public point
   const d = section.bytes();
-  return { pkcs8: ecPkcs8(curve, d, q), curve };
+  return { curve, scalar: fixedScalar(curve, d) };
 }
 
 class SshReader {

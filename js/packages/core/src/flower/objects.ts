@@ -20,6 +20,7 @@
  * Python records follow that order (HelloReply: "clear" config, then "sealed" array).
  */
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { defaultCryptoProvider } from "../crypto/provider.js";
 import { FleetError } from "../errors.js";
 import { toHex } from "../util/bytes.js";
 import type { MessageError, FlowerMessage, FlowerMetadata } from "./message.js";
@@ -76,9 +77,7 @@ const ID_PATTERN = /^[0-9a-f]{64}$/;
 
 /** The object id of deflated object bytes: SHA-256, lower-case hex (`get_object_id`). */
 export async function objectIdOf(content: Uint8Array): Promise<string> {
-  const subtle = globalThis.crypto?.subtle;
-  if (subtle === undefined) throw new FleetError("WebCrypto (globalThis.crypto.subtle) is not available on this platform");
-  return toHex(new Uint8Array(await subtle.digest("SHA-256", content as Uint8Array<ArrayBuffer>)));
+  return toHex(await defaultCryptoProvider().sha256(content));
 }
 
 /** `add_header_to_object_body`: the object's bytes from its class, child ids and body. */

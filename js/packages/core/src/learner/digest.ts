@@ -4,6 +4,7 @@
  * its UTF-8 name, a zero byte, its shape as little-endian int64 and its float32 values.
  */
 
+import { defaultCryptoProvider } from "../crypto/provider.js";
 import { toHex } from "../util/bytes.js";
 import type { NdArray } from "../tensor.js";
 
@@ -44,5 +45,5 @@ export async function parameterDigest(params: ReadonlyMap<string, NdArray<"float
     total.set(part, at);
     at += part.length;
   }
-  return toHex(new Uint8Array(await globalThis.crypto.subtle.digest("SHA-256", total)));
+  return toHex(await defaultCryptoProvider().sha256(total));
 }
