@@ -8,8 +8,18 @@ against an honest node). Federation classes also check that every honest node tr
 round. Checkpoint classes tamper with a finished run's checkpoint and resume it: refused means
 refused whole, naming the file, with every result file unchanged. Owners classes run with a
 ``strategy.partition-owners`` file and Sybil node ids claiming an owned partition (0 honest
-nodes denied there). Targets: 0 accepted, 0 escaped, 0 aborts, 0 blamed. The wire decoders'
-own classes come from ``benchmarks.fuzz_wire``.
+nodes denied there). ``col poisoning``: one node of five in ``col`` mode sends adapters at
+``strategy.max-adapter-norm``, under each ``strategy.col-aggregate``. They are within the bound,
+so they are accepted (like the protocol classes' in-range values, not a failure), and the server
+holds them as that node's state, in the shared delta of every later round (the node's own later
+rounds fail on its side: it holds other adapters than it sent). What counts is ``held``: the
+clean nodes' held-out loss after the last round within 10% of the same run without that node.
+The mean is no defence and is expected not to hold; a robust option that does not hold fails the
+benchmark. These runs are seeded, so they run once whatever ``--runs``. ``unfolding``: the
+server sends an interval of convolution chunks that each fit the node's ``max-payload-mb`` alone
+but not together (one byte over it, decoded and unfolded); refused means the node refused the
+order naming its per-order cap, took nothing from it, and was not blamed. Targets: 0 accepted, 0
+escaped, 0 aborts, 0 blamed. The wire decoders' own classes come from ``benchmarks.fuzz_wire``.
 
     python -m benchmarks.hostile [--runs 3] [--fuzz 2000] [--seed 0]
 """
@@ -20,8 +30,10 @@ import argparse
 import copy
 import json
 import logging
+import math
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -34,20 +46,29 @@ from safetensors.numpy import save as save_tensors
 
 from benchmarks import fuzz_wire
 from benchmarks.common import write_result
+from cola_fed import errors
 from cola_fed.config import RunConfig
 from cola_fed.errors import ConfigError, PayloadError, ProtocolError
 from cola_fed.federation.adversary import (
     NODE_HELLO_ATTACKS,
     NODE_TRAIN_ATTACKS,
     RELAY_HELLO_REWRITES,
+    adapter_edit,
     hostile_node,
     json_paths,
 )
 from cola_fed.federation.client import STATE_SESSION
 from cola_fed.federation.local_grid import LocalGrid
 from cola_fed.federation.node_store import NodeStore
-from cola_fed.federation.protocol import HelloClaim, HelloTranscript, TrainOrder, TrainReport
+from cola_fed.federation.protocol import (
+    HelloClaim,
+    HelloTranscript,
+    NodeSession,
+    TrainOrder,
+    TrainReport,
+)
 from cola_fed.federation.server import build_strategy, run_server
+from cola_fed.wire.codec import DecodeBudget
 from cola_fed.wire.crypto import fingerprint, public_bytes
 
 DIGITS = {"task.name": "digits", "task.batch-size": 16, "task.eval-batches": 2,
@@ -174,6 +195,147 @@ def owners_class(*, sybils_first: bool) -> dict[str, int]:
             "honest-ok": int(all(n in strategy.sessions and strategy.sessions[n].rounds_trained
                                  == wanted[n] for n in honest)),
             "honest-denied": sum(n not in strategy.sessions for n in honest)}
+
+
+# --------------------------------------------------------------------------------------------
+# col mode: one node of five with adapters at the norm bound (as tests/test_col_robust.py)
+
+COL_RULES = ("mean", "trimmed-mean", "clipped-mean")
+COL_BOUND, COL_HOSTILE, COL_ROUNDS = 1000.0, 1004, 8
+COL_SETTINGS = {**DIGITS, "edge.graphs": False,
+                "num-server-rounds": COL_ROUNDS, "optimizer.lr": 0.05, "task.eval-batches": 4,
+                "strategy.mode": "col", "strategy.max-adapter-norm": COL_BOUND}
+
+
+def at_the_bound(state):
+    """Every adapter tensor scaled to just under ``strategy.max-adapter-norm``: accepted."""
+    def scaled(v):
+        v = v if float(np.linalg.norm(v)) > 0 else np.ones_like(v)
+        return (v * np.float32(0.999 * COL_BOUND / float(np.linalg.norm(v)))).astype(np.float32)
+    return {layer: {p: scaled(v) for p, v in ps.items()} for layer, ps in state.items()}
+
+
+def col_run(rule: str, *, hostile: bool):
+    """(strategy, aborted, mean held-out loss of the four clean nodes after the last round,
+    hostile TRAIN replies sent)."""
+    strategy = build_strategy(RunConfig.from_flat({**COL_SETTINGS,
+                                                   "strategy.col-aggregate": rule}))
+    sent = []
+
+    def count(node, reply):
+        if node == COL_HOSTILE and reply.metadata.message_type == "train" and \
+                not reply.has_error():
+            sent.append(reply)
+        return reply
+
+    grid = LocalGrid(5, handlers={COL_HOSTILE: hostile_node(adapter_edit(at_the_bound))},
+                     reply_filter=count)
+    if not hostile:
+        grid.disconnect(COL_HOSTILE)
+    try:
+        strategy.start(grid, num_rounds=COL_ROUNDS, timeout=3)
+        aborted = strategy.stopped
+    except Exception as err:
+        aborted = repr(err)
+    clean = [s for n, s in strategy.sessions.items() if n != COL_HOSTILE]
+    loss = statistics.fmean(s.history[-1]["loss"] for s in clean if s.history) if any(
+        s.history for s in clean) else math.inf
+    return strategy, aborted, loss, len(sent)
+
+
+def col_poisoning_class(rule: str) -> dict[str, Any]:
+    """One hostile node at the bound among five under ``rule``: its adapters are accepted (they
+    are within the bound); ``held`` when the clean nodes' loss stays within 10% of the run
+    without it."""
+    _, clean_aborted, without, _ = col_run(rule, hostile=False)
+    strategy, aborted, with_hostile, sent = col_run(rule, hostile=True)
+    hostile = strategy.sessions.get(COL_HOSTILE)
+    accepted = hostile.rounds_trained if hostile else 0
+    clean = [s for n, s in strategy.sessions.items() if n != COL_HOSTILE]
+    return {"cases": sent, "refused": sent - accepted, "accepted": accepted,
+            "escaped": 0, "aborts": int(aborted is not None) + int(clean_aborted is not None),
+            "honest-ok": int(len(clean) == 4 and all(s.rounds_trained == COL_ROUNDS
+                                                      for s in clean)),
+            "honest-denied": 4 - len(clean),
+            "blamed": sum(s.failures + int(s.quarantined) for s in clean),
+            "held": int(with_hostile <= 1.1 * without),
+            "loss-without": without, "loss-with": with_hostile,
+            "loss-ratio": with_hostile / without}
+
+
+# --------------------------------------------------------------------------------------------
+# one TRAIN order's chunks: each within the node's max-payload-mb, not together
+
+UNFOLD = {"task.name": "mnist", "task.batch-size": 4, "task.eval-batches": 1,
+          "task.server-test-size": 8, "data.interval": 3, "wire.form": "rows",
+          "edge.graphs": False, "strategy.min-available-nodes": 1,
+          "strategy.max-failures": 1000}
+VICTIM, BYSTANDER = 1000, 1001
+_chunk_costs: list[int] = []
+
+
+def chunk_costs() -> list[int]:
+    """What each chunk of one mnist TRAIN order takes decoded and unfolded (one honest round,
+    measured once)."""
+    if not _chunk_costs:
+        spend = DecodeBudget.spend
+
+        def recording(self: DecodeBudget, nbytes: int) -> None:
+            spend(self, nbytes)
+            _chunk_costs.append(nbytes)
+
+        DecodeBudget.spend = recording
+        try:
+            build_strategy(RunConfig.from_flat({**UNFOLD, "num-server-rounds": 1})).start(
+                LocalGrid(1), num_rounds=1, timeout=30)
+        finally:
+            DecodeBudget.spend = spend
+    return list(_chunk_costs)
+
+
+def megabytes(nbytes: int) -> float:
+    """The ``max-payload-mb`` that is exactly ``nbytes``."""
+    mb = nbytes / 1e6
+    return mb if int(mb * 1e6) == nbytes else math.nextafter(mb, 1)
+
+
+def in_family(reason: str) -> bool:
+    kind = getattr(errors, reason.split("(", 1)[0].strip(), None)
+    return isinstance(kind, type) and issubclass(kind, (ProtocolError, PayloadError))
+
+
+def unfolding_class() -> dict[str, int]:
+    """Node 1000's cap is one byte under what the order's chunks take together, decoded and
+    unfolded (each fits it alone, as does the sealed payload); node 1001 has the default cap."""
+    costs = chunk_costs()
+    cap = sum(costs) - 1
+    assert max(costs) < cap  # each chunk fits the cap alone
+    reasons: list[str] = []
+
+    def watch(node, reply):
+        if node == VICTIM and reply is not None and reply.has_error() and \
+                reply.metadata.message_type == "train":
+            reasons.append(str(reply.error.reason))
+        return reply
+
+    strategy = build_strategy(RunConfig.from_flat({**UNFOLD, "num-server-rounds": ROUNDS}))
+    grid = LocalGrid(2, reply_filter=watch)
+    grid.contexts[VICTIM].node_config["max-payload-mb"] = megabytes(cap)
+    try:
+        strategy.start(grid, num_rounds=ROUNDS, timeout=30)
+        aborted = strategy.stopped
+    except Exception as err:
+        aborted = repr(err)
+    state = grid.contexts[VICTIM].state
+    taken = NodeSession.from_record(state[STATE_SESSION]).last_round \
+        if STATE_SESSION in state else 0
+    refused = sum("decoded and unfolded" in r and in_family(r) for r in reasons)
+    victim, bystander = strategy.sessions.get(VICTIM), strategy.sessions.get(BYSTANDER)
+    return {"cases": ROUNDS, "refused": refused, "accepted": taken,
+            "escaped": sum(not in_family(r) for r in reasons), "aborts": int(aborted is not None),
+            "honest-ok": int(bystander is not None and bystander.rounds_trained == ROUNDS),
+            "honest-denied": int(victim is None) + int(bystander is None),
+            "blamed": victim.failures + int(victim.quarantined) if victim else 1}
 
 
 def _state_edit(edit):
@@ -318,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
                lambda: owners_class(sybils_first=False)),
               ("owners: contested partitions, sybils first",
                lambda: owners_class(sybils_first=True))]
+    plans += [("unfolding: an interval of chunks, each within the cap", unfolding_class)]
+    plans += [(f"col poisoning: {rule}", lambda r=rule: col_poisoning_class(r))
+              for rule in COL_RULES]
     finished = Path(tempfile.mkdtemp()) / "finished"
     plans += [(f"checkpoint: {n}", lambda t=t: checkpoint_class(t, finished))
               for n, t in CHECKPOINT_TAMPERING.items()]
@@ -325,8 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         if name.startswith("checkpoint") and not finished.exists():
             checkpointed_run(finished, 8, ROUNDS)  # the run whose checkpoint is tampered with
             (finished / "checkpoint" / ".lock").unlink()
-        total: dict[str, int] = {}
-        for _ in range(args.runs):
+        total: dict[str, Any] = {}
+        for _ in range(1 if name.startswith("col poisoning") else args.runs):  # seeded
             for key, value in one_run().items():
                 total[key] = total.get(key, 0) + value
         results[name] = total
@@ -352,9 +517,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{group:14s} {classes:7d} {counts['cases']:7d} {counts['refused']:8d} "
               f"{counts['accepted']:9d} {counts['escaped']:8d} {counts['aborts']:7d} "
               f"{counts['honest-denied']:14d} {counts['blamed']:7d}")
+    for rule in COL_RULES:
+        c = results[f"col poisoning: {rule}"]
+        print(f"col poisoning, {rule}: clean nodes' loss {c['loss-with']:.4g} with the node at "
+              f"the bound, {c['loss-without']:.4g} without (x{c['loss-ratio']:.3g}): "
+              + ("held (within 10%)" if c["held"] else "NOT held"
+                 + (" (expected: the mean is no defence)" if rule == "mean" else "")))
     print(f"wrote {path}")
     bad = any(c["escaped"] or c.get("aborts") or c.get("blamed") for c in results.values()) or any(
-        results[n]["accepted"] for n in results if not n.startswith(("wire", "protocol")))
+        results[n]["accepted"] for n in results
+        if not n.startswith(("wire", "protocol", "col poisoning"))) or not all(
+        results[f"col poisoning: {r}"]["held"] for r in COL_RULES if r != "mean")
     return 1 if bad else 0
 
 

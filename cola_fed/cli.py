@@ -220,7 +220,8 @@ def _serve_node(args: argparse.Namespace) -> int:
     serve(target, host=args.host, port=args.port,
           page_dir=Path(args.page_dir) if args.page_dir else DEFAULT_PAGE_DIR,
           certfile=Path(args.ssl_certfile) if args.ssl_certfile else None,
-          keyfile=Path(args.ssl_keyfile) if args.ssl_keyfile else None)
+          keyfile=Path(args.ssl_keyfile) if args.ssl_keyfile else None,
+          allowed_hosts=args.allowed_host)
     return 0
 
 
@@ -349,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_node.add_argument("--ssl-certfile", help="serve the page over https with this "
                             "certificate (PEM)")
     serve_node.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    serve_node.add_argument("--allowed-host", action="append", metavar="NAME",
+                            help="a name browsers reach the page by (repeatable; default: "
+                                 "--host, and localhost for a loopback --host); other Host "
+                                 "headers are refused")
     serve_node.add_argument("--page-dir", help="the page's static files (default: "
                             "js/packages/browser/dist-web, built by make js)")
     serve_node.set_defaults(run=_serve_node)

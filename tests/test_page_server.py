@@ -111,8 +111,10 @@ def test_a_body_past_the_bound_is_refused_before_forwarding(tmp_path):
     from starlette.routing import Route
 
     app = Starlette(routes=[Route("/v1/fleet/{route}", forward, methods=["POST"])])
-    assert call(app, "POST", "/v1/fleet/push-object", content=b"x" * 11).status_code == 413
-    assert call(app, "POST", "/v1/fleet/push-object", content=b"x" * 10).status_code == 200
+    assert call(app, "POST", "/v1/fleet/push-object", content=b"x" * 11,
+                headers=FLOWER_HEADERS).status_code == 413
+    assert call(app, "POST", "/v1/fleet/push-object", content=b"x" * 10,
+                headers=FLOWER_HEADERS).status_code == 200
 
 
 def test_an_unreachable_superlink_is_a_502_the_node_retries(tmp_path):
@@ -120,7 +122,55 @@ def test_an_unreachable_superlink_is_a_502_the_node_retries(tmp_path):
         raise httpx.ConnectError("refused", request=request)
 
     app, _ = recording_app(tmp_path, refuse)
-    assert call(app, "POST", "/v1/fleet/pull-messages", content=b"").status_code == 502
+    assert call(app, "POST", "/v1/fleet/pull-messages", content=b"",
+                headers=FLOWER_HEADERS).status_code == 502
+
+
+def test_only_protobuf_calls_are_forwarded_not_another_site_s_form(tmp_path):
+    # a cross-site <form method=post> needs no preflight: it must not reach the SuperLink
+    app, seen = recording_app(tmp_path)
+    for media_type in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data"):
+        answer = call(app, "POST", "/v1/fleet/get-run", content=b"a=b",
+                      headers={**FLOWER_HEADERS, "content-type": media_type})
+        assert answer.status_code == 415
+    assert call(app, "POST", "/v1/fleet/get-run", content=b"").status_code == 415
+    assert not seen
+    parameters = {**FLOWER_HEADERS, "content-type": "application/protobuf; charset=binary"}
+    answer = call(app, "POST", "/v1/fleet/get-run", content=b"", headers=parameters)
+    assert answer.status_code == 200
+
+
+def test_a_superlink_cannot_serve_a_page_from_the_page_s_origin(tmp_path):
+    page = b"<script>indexedDB.open('cola-fed')</script>"
+    app, _ = recording_app(tmp_path, lambda r: httpx.Response(
+        200, content=page, headers={"content-type": "text/html; charset=utf-8"}))
+    answer = call(app, "POST", "/v1/fleet/get-run", content=b"", headers=FLOWER_HEADERS)
+    assert answer.content == page  # the bytes pass, as a relay's would
+    assert answer.headers["content-type"] == "application/octet-stream"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in answer.headers["content-security-policy"]
+    app, _ = recording_app(tmp_path, lambda r: httpx.Response(
+        401, content=b'{"detail":"no"}', headers={"content-type": "application/json"}))
+    answer = call(app, "POST", "/v1/fleet/get-run", content=b"", headers=FLOWER_HEADERS)
+    assert answer.status_code == 401 and answer.headers["content-type"] == "application/json"
+
+
+def test_a_superlink_answer_past_the_bound_is_not_held(tmp_path):
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from cola_fed.federation import page_server
+
+    def streamed(request):
+        return httpx.Response(200, stream=httpx.ByteStream(b"x" * 11))  # no content-length
+
+    for handler in (streamed, lambda r: httpx.Response(200, content=b"x" * 11)):
+        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        forward = page_server.fleet_forwarder(SuperLinkTarget("127.0.0.1:1", insecure=True),
+                                              client, max_response_bytes=10)
+        app = Starlette(routes=[Route("/v1/fleet/{route}", forward, methods=["POST"])])
+        answer = call(app, "POST", "/v1/fleet/pull-messages", content=b"", headers=FLOWER_HEADERS)
+        assert answer.status_code == 502 and b"larger than 10 bytes" in answer.content
 
 
 def test_the_page_is_served_with_its_security_headers(tmp_path):
@@ -181,3 +231,19 @@ def test_a_node_serves_a_flower_app_through_the_forwarder(tmp_path):
     assert "error" not in echo, echo
     assert echo["big-equal"] and echo["big-bytes"] > 5 * 2**20  # chunked objects, both ways
     assert echo["config-back"] == echo["config-sent"]
+
+
+def test_a_page_reached_by_another_host_name_is_refused(tmp_path):
+    """DNS rebinding: a site whose name now points at this machine cannot use the forwarder
+    (or the page) as its own origin: only the names the page is served by are answered."""
+    from starlette.testclient import TestClient
+
+    app = page_app(SuperLinkTarget("127.0.0.1:1", insecure=True), page_dir(tmp_path),
+                   allowed_hosts=["127.0.0.1", "localhost"])
+    with TestClient(app, base_url="http://127.0.0.1:8080") as client:
+        assert client.get("/").status_code == 200
+        assert client.get("/", headers={"host": "attacker.example"}).status_code == 400
+        refused = client.post("/v1/fleet/pull-messages", content=b"",
+                              headers={"host": "attacker.example",
+                                       "content-type": "application/protobuf"})
+        assert refused.status_code == 400

@@ -8,7 +8,10 @@ page cannot call a SuperLink on another origin. This server serves the page's st
 The forwarder is a plain relay and adds nothing a relay could not already do: it passes the
 request body and Flower's own headers (authentication, runtime version, media type) through
 unchanged, and the SuperLink's status, body and media type back; it adds no header of its own
-(no ``X-Forwarded-For``, no credentials) and keeps nothing. The node still signs every call with
+(no ``X-Forwarded-For``, no credentials) and keeps nothing. It forwards only protobuf calls (not a
+form another site's page could post here), bounds the SuperLink's answer as it bounds requests,
+and never lets an answer act as a page of this origin (only protobuf and JSON media types pass;
+every answer is ``nosniff`` and sandboxed). The node still signs every call with
 its own key and seals every payload for the server, so the relay learns what any network hop
 between a SuperNode and its SuperLink learns. Only Flower's twelve Fleet routes are forwarded,
 and request bodies are bounded before they are read whole.
@@ -31,6 +34,8 @@ from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -51,9 +56,23 @@ PASSED_REQUEST_HEADERS = (
     "flwr-package-name", "flwr-package-version", "flwr-component-name",
 )
 PASSED_RESPONSE_HEADERS = ("content-type",)
+# what a Fleet call carries (Flower's SuperNode and the page send protobuf): anything else, such
+# as a form another site's page posts here (no preflight), is not forwarded
+FLEET_REQUEST_MEDIA_TYPE = "application/protobuf"
+# what a SuperLink answers with (protobuf, FastAPI's JSON errors); another media type is sent on
+# as opaque bytes, so that a SuperLink cannot serve HTML or script from the page's origin
+PASSED_RESPONSE_MEDIA_TYPES = frozenset({"application/protobuf", "application/json"})
+# on every forwarded answer: never sniffed, and sandboxed should a browser render it anyway
+FORWARDED_ANSWER_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "content-security-policy": "default-src 'none'; sandbox",
+}
 # a pushed object is at most one 5 MiB array chunk plus its header; Flower's own bodies are
 # smaller than this bound, which stops a page (or anyone on loopback) from streaming gigabytes
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# the SuperLink is not trusted either: its answer is bounded before it is held whole (the node's
+# own transport refuses answers past 64 MiB too)
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 DEFAULT_PAGE_DIR = Path(__file__).resolve().parents[2] / "js" / "packages" / "browser" / "dist-web"
 # the page loads only its own files; WebAssembly needs 'wasm-unsafe-eval' to compile
 CONTENT_SECURITY_POLICY = (
@@ -109,8 +128,30 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+async def _bounded_answer(http: httpx.AsyncClient, url: str, body: bytes,
+                          headers: dict[str, str], limit: int) -> tuple[httpx.Response, bytes]:
+    # identity: no compressed answer to unfold past the bound (httpx would ask for gzip)
+    headers = {**headers, "accept-encoding": "identity"}
+    async with http.stream("POST", url, content=body, headers=headers) as answer:
+        declared = answer.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise _BodyTooLarge
+        chunks, size = [], 0
+        async for chunk in answer.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+        return answer, b"".join(chunks)
+
+
 def fleet_forwarder(target: SuperLinkTarget, client: httpx.AsyncClient | None = None,
-                    max_request_bytes: int = MAX_REQUEST_BYTES):
+                    max_request_bytes: int = MAX_REQUEST_BYTES,
+                    max_response_bytes: int = MAX_RESPONSE_BYTES):
     """The ``POST /v1/fleet/{route}`` endpoint: the request relayed to the SuperLink as it came
     (Flower's headers and the body), the SuperLink's answer relayed back as it came."""
     base = target.base_url
@@ -122,6 +163,9 @@ def fleet_forwarder(target: SuperLinkTarget, client: httpx.AsyncClient | None = 
         if route not in FLEET_ROUTES:
             return Response(f"not a Fleet route: {route[:80]}\n", status_code=404,
                             media_type="text/plain")
+        if _media_type(request.headers.get("content-type")) != FLEET_REQUEST_MEDIA_TYPE:
+            return Response(f"a Fleet call carries {FLEET_REQUEST_MEDIA_TYPE}\n", status_code=415,
+                            media_type="text/plain")
         try:
             body = await _bounded_body(request, max_request_bytes)
         except _BodyTooLarge:
@@ -130,14 +174,22 @@ def fleet_forwarder(target: SuperLinkTarget, client: httpx.AsyncClient | None = 
         headers = {name: request.headers[name] for name in PASSED_REQUEST_HEADERS
                    if name in request.headers}
         try:
-            answer = await http.post(f"{base}/v1/fleet/{route}", content=body, headers=headers)
+            answer, content = await _bounded_answer(http, f"{base}/v1/fleet/{route}", body,
+                                                    headers, max_response_bytes)
         except httpx.TransportError as err:
             # the node's transport retries a 502, as Flower's SuperNode retries behind a proxy
             return Response(f"the SuperLink could not be reached: {type(err).__name__}\n",
                             status_code=502, media_type="text/plain")
+        except _BodyTooLarge:
+            return Response(f"the SuperLink's answer is larger than {max_response_bytes} bytes\n",
+                            status_code=502, media_type="text/plain")
         passed = {name: answer.headers[name] for name in PASSED_RESPONSE_HEADERS
                   if name in answer.headers}
-        return Response(answer.content, status_code=answer.status_code, headers=passed)
+        media_type = passed.get("content-type")
+        if media_type is not None and _media_type(media_type) not in PASSED_RESPONSE_MEDIA_TYPES:
+            passed["content-type"] = "application/octet-stream"
+        return Response(content, status_code=answer.status_code,
+                        headers={**passed, **FORWARDED_ANSWER_HEADERS})
 
     forward.client = http  # type: ignore[attr-defined]  # closed with the app
     return forward
@@ -165,8 +217,13 @@ class _PageHeaders:
 
 
 def page_app(target: SuperLinkTarget, page_dir: Path = DEFAULT_PAGE_DIR,
-             client: httpx.AsyncClient | None = None) -> Starlette:
-    """The ASGI app: the Fleet forwarder under ``/v1/fleet/`` and the page's files at ``/``."""
+             client: httpx.AsyncClient | None = None,
+             allowed_hosts: list[str] | None = None) -> Starlette:
+    """The ASGI app: the Fleet forwarder under ``/v1/fleet/`` and the page's files at ``/``.
+
+    ``allowed_hosts``: the names the page may be reached by (the ``Host`` header); any other is
+    refused with 400, so that a site that rebinds its DNS name to this machine cannot use the
+    forwarder as a same-origin relay. None: no check (tests with their own client)."""
     page_dir = Path(page_dir)
     if not (page_dir / "index.html").is_file():
         raise ConfigError(f"no page in {page_dir} (index.html missing): build it with "
@@ -178,10 +235,12 @@ def page_app(target: SuperLinkTarget, page_dir: Path = DEFAULT_PAGE_DIR,
         yield
         await forward.client.aclose()
 
+    middleware = [] if allowed_hosts is None else [
+        Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)]
     return Starlette(routes=[
         Route("/v1/fleet/{route}", forward, methods=["POST"]),
         Mount("/", app=_PageHeaders(StaticFiles(directory=page_dir, html=True))),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, middleware=middleware)
 
 
 def is_loopback(host: str) -> bool:
@@ -196,8 +255,10 @@ def is_loopback(host: str) -> bool:
 
 def serve(target: SuperLinkTarget, *, host: str = "127.0.0.1", port: int = 8080,
           page_dir: Path = DEFAULT_PAGE_DIR, certfile: Path | None = None,
-          keyfile: Path | None = None) -> None:
-    """Serve the page and the forwarder until interrupted (uvicorn)."""
+          keyfile: Path | None = None, allowed_hosts: list[str] | None = None) -> None:
+    """Serve the page and the forwarder until interrupted (uvicorn). ``allowed_hosts``: the
+    names browsers reach the page by (default: ``host``, and the loopback names when it is a
+    loopback address); a request naming another ``Host`` is refused."""
     import logging
 
     import uvicorn
@@ -210,7 +271,9 @@ def serve(target: SuperLinkTarget, *, host: str = "127.0.0.1", port: int = 8080,
         raise ConfigError(f"--host {host} is not a loopback address: browsers give WebCrypto "
                           "only to https pages (and http://localhost), so serve it with "
                           "--ssl-certfile/--ssl-keyfile, or keep it on loopback behind a TLS proxy")
-    app = page_app(target, page_dir)
+    if not allowed_hosts:
+        allowed_hosts = [host, *(["localhost", "127.0.0.1", "::1"] if is_loopback(host) else [])]
+    app = page_app(target, page_dir, allowed_hosts=allowed_hosts)
     scheme = "http" if certfile is None else "https"
     print(f"cola-fed node page: {scheme}://{host}:{port}/ (Fleet API forwarded to "
           f"{target.base_url})", flush=True)

@@ -4,7 +4,7 @@
  */
 import { join } from "node:path";
 import {
-  ColaNode, GraphCache, KnownServers, optionalString, TaskFileCache, TaskTokenizer, webCryptoProvider, type NodeConfig,
+  checkNodeConfig, ColaNode, ConfigError, GraphCache, KnownServers, optionalString, TaskFileCache, TaskTokenizer, webCryptoProvider, type NodeConfig,
 } from "@cola-fed/core";
 import {
   colaFedHome, cpuSessionFactory, defaultCacheDir, expandUser, FolderBlobs, knownServersFile, loadIdentity, nodeStore,
@@ -21,6 +21,13 @@ export interface ColaAppOptions {
 /** The cola-fed app handler for this node. */
 export async function createColaApp(options: ColaAppOptions): Promise<AppHandler> {
   const { nodeConfig, log } = options;
+  // refused here rather than at the first hello (after the key check, so that a misspelt
+  // 'data-path' is named as such): this node has no simulated partition to fall back on
+  checkNodeConfig(nodeConfig);
+  if (optionalString(nodeConfig, "data-path") === undefined) {
+    throw new ConfigError("node config lacks 'data-path': a JavaScript node trains on its own data file "
+      + "(a CSV with a label column), never on a simulated partition");
+  }
   const crypto = webCryptoProvider();
   const stateDir = optionalString(nodeConfig, "state-dir");
   const folder = stateDir === undefined ? undefined : expandUser(stateDir);

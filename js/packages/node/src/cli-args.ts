@@ -89,7 +89,7 @@ export function parseNodeArgs(argv: string[]): NodeArgs {
   const text = (name: string) => values[name] as string | undefined;
   const superlink = text("superlink") ?? DEFAULT_SUPERLINK;
   if (parseSuperlinkAddress(superlink) === undefined) {
-    throw new UsageError(`SuperLink address (${superlink}) cannot be parsed: expected HOST:PORT (e.g. 127.0.0.1:9092 or [::1]:9092), without a URL prefix`);
+    throw new UsageError(`SuperLink address (${superlink}) cannot be parsed: expected HOST:PORT (e.g. 127.0.0.1:8000 or [::1]:8000), without a URL prefix`);
   }
   const insecure = values["insecure"] === true;
   const rootCertificates = text("root-certificates");

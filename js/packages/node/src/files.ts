@@ -53,7 +53,8 @@ export function writePrivateFile(path: string, data: Uint8Array): void {
 export function readPrivateFile(path: string, what: string, limit: number): Uint8Array | null {
   let fd: number;
   try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    // O_NONBLOCK: a FIFO planted in the folder fails the type check below instead of blocking the open
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
     if ((err as NodeJS.ErrnoException).code === "ELOOP") throw new ConfigError(`${what} ${path} is a symbolic link; refused`);

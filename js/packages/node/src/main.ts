@@ -17,6 +17,23 @@ export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 
+// C0 and C1 controls (ESC, CR, LF, BEL, ...) and the bidirectional overrides and isolates
+// eslint-disable-next-line no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * One log line as it may reach a terminal: the lines quote what the SuperLink and the server sent
+ * (message types and ids, error details), so a control character (an escape sequence that
+ * retitles or rewrites the terminal, a CR or LF that forges another line, a bidi override that
+ * reorders it) is shown as `\xNN` / `\uNNNN` instead of acting.
+ */
+export function printableLogLine(line: string): string {
+  return line.replace(UNPRINTABLE, (c) => {
+    const code = c.charCodeAt(0);
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16).padStart(4, "0")}`;
+  });
+}
+
 /** Builds the app handler once the node's settings are known. */
 export type AppFactory = (options: { nodeConfig: NodeConfig; log: (line: string) => void }) => Promise<AppHandler>;
 
@@ -37,7 +54,7 @@ const defaultIo: ProgramIo = {
 
 /** Run the node program with `argv` (without node and script); resolves with the exit code. */
 export async function runNodeProgram(argv: string[], createApp: AppFactory, program = "cola-fed-node", io: ProgramIo = defaultIo): Promise<number> {
-  const log = (line: string) => io.err(`${new Date().toISOString()} ${line}\n`);
+  const log = (line: string) => io.err(`${new Date().toISOString()} ${printableLogLine(line)}\n`);
   const usageError = (message: string) => {
     io.err(`${program}: error: ${message}\nRun '${program} --help' for the options.\n`);
     return EXIT_USAGE;
@@ -98,6 +115,8 @@ export async function runNodeProgram(argv: string[], createApp: AppFactory, prog
   try {
     handler = await createApp({ nodeConfig, log });
   } catch (err) {
+    // a misspelt or missing node-config key is the user's to fix: a usage error, as the flags'
+    if (err instanceof ConfigError) return usageError(`--node-config: ${err.message}`);
     io.err(`${program}: the app could not start: ${describe(err)}\n`);
     return EXIT_FAILURE;
   }

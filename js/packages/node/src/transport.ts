@@ -249,9 +249,13 @@ const TLS_CODES = /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|HOSTNAME|ALTN
 function classify(err: NodeJS.ErrnoException, path: string, closed: boolean): TransportError {
   const code = err.code ?? "";
   if (closed) return new TransportError("closed", `the Fleet transport was closed during ${path}`, code);
-  const detail = `${code ? `${code}: ` : ""}${err.message}`;
+  const detail = `${code ? `${code}: ` : ""}${err.message.trim()}`;
   if (TLS_CODES.test(code) || /certificate|ssl|tls/i.test(err.message)) {
-    return new TransportError("tls", `TLS handshake with the SuperLink failed on ${path} (${detail}); check --root-certificates`, code);
+    // OpenSSL's "wrong version number": the server answered in plain HTTP, not TLS
+    const hint = /wrong version number|packet length too long/i.test(err.message)
+      ? "the SuperLink speaks plain HTTP: if it was started with --insecure, pass --insecure too"
+      : "check --root-certificates";
+    return new TransportError("tls", `TLS handshake with the SuperLink failed on ${path} (${detail}); ${hint}`, code);
   }
   if (["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL"].includes(code)) {
     return new TransportError("connect", `cannot connect to the SuperLink for ${path} (${detail})`, code);

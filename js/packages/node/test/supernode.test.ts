@@ -144,7 +144,7 @@ test("a failed activation exits 1 with Flower's message", async () => {
   };
   const exit = await node(client, async (m) => m.content!).run();
   assert.equal(exit.code, 1);
-  assert.match(exit.reason, /^Failed to initialize the connection to the SuperLink\./);
+  assert.match(exit.reason, /^Failed to initialize the connection to the SuperLink: /);
 });
 
 test("abandon() drops a message whose app does not finish", async () => {
@@ -257,4 +257,20 @@ test("heartbeats: transient failures are retried with backoff, HTTP 401 is fatal
   // two backoff waits (full jitter of 1 s, then of 2 s), then two periods of (30 - 5) * [0.7, 0.9]
   assert.ok(sleeps[0]! < 1 && sleeps[1]! < 2);
   for (const period of sleeps.slice(2)) assert.ok(period >= 17.5 && period <= 22.5, String(period));
+});
+
+test("log lines show what the SuperLink sent, never its terminal escapes, forged lines or bidi overrides", async () => {
+  const { printableLogLine, runNodeProgram } = await import("../src/main.js");
+  const hostile = "Receiving: \u001b]0;pwned\u0007\u001b[2J message (ID: a\r\n2026-01-01T00:00:00.000Z Sent \u202eevil\u009b)";
+  const shown = printableLogLine(hostile);
+  assert.equal(shown, "Receiving: \\x1b]0;pwned\\x07\\x1b[2J message (ID: a\\x0d\\x0a2026-01-01T00:00:00.000Z Sent \\u202eevil\\x9b)");
+  assert.doesNotMatch(shown, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/);
+  assert.equal(printableLogLine("round 3: loss 0.1234, état ✓"), "round 3: loss 0.1234, état ✓");
+  // the program's own sink goes through it: a SuperLink address with an escape, logged as text
+  const written: string[] = [];
+  const code = await runNodeProgram(["--insecure", "--superlink", "x\u001b[31m:1", "--max-retries", "0"],
+    async () => { throw new Error("stop here"); }, "cola-fed-node", { out: () => undefined, err: (t) => written.push(t) })
+    .catch(() => -1);
+  assert.ok(written.length > 0, String(code));
+  assert.ok(written.every((t) => !t.slice(0, -1).includes("\u001b")), written.join(""));
 });

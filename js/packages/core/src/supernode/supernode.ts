@@ -132,7 +132,7 @@ export class SuperNode {
     } catch (err) {
       if (registered) this.log("The node registered but could not be activated; the SuperLink forgets it when unused.");
       if (this.stopping && this.failure === undefined) return { code: 0, reason: this.stopReason! };
-      const reason = `Failed to initialize the connection to the SuperLink.\n${describe(err)}`;
+      const reason = `Failed to initialize the connection to the SuperLink: ${describe(err)}`;
       this.log(reason);
       return { code: 1, reason };
     }
