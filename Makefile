@@ -52,7 +52,7 @@ js-test: js
 	cd js && npm test
 
 test: $(VENV)/.installed lint js-test $(CHROMIUM)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
