@@ -99,11 +99,18 @@ def net64():
 
 
 @pytest.fixture(scope="session")
-def python_onnx_digits(tmp_path_factory):
-    """The digits federation of tests/test_js_node.py with partition 1 on a Python SuperNode
-    with ONNX Runtime: the reference that the JavaScript node (tests/test_js_node.py) and the
-    browser node (tests/test_browser_node.py) are compared with, run once per session."""
-    from test_js_node import federation
+def digits_federations(tmp_path_factory):
+    """The digits federations of tests/test_js_node.py, run side by side (each spends most of
+    its time waiting on Flower's processes): the JavaScript node's, over TLS with SuperNode
+    authentication, and the reference with partition 1 on a Python SuperNode with ONNX Runtime,
+    which the browser node (tests/test_browser_node.py) is compared with too."""
+    from test_js_node import federations
 
-    return federation(tmp_path_factory.mktemp("python-onnx") / "digits", "digits",
-                      js_node=False)
+    tmp = tmp_path_factory.mktemp("digits-federations")
+    return federations(tmp, "digits", secure_js=True)
+
+
+@pytest.fixture(scope="session")
+def python_onnx_digits(digits_federations):
+    """Partition 1 on a Python SuperNode with ONNX Runtime (see ``digits_federations``)."""
+    return digits_federations[1]

