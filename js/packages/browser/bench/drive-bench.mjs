@@ -36,6 +36,7 @@ import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { extname, join, normalize, sep } from "node:path";
 import { chromium } from "playwright-core";
+import { frame, FrameReader, writeFrame } from "../../node/bench/frames.mjs";
 
 const config = JSON.parse(process.argv[2] ?? "null");
 if (config === null) {
@@ -43,52 +44,6 @@ if (config === null) {
   process.exit(2);
 }
 const log = (line) => process.stderr.write(`[browser-node] ${line}\n`);
-
-/** Frames from stdin, one at a time (as node-process.mjs reads them). */
-class FrameReader {
-  #chunks = [];
-  #length = 0;
-  #waiting = undefined;
-  #ended = false;
-
-  constructor(stream) {
-    stream.on("data", (chunk) => { this.#chunks.push(chunk); this.#length += chunk.length; this.#wake(); });
-    stream.on("end", () => { this.#ended = true; this.#wake(); });
-  }
-
-  #wake() {
-    const resolve = this.#waiting;
-    this.#waiting = undefined;
-    resolve?.();
-  }
-
-  async #take(count) {
-    while (this.#length < count) {
-      if (this.#ended) return undefined;
-      await new Promise((resolve) => { this.#waiting = resolve; });
-    }
-    const all = Buffer.concat(this.#chunks, this.#length);
-    this.#chunks = all.length > count ? [all.subarray(count)] : [];
-    this.#length = all.length - count;
-    return all.subarray(0, count);
-  }
-
-  /** The next frame with its 4-byte header, or undefined at the end of the input. */
-  async next() {
-    const head = await this.#take(4);
-    if (head === undefined) return undefined;
-    const body = await this.#take(head.readUInt32BE(0));
-    if (body === undefined) throw new Error(`the input ended inside a frame of ${head.readUInt32BE(0)} bytes`);
-    return Buffer.concat([head, body]);
-  }
-}
-
-function writeFrame(data) {
-  const head = Buffer.alloc(4);
-  head.writeUInt32BE(data.length);
-  process.stdout.write(head);
-  process.stdout.write(data);
-}
 
 // ---- the page's server: static files, the CSV, the message in hand and its reply
 
@@ -211,8 +166,8 @@ try {
     if (tree === undefined) break;
     const count = await reader.next();
     const objects = [];
-    for (let i = Number(count.subarray(4).toString()); i > 0; i--) objects.push(await reader.next());
-    pending = Buffer.concat([tree, count, ...objects]);
+    for (let i = Number(Buffer.from(count).toString()); i > 0; i--) objects.push(await reader.next());
+    pending = Buffer.concat([tree, count, ...objects].map(frame)); // forwarded to the page as read
     const reply = new Promise((resolve) => { replied = resolve; });
     const stats = await page.evaluate(() => window.colaBench.handle());
     process.stdout.write(await reply);

@@ -34,6 +34,7 @@ import { decodeMessageTree, encodeMessage, makeReply, message as schema, OrtLear
 import * as ort from "onnxruntime-node";
 import { createColaApp } from "../dist/app.js";
 import { parseNodeConfig } from "../dist/node-config.js";
+import { FrameReader, writeFrame } from "./frames.mjs";
 import { CLIENT_APP_RAISED_EXCEPTION, exceptionReason } from "../dist/supernode.js";
 
 const [configArg, nodeIdArg] = process.argv.slice(2);
@@ -71,53 +72,6 @@ ort.InferenceSession.create = async (model, options, ...rest) => {
     sessionSeconds += (performance.now() - started) / 1000;
   }
 };
-
-/** Frames from stdin, one at a time. */
-class FrameReader {
-  #chunks = [];
-  #length = 0;
-  #waiting = undefined;
-  #ended = false;
-
-  constructor(stream) {
-    stream.on("data", (chunk) => { this.#chunks.push(chunk); this.#length += chunk.length; this.#wake(); });
-    stream.on("end", () => { this.#ended = true; this.#wake(); });
-  }
-
-  #wake() {
-    const resolve = this.#waiting;
-    this.#waiting = undefined;
-    resolve?.();
-  }
-
-  async #take(count) {
-    while (this.#length < count) {
-      if (this.#ended) return undefined;
-      await new Promise((resolve) => { this.#waiting = resolve; });
-    }
-    const all = Buffer.concat(this.#chunks, this.#length);
-    this.#chunks = all.length > count ? [all.subarray(count)] : [];
-    this.#length = all.length - count;
-    return new Uint8Array(all.buffer, all.byteOffset, count);
-  }
-
-  /** The next frame, or undefined at the end of the input. */
-  async next() {
-    const head = await this.#take(4);
-    if (head === undefined) return undefined;
-    const size = new DataView(head.buffer, head.byteOffset, 4).getUint32(0);
-    const body = await this.#take(size);
-    if (body === undefined) throw new Error(`the input ended inside a frame of ${size} bytes`);
-    return body;
-  }
-}
-
-function writeFrame(data) {
-  const head = Buffer.alloc(4);
-  head.writeUInt32BE(data.length);
-  process.stdout.write(head);
-  process.stdout.write(data);
-}
 
 function treeFromProto(tree) {
   return { objectId: tree.objectId, children: tree.children.map(treeFromProto) };
