@@ -51,10 +51,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.js_node import JS_NODE, TASKS, JsNode, node_version
+from benchmarks.js_node import JS_NODE, TASKS, JsNode, node_version, run_side_by_side
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "js" / "packages" / "browser" / "bench"
@@ -119,7 +118,6 @@ def chromium_version(path: str) -> str:
 def measure(task: str, rounds: int, rows: int, page: Path, browser: str) -> dict:
     """One federation of the Node.js and browser nodes on ``task``; their stats and summary."""
     from cola_fed.config import RunConfig
-    from cola_fed.federation.local_grid import LocalGrid
     from cola_fed.federation.server import build_strategy
 
     task_config, write_csv = TASKS[task]
@@ -137,20 +135,8 @@ def measure(task: str, rounds: int, rows: int, page: Path, browser: str) -> dict
                           "known-servers": str(tmp / "known-js.json")}, env)
         web = BrowserNode({"page": str(page), "csv": str(data), "nodeId": BROWSER,
                            "partitionId": 1, "numPartitions": 2, "chromium": browser}, env)
-        started = time.perf_counter()
-        try:
-            grid = LocalGrid(2, processes={NODE_JS: node_js, BROWSER: web}, keep_delivered=False)
-            strategy.start(grid, num_rounds=rounds, timeout=600)
-        finally:
-            node_js.close()
-            web.close()
-        seconds = time.perf_counter() - started
-    sessions = {node: strategy.sessions.get(node) for node in (NODE_JS, BROWSER)}
-    trained = {node: (s.rounds_trained if s is not None else 0) for node, s in sessions.items()}
-    errors = [f"{name}: {s['error']}" for name, n in (("node.js", node_js), ("browser", web))
-              for s in n.stats if s.get("error")]
-    if trained != {NODE_JS: rounds, BROWSER: rounds}:
-        raise RuntimeError(f"{task}: rounds trained {trained} of {rounds}; errors: {errors}")
+        seconds, _ = run_side_by_side(task, strategy, {NODE_JS: ("node.js", node_js),
+                                                       BROWSER: ("browser", web)}, rounds)
     return summarise(node_js.stats, web.stats) | {"rounds": rounds, "rows": rows,
                                                    "run_config": task_config,
                                                    "wall_s": seconds}

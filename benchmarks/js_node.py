@@ -307,7 +307,6 @@ TASKS = {
 def measure(task: str, rounds: int, rows: int, *, js_arena_off: bool = False) -> dict:
     """One federation of the two nodes on ``task``; their per-message stats and summary."""
     from cola_fed.config import RunConfig
-    from cola_fed.federation.local_grid import LocalGrid
     from cola_fed.federation.server import build_strategy
 
     task_config, write_csv = TASKS[task]
@@ -329,28 +328,43 @@ def measure(task: str, rounds: int, rows: int, *, js_arena_off: bool = False) ->
         python = PythonOnnxNode(env, tmp / "fit-times.txt")
         js = JsNode({"partition-id": 1, "num-partitions": 2, **node_config("js")},
                     {**env, "COLA_FED_BENCH_ORT_ARENA": "off" if js_arena_off else "on"})
-        started = time.perf_counter()
-        try:
-            grid = LocalGrid(2, processes={PYTHON_NODE: python, JS_NODE: js},
-                             keep_delivered=False)
-            grid.contexts[PYTHON_NODE].node_config.update(
-                {**node_config("python"), "backend": "onnx"})
-            strategy.start(grid, num_rounds=rounds, timeout=600)
-        finally:
-            python.close()
-            js.close()
-        seconds = time.perf_counter() - started
-    sessions = {node: strategy.sessions.get(node) for node in (PYTHON_NODE, JS_NODE)}
-    trained = {node: (s.rounds_trained if s is not None else 0) for node, s in sessions.items()}
-    errors = [f"{name}: {s['error']}" for name, n in (("python", python), ("js", js))
-              for s in n.stats if s.get("error")]
-    if trained != {PYTHON_NODE: rounds, JS_NODE: rounds}:
-        raise RuntimeError(f"{task}: rounds trained {trained} of {rounds}; errors: {errors}")
+        python_config = {**node_config("python"), "backend": "onnx"}
+        seconds, sessions = run_side_by_side(
+            task, strategy, {PYTHON_NODE: ("python", python), JS_NODE: ("js", js)}, rounds,
+            prepare=lambda grid: grid.contexts[PYTHON_NODE].node_config.update(python_config))
     assert all(s.backend == "onnx" for s in sessions.values())
     assert not any(s["torch_imported"] for s in python.stats)
     return summarise(python.stats, js.stats) | {"rounds": rounds, "rows": rows,
                                                  "run_config": task_config,
                                                  "wall_s": seconds}
+
+
+def run_side_by_side(task: str, strategy, nodes: dict, rounds: int, prepare=None
+                     ) -> tuple[float, dict]:
+    """Run ``strategy`` for ``rounds`` over a LocalGrid of the node processes ``nodes`` (node id
+    -> (name, process)); every node must train in every round. The wall seconds, and the
+    strategy's session of each node."""
+    from cola_fed.federation.local_grid import LocalGrid
+
+    started = time.perf_counter()
+    try:
+        grid = LocalGrid(len(nodes), processes={n: proc for n, (_, proc) in nodes.items()},
+                         keep_delivered=False)
+        if prepare is not None:
+            prepare(grid)
+        strategy.start(grid, num_rounds=rounds, timeout=600)
+    finally:
+        for _, proc in nodes.values():
+            proc.close()
+    seconds = time.perf_counter() - started
+    sessions = {node: strategy.sessions.get(node) for node in nodes}
+    trained = {node: (s.rounds_trained if s is not None else 0) for node, s in sessions.items()}
+    errors = [f"{name}: {s['error']}" for name, proc in nodes.values() for s in proc.stats
+              if s.get("error")]
+    if trained != dict.fromkeys(nodes, rounds):
+        raise RuntimeError(f"{task}: rounds trained {trained} of {rounds}; errors: {errors}; "
+                           f"the run: {strategy.stopped or 'not stopped'}")
+    return seconds, sessions
 
 
 def summarise(python: list[dict], js: list[dict]) -> dict:

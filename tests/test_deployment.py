@@ -392,12 +392,13 @@ def node_id(log: str) -> int:
     return int(line.rsplit(":", 1)[1])
 
 
-def round_after(log: str, text: str) -> int:
-    """The round of the first round result logged after the first line with ``text``."""
+def round_after(log: str, text: str, rounds: int = CHURN_ROUNDS) -> int:
+    """The round of the first round result (``round t/rounds: ...``) logged after the first line
+    with ``text``."""
     lines = log.splitlines()
     start = next(i for i, line in enumerate(lines) if text in line)
     return next(int(line.split("round ", 1)[1].split("/", 1)[0]) for line in lines[start:]
-                if f"/{CHURN_ROUNDS}: " in line)
+                if f"/{rounds}: " in line)
 
 
 def test_a_run_with_nodes_coming_and_going_completes_with_every_partition(churn):

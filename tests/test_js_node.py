@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flower_processes import JS_NODE_BIN, ROOT, FlowerProcesses
+from test_deployment import node_id, round_after
 
 from cola_fed.tasks.digits import load_digits
 from cola_fed.wire import decode_adapter_state
@@ -304,20 +305,6 @@ def churn(tmp_path_factory) -> Churn:
                      read_adapters(out, 1))
 
 
-def node_id(log: str) -> int:
-    """The node id the SuperLink gave a node, from the node's log."""
-    [line] = [line for line in log.splitlines() if "SuperNode ID:" in line]
-    return int(line.rsplit(":", 1)[1])
-
-
-def round_after(log: str, text: str) -> int:
-    """The round of the first round result logged after the first line with `text`."""
-    lines = log.splitlines()
-    start = next(i for i, line in enumerate(lines) if text in line)
-    return next(int(line.split("round ", 1)[1].split("/", 1)[0]) for line in lines[start:]
-                if f"/{CHURN_ROUNDS}: " in line)
-
-
 def test_the_javascript_node_killed_mid_run_goes_on_from_its_state_dir(churn):
     """The restarted node gets a new node id, proves with the identity in its state dir that it
     held partition 1, goes on from its newest state and trains from the next round on."""
@@ -338,7 +325,7 @@ def test_the_javascript_node_killed_mid_run_goes_on_from_its_state_dir(churn):
     trained_before = churn.before["nodes"]["1"]["rounds-trained"]
     trained = metrics["nodes"]["1"]["rounds-trained"]
     assert trained_before >= 1  # it trained before it was killed
-    came_back = round_after(churn.log, back)
+    came_back = round_after(churn.log, back, CHURN_ROUNDS)
     killed_in = churn.before["last-round"]
     assert came_back <= killed_in + 3, churn.log[-3000:]  # within a couple of rounds
     assert trained == trained_before + CHURN_ROUNDS + 1 - came_back  # every round since

@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import struct
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -530,28 +529,18 @@ def plan_dict_text(plan: Plan) -> str:
 # graphs
 
 
-def make_model(nodes, *, initializers=(), functions=(), opsets=(("", 20),), **graph_fields):
-    from onnx import TensorProto, helper
+def make_model(*args, **kwargs) -> bytes:
+    """A small hand-made ONNX model (tests/test_graph_check.py's builder)."""
+    from tests.test_graph_check import make_model as build
 
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
-        initializer=list(initializers), **graph_fields)
-    model = helper.make_model(graph, functions=list(functions),
-                              opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
-    return model.SerializeToString()
+    return build(*args, **kwargs)
 
 
-def weight(name="w", *, external=False):
-    from onnx import TensorProto, helper
-    from onnx.external_data_helper import set_external_data
+def weight(*args, **kwargs):
+    """A small initializer, optionally external (tests/test_graph_check.py's builder)."""
+    from tests.test_graph_check import weight as build
 
-    tensor = helper.make_tensor(name, TensorProto.FLOAT, [2], struct.pack("<2f", 1.0, 2.0),
-                                raw=True)
-    if external:
-        tensor.data_location = TensorProto.EXTERNAL
-        set_external_data(tensor, location="/etc/passwd")
-    return tensor
+    return build(*args, **kwargs)
 
 
 def _varint(value: int) -> bytes:
