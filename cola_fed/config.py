@@ -24,11 +24,13 @@ from cola_fed.adapters.registry import family_of
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.errors import ConfigError
 from cola_fed.gl.optim_spec import OptimizerSpec
+from cola_fed.suggest import did_you_mean
 from cola_fed.tasks.registry import check_task_name
 
 PARTITIONERS = ("iid", "dirichlet")
 DATA_MODES = ("stream", "upload")
 COL_AGGREGATES = ("mean", "trimmed-mean", "clipped-mean")  # cola_fed.gl.engine's
+CHAT_TEMPLATES = ("auto", "none")  # task.chat-template
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,13 @@ class TaskConfig:
         The data: a CSV, JSONL, Parquet file or a ``datasets.save_to_disk`` folder (or
         ``pkg:<package>/<path>``); empty for the task's bundled offline data. Simulated nodes
         read it; deployed nodes read their own node config ``data-path``.
+    skip_invalid_rows : bool
+        Drop the data rows a task cannot use (a missing or unknown label, an empty text,
+        prompt or response, a bad feature value), log how many (``metrics.json`` says so as
+        ``skipped-rows``) and go on. Off: such rows are an error that names the first few by
+        the file's line. A file of which no row can be used is an error either way. Simulated
+        nodes follow it; deployed nodes set node config ``skip-invalid-rows`` for their own
+        files.
     text_column, label_column : str
         The columns holding the text and, for classification, the label.
     prompt_column, response_column : str
@@ -94,6 +103,12 @@ class TaskConfig:
         ``server_test_size``).
     max_new_tokens : int
         Most tokens generated per prompt for ROUGE-L.
+    chat_template : str
+        ``causal-lm`` instruction tuning: ``auto`` wraps each prompt in the tokenizer's chat
+        template when the model has one (the prompt as a user message, then the generation
+        prompt: what ``apply_chat_template(..., add_generation_prompt=True)`` writes), so that
+        the tuned model is prompted at inference as chat models are; ``none`` (or a model
+        without a template) joins prompt and response as they are. docs/tasks.md shows both.
     seed : int
         Seeds partitioning, shuffling and the model's fresh head.
     """
@@ -101,6 +116,7 @@ class TaskConfig:
     name: str = "text-classification"
     model: str = ""
     data_path: str = ""
+    skip_invalid_rows: bool = False
     text_column: str = "text"
     label_column: str = "label"
     prompt_column: str = ""
@@ -120,11 +136,16 @@ class TaskConfig:
     server_test_size: int = 0
     rouge_prompts: int = 0
     max_new_tokens: int = 32
+    chat_template: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_task_name(self.name)
         _one_of("task.partitioner", self.partitioner, PARTITIONERS)
+        if not isinstance(self.skip_invalid_rows, bool):
+            raise ConfigError(f"task.skip-invalid-rows: expected true or false, got "
+                              f"{self.skip_invalid_rows!r}")
+        _one_of("task.chat-template", self.chat_template, CHAT_TEMPLATES)
         for key in ("batch_size", "max_length", "eval_batches", "num_labels",
                     "max_new_tokens"):
             _positive(f"task.{key.replace('_', '-')}", getattr(self, key))
@@ -411,9 +432,12 @@ class EdgeConfig:
 
     Parameters
     ----------
-    graphs : bool
-        Ship the run's train-step graphs (a few tens of kB each) at hello, so nodes without
-        PyTorch can join. Off: such nodes are refused with a clear error.
+    graphs : bool or "auto"
+        Ship the run's train-step graphs (a few tens of kB each; exporting them takes seconds
+        per graph) at hello, so nodes without PyTorch can join. ``"auto"``: only when some node
+        may train on ONNX Runtime: in a simulation, when ``backends`` names ``onnx``; in a
+        deployment always (the server cannot know the nodes' backends). ``false``: never;
+        such nodes are refused with a clear error.
     backends : str
         The backend of nodes whose node config does not set ``backend``, as a cyclic list
         (``"onnx,torch"``) or a mapping by partition id (``"0:onnx,2:onnx"``; others choose
@@ -421,10 +445,14 @@ class EdgeConfig:
         for simulations; deployed nodes set ``backend`` in their node config.
     """
 
-    graphs: bool = True
+    graphs: bool | typing.Literal["auto"] = "auto"
     backends: str = ""
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.graphs, bool) or self.graphs == "auto"):
+            raise ConfigError(f'edge.graphs: expected true or false, or "auto", got '
+                              f"{_described(self.graphs)}"
+                              f"{_unquote_hint('edge.graphs', self.graphs, bool)}")
         for backend in per_partition_values("edge.backends", self.backends):
             _one_of("edge.backends", backend, BACKENDS)
 
@@ -451,6 +479,71 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """Where the server's forward/backward passes run (see docs/architecture.md, "The compute
+    pool").
+
+    Parameters
+    ----------
+    engine : str
+        ``local``: in the ServerApp's own process, group after group (the default). ``ray``: on
+        ``workers`` Ray actors, each holding the frozen model once; a round submits all of its
+        groups at once and seals each node's payload as soon as its group returns.
+    workers : int
+        ``ray``: how many actors (each loads the model once).
+    gpus_per_worker : float
+        ``ray``: GPUs each actor reserves (0: CPU only; fractions share a GPU).
+    cpus_per_worker : float
+        ``ray``: CPUs each actor reserves (> 0).
+    ray_address : str
+        ``ray``: a running Ray cluster's address (``ray start --head`` prints it; ``auto``:
+        the cluster this host belongs to). Empty: a Ray of its own is started for the run on
+        this host and stopped after it.
+    """
+
+    engine: str = "local"
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    ray_address: str = ""
+
+    def __post_init__(self) -> None:
+        _one_of("server.engine", self.engine, ("local", "ray"))
+        _positive("server.workers", self.workers)
+        if not 0 <= self.gpus_per_worker < float("inf"):
+            raise ConfigError(f"server.gpus-per-worker: must be a finite number >= 0, got "
+                              f"{self.gpus_per_worker}")
+        if not 0 < self.cpus_per_worker < float("inf"):
+            raise ConfigError(f"server.cpus-per-worker: must be a finite number > 0, got "
+                              f"{self.cpus_per_worker}")
+        if self.ray_address != self.ray_address.strip():
+            raise ConfigError(f"server.ray-address: expected an address such as "
+                              f"'127.0.0.1:6379' or 'auto', without spaces; got "
+                              f"{self.ray_address!r}")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where each round's metrics are recorded besides ``metrics.json`` (see docs/operations.md,
+    "Watch and record"). Both are off by default and need an optional extra.
+
+    Parameters
+    ----------
+    tensorboard : bool
+        Write TensorBoard event files under ``<output-dir>/tensorboard`` (one scalar per
+        ``metrics.json`` round value, the round as the step); needs
+        ``pip install cola-fed[tensorboard]``.
+    mlflow : bool
+        Log the same values to an MLflow file store in ``<output-dir>/mlruns`` (experiment
+        ``cola-fed``, one MLflow run per cola-fed run, continued on resume); needs
+        ``pip install cola-fed[mlflow]``.
+    """
+
+    tensorboard: bool = False
+    mlflow: bool = False
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The whole run; the sections are the run config's dotted prefixes."""
 
@@ -464,6 +557,8 @@ class RunConfig:
     wire: WireConfig = field(default_factory=WireConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         _positive("num-server-rounds", self.num_server_rounds)
@@ -477,16 +572,17 @@ class RunConfig:
         for key, value in flat.items():
             head, _, rest = key.partition(".")
             name = head.replace("-", "_")
-            if rest and name in fields and dataclasses.is_dataclass(_field_type(fields[name])):
+            section = name in fields and dataclasses.is_dataclass(_field_type(fields[name]))
+            if rest and section:
                 sections.setdefault(name, {})[rest] = value
-            elif not rest and name in fields:
-                top[name] = value
+            elif not rest and name in fields and not section:
+                top[key] = value  # as written: errors name the key, never the field
             else:
-                raise ConfigError(f"unknown run config key {key!r}; known sections: "
-                                  f"{sorted(k.replace('_', '-') for k in fields)}")
+                raise ConfigError(unknown_key_message(key))
         values = _typed(cls, top, prefix="")
         for name, raw in sections.items():
-            values[name] = _build(_field_type(fields[name]), raw, prefix=f"{name}.")
+            values[name] = _build(_field_type(fields[name]), raw,
+                                  prefix=f"{name.replace('_', '-')}.")
         return cls(**values)
 
     @classmethod
@@ -579,11 +675,31 @@ def _typed(cls: type, raw: dict[str, Any], prefix: str) -> dict[str, Any]:
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name not in names or dataclasses.is_dataclass(hints[name]):
-            known = sorted(n.replace("_", "-") for n in names
-                           if not dataclasses.is_dataclass(hints[n]))
-            raise ConfigError(f"unknown run config key '{prefix}{key}'; known: {known}")
+            raise ConfigError(unknown_key_message(f"{prefix}{key}"))
         values[name] = _coerce(f"{prefix}{key}", value, hints[name])
     return values
+
+
+def unknown_key_message(key: str) -> str:
+    """Why run config key ``key`` (as the user wrote it) is refused: the closest known keys
+    ("did you mean"), and the keys of its section (or the sections, for an unknown one)."""
+    known = list(default_flat_config())
+    head = key.partition(".")[0]
+    siblings = [k for k in known if k.startswith(f"{head}.")]
+    if siblings and "." not in key:
+        return (f"run config key {key!r} is a section, not a key: set its keys, as "
+                f"{siblings[0]} = ... ({head} keys: {', '.join(siblings)})")
+    hint = did_you_mean(key.replace("_", "-"), known)
+    sections = dict.fromkeys(k.partition(".")[0] for k in known)
+    listing = (f"{head} keys: {', '.join(siblings)}" if siblings else
+               f"sections and top-level keys: {', '.join(sections)}")
+    return (f"unknown run config key {key!r}{hint} ({listing}; docs/configuration.md lists "
+            "every key)")
+
+
+#: how errors name the types of run config values, as TOML spells them
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string (in quotes)",
+               bool: "true or false"}
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -594,13 +710,41 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint in (int, float, str, bool) and (
         not isinstance(value, hint) or (hint is int and isinstance(value, bool))
     ):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+        raise ConfigError(f"{key}: expected {_TYPE_WORDS[hint]}, got {_described(value)}"
+                          f"{_unquote_hint(key, value, hint)}")
     return value
+
+
+def _described(value: Any) -> str:
+    """A value as an error shows it, with its TOML type where that is the problem."""
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    return repr(value)
+
+
+def _unquote_hint(key: str, value: Any, hint: type) -> str:
+    """``"; write key = 10, without quotes"`` when a quoted string holds a value of the right
+    type (the usual slip in TOML and in ``--run-config``), else ``""``."""
+    if not isinstance(value, str) or hint is str:
+        return ""
+    text = value.strip()
+    if hint is bool and text.lower() in ("true", "false"):
+        return f"; write {key} = {text.lower()}, without quotes"
+    for kind in ((int,) if hint is int else (int, float) if hint is float else ()):
+        try:
+            kind(text)
+        except ValueError:
+            continue
+        return f"; write {key} = {text}, without quotes"
+    return ""
 
 
 def _one_of(key: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
-        raise ConfigError(f"{key}: expected one of {', '.join(options)}, got {value!r}")
+        raise ConfigError(f"{key}: expected one of {', '.join(options)}, got {value!r}"
+                          f"{did_you_mean(str(value), options)}")
 
 
 def _positive(key: str, value: int) -> None:

@@ -30,11 +30,15 @@ def export_peft(
     out: str | Path,
     *,
     base_model_name_or_path: str | None = None,
+    task_type: str | None = None,
 ) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` for ``adapters``.
 
     ``model`` is the frozen base the adapters were trained on (its head's weights are needed for
     ``modules_to_save``). Every adapter must be Low Rank of one rank, or Linear (heads).
+    ``task_type`` is PEFT's (``SEQ_CLS``, ``CAUSAL_LM``, ``SEQ_2_SEQ_LM``), which the
+    ``AutoPeftModelFor...`` classes need; ``None`` for a base PEFT has no auto class for.
+    :func:`cola_fed.export_bundle.export_node_adapters` adds the base, tokenizer and card.
     """
     from peft import LoraConfig
     from safetensors.torch import save_file
@@ -64,7 +68,7 @@ def export_peft(
         r=rank, lora_alpha=rank, lora_dropout=0.0, bias="none",
         target_modules=lora_layers, modules_to_save=heads or None,
         fan_in_fan_out=fan_in_fan_out,
-        base_model_name_or_path=base_model_name_or_path,
+        base_model_name_or_path=base_model_name_or_path, task_type=task_type,
     )
     tensors: dict[str, torch.Tensor] = {}
     for name in lora_layers:

@@ -137,3 +137,31 @@ def test_edge_backends_by_partition_and_their_errors():
         RunConfig.from_flat({"edge.backends": "onnx,tensorflow"})
     with pytest.raises(ConfigError, match=r"edge\.backends: expected 'partition-id:value'"):
         RunConfig.from_flat({"edge.backends": "x:onnx"})
+
+
+@pytest.mark.parametrize("flat, suggestion", [
+    ({"strategy.timout": 30.0}, "strategy.timeout"),
+    ({"num-server-round": 3}, "num-server-rounds"),
+    ({"stratgy.timeout": 30.0}, "strategy.timeout"),
+    ({"adapter.rnak": 2}, "adapter.rank"),
+])
+def test_run_config_typos_get_did_you_mean(flat, suggestion):
+    with pytest.raises(ConfigError, match=f"did you mean '{re.escape(suggestion)}'"):
+        RunConfig.from_flat(flat)
+
+
+def test_errors_name_keys_as_written_never_the_python_field():
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_flat({"num-server-rounds": "10"})
+    assert str(info.value) == ("num-server-rounds: expected an integer, got the string '10'; "
+                               "write num-server-rounds = 10, without quotes")
+    with pytest.raises(ConfigError, match=r"^strategy\.timeout: expected a number, got the "
+                       r"string '5'; write strategy\.timeout = 5"):
+        RunConfig.from_flat({"strategy.timeout": "5"})
+    with pytest.raises(ConfigError, match=r"^edge\.graphs: expected true or false"):
+        RunConfig.from_flat({"edge.graphs": "yes"})
+    with pytest.raises(ConfigError, match=r"'task' is a section, not a key.*task\.name"):
+        RunConfig.from_flat({"task": "digits"})
+    with pytest.raises(ConfigError, match="expected one of unmerged, merged, col, got 'merge'; "
+                       "did you mean 'merged'"):
+        RunConfig.from_flat({"strategy.mode": "merge"})

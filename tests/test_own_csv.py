@@ -120,7 +120,7 @@ def with_feature(value: str, label: str = "1") -> str:
     (HEADER + "\n" + with_feature("0.5", label="10") + "\n", "label '10'"),
     (HEADER + "\n" + with_feature("0.5", label="-1") + "\n", "label '-1'"),
     (HEADER + "\n" + with_feature("0.5", label="1.0") + "\n", "label '1.0'"),
-    (HEADER + "\n" + with_feature("0.5", label="") + "\n", "label ''"),
+    (HEADER + "\n" + with_feature("0.5", label="") + "\n", "line 2: no label"),
     (HEADER + "\n" + GOOD + "\n" + with_feature('"0.5', label="1") + "\n", "malformed CSV"),
     (HEADER + "\n" + with_feature('"0.5"x') + "\n", "malformed CSV at line 2"),
 ])

@@ -4,6 +4,7 @@ partitions: round trips, and an error naming the config key for each way the dat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -201,18 +202,20 @@ def test_malformed_json_list_names_the_line(tmp_path):
         read_table(path)
 
 
-def test_rows_with_differing_keys(tmp_path):
+def test_a_key_some_rows_lack_is_null_there_and_its_line_is_kept(tmp_path):
+    """A row without a key holds null there (a missing label is a missing label, however it
+    is written): the task's row checks then name its line (test_invalid_rows_* below)."""
     path = write_jsonl(tmp_path / "data.jsonl",
-                       [{"text": "a", "label": 1}, {"text": "b", "label": 0}, {"text": "c"}])
-    with raises("task.data-path", "line 3", "missing label", "line 1"):
-        read_table(path)
-    path = write_jsonl(tmp_path / "data.jsonl", [{"text": "a"}, {"text": "b", "lbl": 0}])
-    with raises("line 2", "extra lbl"):
-        read_table(path)
+                       [{"text": "a"}, {"text": "b", "label": 0}, {"text": "c"}])
+    table = read_table(path)
+    assert table == {"text": ["a", "b", "c"], "label": [None, 0, None]}
+    assert [table.where(row) for row in range(3)] == ["line 1", "line 2", "line 3"]
     listed = tmp_path / "data.json"
     listed.write_text(json.dumps([{"text": "a", "label": 1}, {"txt": "b", "label": 1}]))
-    with raises("item 1", "missing text", "extra txt"):
-        read_table(listed)
+    assert read_table(listed) == {"text": ["a", None], "label": [1, 1], "txt": [None, "b"]}
+    wide = write_jsonl(tmp_path / "wide.jsonl", [{f"k{i}": 0} for i in range(1100)])
+    with raises("task.data-path", "line 1025", "1024 distinct columns"):
+        read_table(wide)
 
 
 @pytest.mark.parametrize("row", ["[1, 2]", '"text"', "3", "null"])
@@ -453,3 +456,107 @@ def test_a_compressed_parquet_or_unknown_inner_format_is_refused(tmp_path):
         (tmp_path / name).write_bytes(b"")
         with pytest.raises(ConfigError, match="unknown file type"):
             read_table(tmp_path / name)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# rows a task cannot use: the file's line numbers, the first few rows, task.skip-invalid-rows
+
+
+def label_csv(path, labels) -> str:
+    """A text CSV with one row per label (an empty label is a missing one), after a quoted
+    text of two lines, so that lines and rows differ."""
+    lines = ["text,label", '"two\nlines",pos'] + [f"row {i},{label}" for i, label in
+                                                    enumerate(labels)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def sequence_task(data_path: str, **extra):
+    from cola_fed.config import TaskConfig
+    from cola_fed.tasks import get_task
+
+    return get_task(TaskConfig(name="sequence-classification", data_path=data_path,
+                               label_names="neg,pos", **extra))
+
+
+def test_invalid_rows_are_named_by_the_files_lines_the_first_five_then_a_count(tmp_path):
+    path = label_csv(tmp_path / "data.csv", ["pos", "", "neg", "meh", "", "", "", "", "pos"])
+    with raises("task.label-column: 6 of the 10 rows of task.data-path " + path
+                + " cannot be used",
+                # the header is line 1, the two-line text lines 2-3
+                "line 5: task.label-column 'label': no label",
+                "line 7: task.label-column 'label': label 'meh', expected one of the label "
+                "names (neg, pos)", "line 10: task.label-column 'label': no label",
+                "... and 1 more", "task.skip-invalid-rows = true") as info:
+        sequence_task(path).labels()
+    assert "line 11" not in str(info.value)  # only the first five are listed
+
+
+def test_skip_invalid_rows_drops_logs_and_counts_them(tmp_path, caplog):
+    from cola_fed.tasks.tables import SKIPPED_ROWS
+
+    path = label_csv(tmp_path / "data.csv", ["pos", "", "neg", "meh", "pos"])
+    task = sequence_task(path, skip_invalid_rows=True)
+    with caplog.at_level("WARNING", logger="cola_fed"):
+        assert task.labels().tolist() == [1, 1, 0, 1]
+    assert task.table()["text"] == ["two\nlines", "row 0", "row 2", "row 4"]
+    assert [task.table().where(i) for i in range(4)] == ["line 2", "line 4", "line 6",
+                                                         "line 8"]
+    assert "skipped 2 of 6 rows" in caplog.text and "line 5: task.label-column" in caplog.text
+    assert SKIPPED_ROWS[path] == 2
+
+
+def test_a_file_with_no_usable_row_is_an_error_even_when_skipping(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\na,\nb,meh\n", encoding="utf-8")
+    with raises("none of the 2 rows of task.data-path", "can be used",
+                "line 2: task.label-column 'label': no label",
+                "line 3: task.label-column 'label': label 'meh'"):
+        sequence_task(str(bad), skip_invalid_rows=True).labels()
+
+
+def test_instruction_jsonl_rows_without_a_response_name_their_lines(tmp_path):
+    from cola_fed.config import TaskConfig
+    from cola_fed.tasks import get_task
+
+    rows = [{"q": "a?", "a": "yes"}, {"q": "b?"}, {"q": "c?", "a": None}, {"q": "d?", "a": "no"}]
+    path = write_jsonl(tmp_path / "data.jsonl", rows, end="\n\n")  # blank lines between
+    config = TaskConfig(name="causal-lm", data_path=str(path), prompt_column="q",
+                        response_column="a")
+    with raises("task.response-column: 2 of the 4 rows", "cannot be used",
+                "line 3: task.response-column 'a': no value (null)",
+                "line 5: task.response-column 'a': no value (null)"):
+        get_task(config).table()
+    kept = get_task(dataclasses.replace(config, skip_invalid_rows=True)).table()
+    assert kept == {"q": ["a?", "d?"], "a": ["yes", "no"]}
+
+
+def test_text_classification_own_file_names_lines_too(tmp_path):
+    from cola_fed.config import TaskConfig
+    from cola_fed.tasks import get_task
+
+    path = tmp_path / "own.csv"
+    path.write_text("text,label\ngood,1\nbad,\nfine,0\n", encoding="utf-8")
+    with raises("1 of the 3 rows", "line 3: task.label-column 'label': no label"):
+        get_task(TaskConfig(data_path=str(path))).labels()
+    task = get_task(TaskConfig(data_path=str(path), skip_invalid_rows=True))
+    assert task.labels().tolist() == [1, 0]
+
+
+def test_feature_csv_lists_its_bad_rows_and_can_skip_them(tmp_path):
+    from cola_fed.tasks.tables import read_feature_csv
+
+    good, rows = "0.5,0.25", ["f0,label,f1"]
+    rows += [f"0.5,{label},0.25" for label in ("1", "", "7", "x", "2", "", "", "", "1")]
+    rows.insert(3, "")  # a blank line: skipped, but counted as a line
+    path = tmp_path / "own.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with raises("task.data-path", "6 of its 9 rows cannot be used", "line 3: no label in column "
+                "'label'", "line 5: label '7', expected an integer in [0, 3)", "line 6: label "
+                "'x'", "... and 1 more"):
+        read_feature_csv(path, features=2, low=0.0, high=1.0, classes=3)
+    features, labels = read_feature_csv(path, features=2, low=0.0, high=1.0, classes=3,
+                                        skip_invalid=True)
+    assert labels.tolist() == [1, 2, 1] and features.tolist() == [[0.5, 0.25]] * 3
+    assert good

@@ -1,5 +1,5 @@
-"""Names and keys of the exported train-step graphs. Torch-free: shared by the exporter and the
-ONNX Runtime learner."""
+"""Names and keys of the exported train-step graphs, and whether a run needs them. Torch-free:
+shared by the exporter, the server and the ONNX Runtime learner."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cola_fed.adapters.registry import family_of
 from cola_fed.adapters.spec import AdapterSpec
 from cola_fed.gl.layout import Layout, SpecLike, assign_specs
 from cola_fed.gl.optim_spec import HYPER_PARAMETERS, OptimizerSpec, slot_names
+
+if TYPE_CHECKING:
+    from cola_fed.config import RunConfig
 
 #: the scalar hyper-parameter inputs of every train-step graph, in order: the optimizer's
 #: (``OptimizerSpec.hyper``), then ``grad_scale``, which multiplies the gradient before the
@@ -87,3 +91,33 @@ def content_hash(model: bytes) -> str:
 
 
 __all__ = ["FORM_SUFFIX", "HYPER", "GraphKey", "content_hash", "graph_keys", "slot_names"]
+
+
+def graphs_wanted(config: RunConfig, *, deployment: bool) -> bool:
+    """Whether the server exports and ships the train-step graphs (``edge.graphs``).
+
+    ``true`` and ``false`` decide alone. ``"auto"`` (the default) exports them only when some
+    node may train on ONNX Runtime, since the export takes seconds per graph at every start:
+
+    - in a simulation, the nodes run in the server's own environment, where PyTorch is
+      installed, so a node trains on ONNX Runtime only when ``edge.backends`` says so: the
+      graphs are wanted when it names ``onnx``;
+    - in a deployment, each node chooses its backend in its own node config, which the server
+      never sees (a device without PyTorch chooses ONNX Runtime), so they always are.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The run's config.
+    deployment : bool
+        The nodes are Flower SuperNodes the server does not control (anything but Flower's
+        simulation engine).
+    """
+    from cola_fed.config import per_partition_values
+
+    graphs = config.edge.graphs
+    if graphs != "auto":
+        return bool(graphs)
+    if deployment:
+        return True
+    return "onnx" in per_partition_values("edge.backends", config.edge.backends)

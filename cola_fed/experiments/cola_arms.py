@@ -99,7 +99,8 @@ def cola_federated(flat: dict[str, Any], nodes: int, mode: str) -> ArmResult:
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cola-experiment-") as out, \
-            simulated_nodes(flat.get("task.data-path")):
+            simulated_nodes(flat.get("task.data-path"),
+                            skip_invalid_rows=bool(flat.get("task.skip-invalid-rows"))):
         strategy = run_server(LocalGrid(nodes), {
             **flat, "strategy.mode": mode, "output-dir": out, "checkpoint.every": 0,
             "strategy.min-train-nodes": nodes, "strategy.fraction-train": 1.0})
@@ -132,19 +133,21 @@ def cola_federated(flat: dict[str, Any], nodes: int, mode: str) -> ArmResult:
 
 
 @contextmanager
-def simulated_nodes(data_path: str | None) -> Iterator[dict[str, str]]:
+def simulated_nodes(data_path: str | None, *, skip_invalid_rows: bool = False
+                    ) -> Iterator[dict[str, str]]:
     """Within: the environment simulated nodes see, as under ``cola-fed simulate`` (yielded,
     for node processes, and set in this process, for in-process nodes). They partition
     ``data_path`` (the run's ``task.data-path``; a node never takes its data path from the
     server), trust the run's server in a known-servers file of their own that ends with the
     run, and keep no state; nothing of the user's shell (a data file, a state folder) leaks
-    in."""
-    from cola_fed.federation.client import DATA_PATH_ENV
+    in. With ``skip_invalid_rows`` they skip the data rows their task cannot use."""
+    from cola_fed.federation.client import DATA_PATH_ENV, SKIP_INVALID_ROWS_ENV
     from cola_fed.federation.node_store import STATE_DIR_ENV
     from cola_fed.wire.identity import KNOWN_SERVERS_ENV
 
     with tempfile.TemporaryDirectory(prefix="cola-experiment-nodes-") as home:
         changes = {DATA_PATH_ENV: str(data_path) if data_path else None, STATE_DIR_ENV: None,
+                   SKIP_INVALID_ROWS_ENV: "1" if skip_invalid_rows else None,
                    KNOWN_SERVERS_ENV: os.path.join(home, "known-servers.json")}
         saved = {key: os.environ.get(key) for key in changes}
         _set_environ(changes)

@@ -96,7 +96,8 @@ def federation_costs(flat: dict[str, Any], nodes: int, rounds: int) -> dict[str,
     strategy = build_strategy(config)
     backends = {1000 + i: "onnx" if i % 2 == 0 else "torch" for i in range(nodes)}
     processes: dict[int, NodeProcess] = {}
-    with simulated_nodes(flat.get("task.data-path")) as env, \
+    with simulated_nodes(flat.get("task.data-path"),
+                         skip_invalid_rows=config.task.skip_invalid_rows) as env, \
             tempfile.TemporaryDirectory(prefix="cola-costs-") as cache:
         env["COLA_FED_CACHE"] = cache  # the nodes' graphs and task files, gone with the run
         try:

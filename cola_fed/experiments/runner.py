@@ -73,11 +73,18 @@ def choose_lr(config: ExperimentConfig, say: Callable[[str], None]) -> tuple[flo
 
 
 def run_experiment(config: ExperimentConfig, out: Path, *,
-                   say: Callable[[str], None] = print) -> dict[str, Any]:
+                   say: Callable[[str], None] = print,
+                   progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Run ``config``; write ``out/NAME.json`` after every arm (a run cut short keeps what
-    finished) and return its contents."""
+    finished) and return its contents. ``progress(done, total, running)`` is told of each
+    run (arm, seed, partition) as it starts and ends (a progress bar)."""
+    from cola_fed.config import RunConfig
     from cola_fed.experiments.report import summarize
+    from cola_fed.federation.preflight import preflight
 
+    # the task, data and targets every arm shares, checked before any arm starts
+    preflight(RunConfig.from_flat(config.arm_config(config.seeds[0], config.partitions[0])),
+              config.nodes)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{config.name}.json"
     started = time.perf_counter()
@@ -88,6 +95,8 @@ def run_experiment(config: ExperimentConfig, out: Path, *,
             for arm in config.arms]
     for i, (seed, partition, arm) in enumerate(jobs, 1):
         say(f"[{i}/{len(jobs)}] {arm}, seed {seed}, {partition} ...")
+        if progress is not None:
+            progress(i - 1, len(jobs), f"{arm}, seed {seed}, {partition}")
         tick = time.perf_counter()
         result = ARM_RUNNERS[arm](config.arm_config(seed, partition, lr), config.nodes)
         if not result.curve:
@@ -102,6 +111,8 @@ def run_experiment(config: ExperimentConfig, out: Path, *,
         results["seconds"] = time.perf_counter() - started
         results["summary"] = summarize(results)
         path.write_text(json.dumps(results, indent=1) + "\n")
+        if progress is not None:
+            progress(i, len(jobs), "")
     if config.cost_rounds:
         add_costs(config, results, say=say)
         path.write_text(json.dumps(results, indent=1) + "\n")

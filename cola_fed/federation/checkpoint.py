@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,15 @@ import numpy as np
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
-from cola_fed.errors import ConfigError
+from cola_fed.errors import ConfigError, MalformedPayloadError
+from cola_fed.federation.run_processes import (
+    boot_id,
+    command_line,
+    process_alive,
+    process_start,
+)
 from cola_fed.wire.identity import read_private_file, write_private_file
-from cola_fed.wire.strict_json import _check_depth
+from cola_fed.wire.strict_json import _check_depth, loads_strict
 
 log = logging.getLogger("cola_fed")
 
@@ -43,8 +50,74 @@ _ROUND_FILE = re.compile(r"round-(\d+)\.json")
 _STATE_FILE = re.compile(r"partition-(\d+)-v(\d+)\.safetensors")
 MAX_FILE_BYTES = 2**36
 MAX_DEPTH = 64  # nesting of a round file (cola-fed writes under 10 levels)
+LOCK_FILE = ".lock"
+"""Who holds the checkpoint: ``{"pid", "start", "boot"}`` of the server process; empty when
+nobody does."""
+LOCK_FILE_BYTES = 512
 
 Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """The server process that holds (or held) a checkpoint.
+
+    Parameters
+    ----------
+    pid : int
+        Its process id.
+    start : int or None
+        When it started, in clock ticks since boot (``/proc/PID/stat``): with ``pid``, it
+        names one process, even once the pid is reused. None where unknown.
+    boot : str
+        The boot it ran in (``/proc/sys/kernel/random/boot_id``; empty where unknown).
+    """
+
+    pid: int
+    start: int | None
+    boot: str
+
+    @classmethod
+    def mine(cls) -> LockHolder:
+        return cls(pid=os.getpid(), start=process_start(os.getpid()), boot=boot_id())
+
+    def alive(self) -> bool:
+        """Whether the process still runs (the same one: same boot, same start time)."""
+        if self.boot and boot_id() and self.boot != boot_id():
+            return False
+        return process_alive(self.pid, self.start)
+
+    def gone_because(self) -> str:
+        if (self.boot and boot_id() and self.boot != boot_id()) or process_start(
+                self.pid) is None:
+            return "is no longer running"
+        return "is no longer running (its pid now belongs to another process)"
+
+    def describe(self) -> str:
+        command = command_line(self.pid) if self.alive() else ""
+        return f"process {self.pid}" + (f" ({command})" if command else "")
+
+    def to_json(self) -> bytes:
+        return json.dumps({"pid": self.pid, "start": self.start, "boot": self.boot}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, path: Path) -> LockHolder:
+        """A lock record, strictly: exactly the three fields, each of its type."""
+        try:
+            record = loads_strict(data, what=f"checkpoint lock {path}",
+                                  max_bytes=LOCK_FILE_BYTES, max_depth=2)
+        except MalformedPayloadError as err:
+            raise ConfigError(f"{err}") from None
+        fields = {"pid": int, "start": (int, type(None)), "boot": str}
+        if not isinstance(record, dict) or set(record) != set(fields) or not all(
+                isinstance(record[k], kind) and not isinstance(record[k], bool)
+                for k, kind in fields.items()):
+            raise ConfigError(f"checkpoint lock {path} is damaged: expected "
+                              '{"pid": int, "start": int or null, "boot": str}')
+        if not 0 < record["pid"] < 2**31 or (record["start"] or 0) < 0 or len(
+                record["boot"]) > 64:
+            raise ConfigError(f"checkpoint lock {path} is damaged: values out of range")
+        return cls(pid=record["pid"], start=record["start"], boot=record["boot"])
 
 
 class Checkpoint:
@@ -63,22 +136,105 @@ class Checkpoint:
 
     def lock(self) -> None:
         """Hold the folder for this run: a second server writing the same checkpoint (a run
-        left going by a killed ``cola-fed simulate``, or a resume started twice) is refused."""
+        left going by a killed ``cola-fed simulate``, or a resume started twice) is refused.
+
+        The lock is the kernel's (``flock`` on the folder: it goes with the process that held
+        it, however that one ended); :data:`LOCK_FILE` records who holds it (pid, start time,
+        boot), to name the holder in the refusal, and to recognise a lock left by a process
+        that is gone where the kernel's lock is not available (a lock record whose pid is not
+        running, or now belongs to another process, is taken over with a warning)."""
         os.makedirs(self.folder, mode=0o700, exist_ok=True)
-        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            kernel_lock = True
         except BlockingIOError:
             os.close(fd)
-            raise ConfigError(f"another server is writing {self.folder} (a run still going, "
-                              "perhaps one a killed `cola-fed simulate` left behind; "
-                              "docs/operations.md says how to find and stop it)") from None
+            raise ConfigError(self.refusal(self._record_or_none())) from None
+        except OSError:  # a filesystem without flock: the record alone decides
+            kernel_lock = False
+        try:
+            self._take_over(kernel_lock)
+        except BaseException:
+            os.close(fd)  # never a lock left held by a descriptor nobody closes
+            raise
         self._lock = fd
+
+    def _take_over(self, kernel_lock: bool) -> None:
+        """With the kernel's lock held (or none to hold), check the record of the previous
+        holder and write this process's."""
+        try:
+            before = self.holder_record()
+        except ConfigError as err:
+            log.warning("checkpoint %s: %s; taking the lock over", self.folder, err)
+            before = None
+        if before is not None and before.pid != os.getpid():
+            if before.alive() and not kernel_lock:
+                raise ConfigError(self.refusal(before))
+            if not before.alive():
+                log.warning("checkpoint %s: taking over the lock of server process %d, which %s "
+                            "(a run that was killed; its last checkpoint is kept)", self.folder,
+                            before.pid, before.gone_because())
+        write_private_file(self.folder / LOCK_FILE, LockHolder.mine().to_json(),
+                           what="checkpoint lock")
 
     def unlock(self) -> None:
         if self._lock is not None:
+            with contextlib.suppress(ConfigError):  # no record of a holder left behind
+                write_private_file(self.folder / LOCK_FILE, b"", what="checkpoint lock")
             os.close(self._lock)  # closing the descriptor releases the lock
             self._lock = None
+
+    def holder(self) -> LockHolder | None:
+        """The live server that holds this checkpoint (None: nobody), without taking it: for
+        ``cola-fed simulate`` to refuse a run before it starts Flower."""
+        try:
+            fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                         | getattr(os, "O_CLOEXEC", 0))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self._record_or_none() or LockHolder(pid=0, start=None, boot="")
+        except OSError:
+            pass  # no flock here: the record alone
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+        record = self._record_or_none()
+        return record if record is not None and record.alive() else None
+
+    def _record_or_none(self) -> LockHolder | None:
+        try:
+            return self.holder_record()
+        except ConfigError:  # a damaged record names nobody
+            return None
+
+    def holder_record(self) -> LockHolder | None:
+        """Who :data:`LOCK_FILE` says holds the lock (None: no record). The file is read as
+        anyone could have written it: bounded, strict JSON, exact fields."""
+        try:
+            data = read_private_file(self.folder / LOCK_FILE, what="checkpoint lock",
+                                     limit=LOCK_FILE_BYTES)
+        except FileNotFoundError:
+            return None
+        if not data.strip():  # nobody holds it (or an older cola-fed held it)
+            return None
+        return LockHolder.from_json(data, self.folder / LOCK_FILE)
+
+    def refusal(self, holder: LockHolder | None) -> str:
+        """Why this checkpoint cannot be taken: who holds it, and what to do."""
+        known = holder is not None and holder.pid > 0
+        who = holder.describe() if known else "another process"
+        stop = f"stop it (kill {holder.pid})" if known else "stop it"
+        return (f"another server is writing {self.folder}: {who}. It is a run still going "
+                "(perhaps one that a killed `cola-fed simulate` of an older cola-fed left "
+                f"behind): wait for it to end or {stop}, then run again; docs/operations.md "
+                "says more")
 
     def save(self, round_: int, state: dict[str, Any],
              members: Mapping[int, tuple[int, Callable[[], Tensors]]]) -> Path:

@@ -6,6 +6,7 @@ Runtime (``OrtLearner``, from the train-step graphs the server ships at hello). 
 
 - ``partition-id``, ``num-partitions``: this node's share of the task's data;
 - ``data-path``: a local data file that replaces the partition;
+- ``skip-invalid-rows``: ``true`` skips (and logs) the rows of that file the task cannot use;
 - ``allow-tasks``: ``package.module:Class`` task paths this node may import when the server
   names one (a task registered on the node needs no allowing);
 - ``server-key-fingerprint``: the server identity to pin; without it the node trusts the first
@@ -29,7 +30,6 @@ session.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import importlib.util
 import logging
@@ -71,6 +71,7 @@ from cola_fed.federation.protocol import (
     seal_bundle,
 )
 from cola_fed.federation.records import blob_to_record, record_to_blob
+from cola_fed.suggest import did_you_mean
 from cola_fed.tasks import get_task
 from cola_fed.tasks.base import ClientData
 from cola_fed.tasks.registry import node_allowed_paths
@@ -96,11 +97,15 @@ STATE_IDENTITY = "cola-node-identity"  # ConfigRecord: the node's identity, with
 
 
 #: every node config key cola-fed reads (others may belong to other apps of the SuperNode)
-NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "server-key-fingerprint",
+NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "skip-invalid-rows",
+                    "server-key-fingerprint",
                     "federation", "known-servers", "backend", "graph-cache", "onnx-threads",
                     "state-dir", "allow-tasks", *NodeCaps.keys())
 #: the data file simulated nodes partition (``cola-fed simulate`` sets it from task.data-path)
 DATA_PATH_ENV = "COLA_FED_DATA_PATH"
+#: "1": simulated nodes skip the data rows their task cannot use (``cola-fed simulate`` sets
+#: it from task.skip-invalid-rows); deployed nodes: node config ``skip-invalid-rows``
+SKIP_INVALID_ROWS_ENV = "COLA_FED_SKIP_INVALID_ROWS"
 
 
 def check_node_config(node_config: dict) -> None:
@@ -112,11 +117,10 @@ def check_node_config(node_config: dict) -> None:
         if "state" in str(key).lower():  # a misspelt state-dir would quietly turn it off
             raise ConfigError(f"node config {key!r} is not a cola-fed key; did you mean "
                               "'state-dir'? (docs/configuration.md lists them)")
-        close = difflib.get_close_matches(str(key).replace("_", "-").lower(), NODE_CONFIG_KEYS,
-                                          n=1, cutoff=0.8)
-        if close:
-            raise ConfigError(f"node config {key!r} is not a cola-fed key; did you mean "
-                              f"{close[0]!r}? (docs/configuration.md lists them)")
+        hint = did_you_mean(str(key).replace("_", "-").lower(), NODE_CONFIG_KEYS, cutoff=0.8)
+        if hint:
+            raise ConfigError(f"node config {key!r} is not a cola-fed key{hint} "
+                              "(docs/configuration.md lists them)")
 
 
 def handle_hello(msg: Message, context: Context) -> Message:
@@ -489,6 +493,12 @@ def _client_data(plan: Plan, context: Context, partition_id: int,
         partition_id, num_partitions = 0, 1
     elif os.environ.get(DATA_PATH_ENV):
         task = dataclasses.replace(task, data_path=os.environ[DATA_PATH_ENV])
+    skip = context.node_config.get("skip-invalid-rows",
+                                   os.environ.get(SKIP_INVALID_ROWS_ENV) == "1")
+    if not isinstance(skip, bool):
+        raise ConfigError(f"node config skip-invalid-rows: expected true or false, got "
+                          f"{skip!r}")
+    task = dataclasses.replace(task, skip_invalid_rows=skip)
     return _cached_client_data(task, tuple(sorted(plan.files.items())),
                                context.node_config.get("graph-cache") or None,
                                node_allowed_paths(context.node_config), partition_id,

@@ -9,6 +9,10 @@ from torch import nn
 
 from cola_fed.errors import TargetError
 from cola_fed.gl.layout import LayerInfo, Layout
+from cola_fed.suggest import did_you_mean
+
+#: how many layer names an unmatched target's error lists
+SHOWN_NAMES = 12
 
 #: Default targets per Hugging Face ``model_type``, following PEFT's LoRA defaults.
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -109,11 +113,39 @@ def find_targets(model: nn.Module, targets: Targets = None) -> tuple[Layout, dic
         if not targets:
             raise TargetError("targets is empty: name at least one layer to adapt")
         chosen = [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]
+        modules = dict(model.named_modules())
+        adaptable = [n for n in names if _adaptable(modules[n])]
         for target in targets:
             if not any(n == target or n.endswith("." + target) for n in chosen):
-                close = [n for n in names if target.split(".")[-1] in n][:5]
-                hint = f"; similar names: {close}" if close else ""
-                raise TargetError(f"target {target!r} matches no module of the model{hint}")
+                raise TargetError(unmatched_target_message(target, adaptable or names))
     modules = dict(model.named_modules())
     layout = Layout(tuple(layer_info(name, modules[name]) for name in chosen))
     return layout, {name: modules[name] for name in chosen}
+
+
+def _adaptable(module: nn.Module) -> bool:
+    """Whether :func:`layer_info` accepts the module's type (nn.Linear, Conv1D, nn.Conv2d)."""
+    return isinstance(module, (nn.Linear, nn.Conv2d)) or _is_conv1d(module)
+
+
+def unmatched_target_message(target: str, names: Sequence[str]) -> str:
+    """Why ``target`` (one entry of ``adapter.targets``) is refused: the closest names a target
+    could give instead (difflib, over the modules' dotted suffixes as long as the target's),
+    and the short names of the layers that can be adapted.
+
+    Parameters
+    ----------
+    target : str
+        The entry that matches no module.
+    names : sequence of str
+        Full module names to suggest from: the adaptable ones where the model has any.
+    """
+    parts = target.count(".") + 1
+    suffixes = dict.fromkeys(".".join(n.split(".")[-parts:]) for n in names)
+    hint = did_you_mean(target, suffixes, n=3)
+    short = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in names))
+    shown = ", ".join(short[:SHOWN_NAMES]) + (f", ... ({len(short) - SHOWN_NAMES} more)"
+                                              if len(short) > SHOWN_NAMES else "")
+    return (f"adapter.targets: target {target!r} matches no module of the model{hint} "
+            f"(layers it can adapt, by last name: {shown}; a target matches a module's full "
+            "name or its last dotted parts)")

@@ -31,11 +31,12 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.cache
-def load_digits_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
+def load_digits_csv(path: str, skip_invalid: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A node's own digits CSV as :func:`load_digits` returns the bundled set, read once per
-    process (and file). The arrays are read-only: they are the cache."""
+    process (and file); ``skip_invalid``: ``task.skip-invalid-rows``. The arrays are
+    read-only: they are the cache."""
     features, labels = read_feature_csv(path, features=FEATURES, low=0.0, high=1.0,
-                                        classes=CLASSES)
+                                        classes=CLASSES, skip_invalid=skip_invalid)
     features.flags.writeable = labels.flags.writeable = False
     return features, labels
 
@@ -64,7 +65,7 @@ class DigitsTask(Task):
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """The node's own CSV (``task.data-path``), else the bundled digits."""
         if self.config.data_path:
-            return load_digits_csv(self.config.data_path)
+            return load_digits_csv(self.config.data_path, self.config.skip_invalid_rows)
         return load_digits()
 
     def labels(self) -> np.ndarray:

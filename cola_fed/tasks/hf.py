@@ -24,7 +24,7 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,7 +32,21 @@ from cola_fed.config import TaskConfig
 from cola_fed.errors import ConfigError
 from cola_fed.tasks.base import IGNORE, Task, next_token_correct, with_perplexity
 from cola_fed.tasks.contract import BATCH, InputContract, TensorContract
-from cola_fed.tasks.tables import Table, column, label_ids, read_table, render_column
+from cola_fed.tasks.tables import (
+    RowCheck,
+    Table,
+    checked_rows,
+    column,
+    label_ids,
+    present,
+    read_table,
+    render_column,
+    template_columns,
+    valid_label,
+)
+
+if TYPE_CHECKING:
+    from cola_fed.tasks.chat import ChatWrapping
 
 TOKENIZER = "tokenizer.json"
 #: words of a plain text that prompt a ROUGE-L generation
@@ -41,6 +55,8 @@ PROMPT_WORDS = 12
 MAX_CHARS_PER_TOKEN = 64
 #: names of the freshly initialised classification layer, by model family
 HEAD_NAMES = ("classifier", "score", "classifier.out_proj", "classification_head.out_proj")
+#: characters a plan's text field carries (``cola_fed.federation.protocol``'s string limit)
+MAX_PLAN_TEXT = 4096
 
 
 class HuggingFaceTask(Task):
@@ -152,7 +168,23 @@ class HuggingFaceTask(Task):
             from cola_fed.tasks.models import package_file
 
             path = str(package_file(path, key="task.data-path"))
-        return read_table(path)
+        return checked_rows(read_table(path), self.row_checks(),
+                            skip=self.config.skip_invalid_rows, source=f"task.data-path {path}")
+
+    def row_checks(self) -> list[RowCheck]:
+        """What every data row must hold for the task to use it: the rows that do not are an
+        error naming their lines, or skipped with ``task.skip-invalid-rows``. Here: a value
+        (not null) in the text column, or in each column the template names."""
+        return self.text_checks("text_column")
+
+    def text_checks(self, text_column: str) -> list[RowCheck]:
+        """A value (not null) in each column ``task.template`` names, else in the column the
+        config field ``text_column`` names (none when that field is empty)."""
+        if self.config.template:
+            return [present(name, "task.template")
+                    for name in template_columns(self.config.template)]
+        name = getattr(self.config, text_column)
+        return [present(name, f"task.{text_column.replace('_', '-')}")] if name else []
 
     def rows(self, rows: np.ndarray) -> Table:
         """The data's ``rows``, every column."""
@@ -237,18 +269,77 @@ class SequenceClassificationTask(HuggingFaceTask):
     def label_contract(self) -> TensorContract:
         return TensorContract("int64", (BATCH,), 0, self.num_classes)
 
+    def row_checks(self) -> list[RowCheck]:
+        """A text, and a label :func:`label_ids` accepts (a missing one is the usual case)."""
+        return [*super().row_checks(),
+                valid_label(self.config.label_column, names=self.config.labels,
+                            num_labels=self.num_classes)]
+
 
 class CausalLMTask(HuggingFaceTask):
     """Next-token prediction on plain text, or instruction tuning with the loss on the
     response tokens only (``task.response-column``)."""
 
     name = "causal-lm"
+    #: whether instruction prompts may be wrapped in the model's chat template (decoder-only)
+    chat = True
 
     def build_model(self) -> Any:
         return self._load_model("AutoModelForCausalLM")
 
+    @functools.cached_property
+    def chat_wrapping(self) -> ChatWrapping | None:
+        """Server side: the text the model's chat template puts around a prompt, for
+        instruction tuning with ``task.chat-template = "auto"`` on a model that has one; else
+        ``None``. Always ``None`` on a node: it gets the wrapped template in the plan."""
+        if not (self.chat and self.instruction and self.config.chat_template == "auto"
+                and self.config.model):
+            return None
+        from cola_fed.tasks.chat import chat_wrapping
+        from cola_fed.tasks.models import tokenizer_file
+
+        return chat_wrapping(self.model_folder, tokenizer_file(self.model_folder))
+
+    @functools.cached_property
+    def prompt_template(self) -> str:
+        """The prompt's template: ``task.template`` (or ``{task.prompt-column}``) inside the
+        chat template where one applies (:attr:`chat_wrapping`), else ``task.template``. The
+        plan carries it as ``task.template``, so nodes build the same prompts."""
+        wrapping = self.chat_wrapping
+        if wrapping is None:
+            return self.config.template
+        inner = self.config.template or "{" + self.config.prompt_column + "}"
+        if not self.config.template:
+            try:
+                template_columns(inner, key="task.prompt-column")
+            except ConfigError:
+                raise ConfigError(f"task.prompt-column: {self.config.prompt_column!r} cannot "
+                                  "be wrapped in the chat template; name the prompt through "
+                                  "task.template (\"{column}\")") from None
+        wrapped = wrapping.template(inner)
+        if len(wrapped) > MAX_PLAN_TEXT:
+            raise ConfigError(f"task.chat-template: the model's chat template wraps prompts in "
+                              f"{len(wrapped) - len(inner)} characters; a plan carries "
+                              f"{MAX_PLAN_TEXT}; set task.chat-template = \"none\" and write "
+                              "the format in task.template")
+        return wrapped
+
+    def plan_config(self) -> TaskConfig:
+        """The plan's task, with the prompt's chat wrapping resolved into its template."""
+        import dataclasses
+
+        return dataclasses.replace(super().plan_config(), template=self.prompt_template)
+
     def labels(self) -> np.ndarray:
         return np.zeros(len(next(iter(self.table().values()))), dtype=np.int64)
+
+    def row_checks(self) -> list[RowCheck]:
+        """The text; in instruction tuning (and seq2seq) the prompt's columns and the
+        response."""
+        if not self.config.response_column:
+            return super().row_checks()
+        return [*self.text_checks("prompt_column"),
+                present(self.config.response_column, "task.response-column")]
 
     @property
     def instruction(self) -> bool:
@@ -279,8 +370,12 @@ class CausalLMTask(HuggingFaceTask):
         table = self.rows(rows)
         if not self.instruction:
             return self.texts(table, "text_column"), None
-        prompts = (self.texts(table, "prompt_column") if self.config.template or
-                   self.config.prompt_column else None)
+        if self.prompt_template:
+            prompts = render_column(table, self.prompt_template)
+        elif self.config.prompt_column:
+            prompts = self.texts(table, "prompt_column")
+        else:
+            prompts = None
         if prompts is None:
             raise ConfigError("task.prompt-column: instruction tuning (task.response-column) "
                               "needs a prompt column or a task.template")
@@ -426,6 +521,7 @@ class Seq2SeqTask(CausalLMTask):
     """
 
     name = "seq2seq"
+    chat = False  # the encoder reads the source as it is
 
     # ---- server side
 

@@ -53,13 +53,14 @@ def mnist_path(locator: str = "") -> Path:
 
 
 @functools.cache
-def load_mnist(locator: str = "") -> tuple[np.ndarray, np.ndarray]:
+def load_mnist(locator: str = "", skip_invalid: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Images as float32 ``[n, 1, 28, 28]`` in [0, 1] and int64 labels 0-9, read once per
-    process (and file). The arrays are read-only: they are the cache."""
+    process (and file). ``skip_invalid`` (``task.skip-invalid-rows``) applies to a node's own
+    CSV with a ``label`` column. The arrays are read-only: they are the cache."""
     path = mnist_path(locator)
     if _has_label_header(path):
         images, labels = read_feature_csv(path, features=PIXELS, low=0.0, high=1.0,
-                                          classes=CLASSES)
+                                          classes=CLASSES, skip_invalid=skip_invalid)
         images = images.reshape(-1, 1, SIDE, SIDE)
         images.flags.writeable = labels.flags.writeable = False
         return images, labels
@@ -133,7 +134,7 @@ class MnistTask(Task):
         return model
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
-        return load_mnist(self.config.data_path)
+        return load_mnist(self.config.data_path, self.config.skip_invalid_rows)
 
     def labels(self) -> np.ndarray:
         return self.load()[1]

@@ -7,7 +7,10 @@ labels to class ids (:func:`label_ids`). pyarrow and datasets are imported only 
 that need them: an edge node reading CSV or JSON lines carries neither.
 
 Every error is a :class:`~cola_fed.errors.ConfigError` naming the config key the value came
-from, what was expected and where (line, row or column) the data disagrees.
+from, what was expected and where (line, row or column) the data disagrees. Lines are the file's,
+1-based and counting the header, as an editor shows them. Rows a task cannot use (a missing
+label, say) are listed together, the first few of them (:func:`checked_rows`), and
+``task.skip-invalid-rows`` drops and counts them instead.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import csv
 import importlib
 import io
 import json
+import logging
 import re
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +31,27 @@ import numpy as np
 
 from cola_fed.errors import ConfigError
 
+log = logging.getLogger("cola_fed")
+
 #: column name -> values, all columns the same length
 Table = dict[str, list]
+
+
+class LocatedTable(dict):
+    """A :data:`Table` read from a file, that knows where each of its rows stands there.
+
+    ``places[i]`` names row ``i`` as the user finds it: ``"line 7"`` (CSV, counting the header;
+    JSON lines), ``"item 3"`` (a JSON list, counting from 0); ``None`` where the format has no
+    lines (Parquet, ``save_to_disk``): then :meth:`where` says ``"row i+1"``.
+    """
+
+    def __init__(self, columns: Table, places: list[str] | None = None) -> None:
+        super().__init__(columns)
+        self.places = places
+
+    def where(self, row: int) -> str:
+        """Where row ``row`` (0-based) is in the file."""
+        return self.places[row] if self.places is not None else f"row {row + 1}"
 
 #: file suffixes :func:`read_table` reads (besides ``save_to_disk`` folders)
 SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
@@ -35,6 +59,10 @@ SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2"}
 #: how many values an error message lists before it says "..."
 PREVIEW = 10
+#: how many invalid rows an error lists before it says how many more there are
+SHOWN_BAD_ROWS = 5
+#: most distinct keys the rows of a JSON file may have between them (columns)
+MAX_JSON_COLUMNS = 1024
 #: conversions a template may use: ``{text!r}`` quotes a value, nothing else is needed
 CONVERSIONS = (None, "s", "r", "a")
 
@@ -60,9 +88,10 @@ def read_table(path: str | Path, *, key: str = "task.data-path") -> Table:
 
     Returns
     -------
-    Table
-        Columns in the file's order, all of the same (non-zero) length. CSV values stay
-        strings; JSON, Parquet and ``datasets`` values keep their types.
+    LocatedTable
+        Columns in the file's order, all of the same (non-zero) length, and where each row is
+        in the file. CSV values stay strings; JSON, Parquet and ``datasets`` values keep their
+        types; a JSON row without one of the columns holds ``None`` (null) there.
 
     Raises
     ------
@@ -79,7 +108,7 @@ def read_table(path: str | Path, *, key: str = "task.data-path") -> Table:
         raise ConfigError(f"{key} {path}: the data has no columns")
     if not next(iter(table.values())):
         raise ConfigError(f"{key} {path}: the data has no rows")
-    return table
+    return table if isinstance(table, LocatedTable) else LocatedTable(table)
 
 
 def _read_file(path: Path, key: str) -> Table:
@@ -131,11 +160,15 @@ def _read_csv(text: str, path: Path, key: str) -> Table:
         if duplicates:
             raise ConfigError(f"{key} {path}: the header repeats column(s) {_names(duplicates)}")
         table: Table = {name: [] for name in header}
+        places: list[str] = []
         for row in reader:
             fields = _csv_fields(row, len(header))
             if fields != len(header):
                 raise ConfigError(f"{key} {path}: line {reader.line_num} has {fields} fields, "
                                   f"the header has {len(header)}")
+            # the row's first line: a quoted value may span lines
+            breaks = sum(value.count("\n") for value in row.values() if value)
+            places.append(f"line {reader.line_num - breaks}")
             for name, value in row.items():
                 table[name].append(value)
     except csv.Error as err:
@@ -143,7 +176,7 @@ def _read_csv(text: str, path: Path, key: str) -> Table:
                           ) from None
     if table and not next(iter(table.values())):
         raise ConfigError(f"{key} {path}: the file has a header but no rows")
-    return table
+    return LocatedTable(table, places)
 
 
 def _csv_fields(row: dict, header: int) -> int:
@@ -196,30 +229,27 @@ def _read_json_lines(text: str, path: Path, key: str) -> Table:
     return _rows_to_table(rows(), path, key)
 
 
-def _rows_to_table(rows: Iterable[tuple[str, Any]], path: Path, key: str) -> Table:
-    """Columns from ``(where, row)`` pairs; every row an object with the first row's keys."""
+def _rows_to_table(rows: Iterable[tuple[str, Any]], path: Path, key: str) -> LocatedTable:
+    """Columns from ``(where, row)`` pairs, each row a JSON object: the columns are every key
+    some row has (in first-seen order, at most :data:`MAX_JSON_COLUMNS`), and a row without a
+    key holds ``None`` there, as a JSON null: the task's row checks then name its line (a
+    missing label is a missing label, however it is written)."""
     table: Table = {}
-    first = ""
+    places: list[str] = []
     for where, row in rows:
         if not isinstance(row, dict):
             raise ConfigError(f"{key} {path}: {where} is a JSON {type(row).__name__}, "
                               "expected an object (one row, keyed by column)")
-        if not first:
-            first, table = where, {name: [] for name in row}
-        elif row.keys() != table.keys():
-            missing = [name for name in table if name not in row]
-            extra = [name for name in row if name not in table]
-            raise ConfigError(
-                f"{key} {path}: {where} has different keys from {first}: "
-                + "; ".join(part for part in (
-                    f"missing {_names(missing)}" if missing else "",
-                    f"extra {_names(extra)}" if extra else "",
-                ) if part)
-                + f" (columns: {_names(table)})"
-            )
-        for name, value in row.items():
-            table[name].append(value)
-    return table
+        for name in row:
+            if name not in table:
+                if len(table) == MAX_JSON_COLUMNS:
+                    raise ConfigError(f"{key} {path}: {where} brings the rows' keys past "
+                                      f"{MAX_JSON_COLUMNS} distinct columns")
+                table[name] = [None] * len(places)
+        for name, values in table.items():
+            values.append(row.get(name))
+        places.append(where)
+    return LocatedTable(table, places)
 
 
 def _read_parquet(path: Path, key: str) -> Table:
@@ -385,6 +415,140 @@ def _check_placeholders(names: Sequence[str], columns: Iterable[str], key: str) 
 
 
 # ---------------------------------------------------------------------------------------------
+# rows a task cannot use
+
+#: skipped rows per data file read in this process (``task.skip-invalid-rows``), for the
+#: run's results (``metrics.json``): the file's path -> how many rows were skipped
+SKIPPED_ROWS: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """One thing every row must satisfy for a task to use it.
+
+    Attributes
+    ----------
+    column : str
+        The column checked.
+    key : str
+        The config key that named the column (``task.label-column``), named in the error.
+    problem : callable
+        ``value -> None`` when the value will do, else what is wrong with it (``"no label"``,
+        ``"label 'meh', expected one of ..."``).
+    """
+
+    column: str
+    key: str
+    problem: Callable[[Any], str | None]
+
+
+def missing(value: Any) -> bool:
+    """Whether a label is absent: JSON null, a missing JSON key, or an empty CSV field."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def present(column: str, key: str) -> RowCheck:
+    """Rows must have a value in ``column``: not JSON null nor a missing key (an empty text
+    is a text, and CSV cannot tell it from a missing one)."""
+    return RowCheck(column, key, lambda value: "no value (null)" if value is None else None)
+
+
+def valid_label(column: str, *, names: Sequence[str] = (), num_labels: int,
+                key: str = "task.label-column") -> RowCheck:
+    """Rows must hold a label :func:`label_ids` accepts (a known name, or an id in
+    ``[0, num_labels)``) in ``column``; an empty one is reported as a missing label."""
+    index = _name_index(names, num_labels, key) if names else None
+    expected = (f"one of the label names ({_names(names)})" if index is not None
+                else f"an integer in [0, {num_labels})")
+
+    def problem(value: Any) -> str | None:
+        if missing(value):
+            return "no label"
+        if _label_id(value, index, num_labels) is None:
+            return f"label {_shown(value)}, expected {expected}"
+        return None
+
+    return RowCheck(column, key, problem)
+
+
+def checked_rows(table: Table, checks: Sequence[RowCheck], *, skip: bool = False,
+                 source: str = "task.data-path") -> Table:
+    """``table`` without the rows that fail a check, or an error listing them.
+
+    Parameters
+    ----------
+    table
+        Data from :func:`read_table` (a :class:`LocatedTable` names each row by its line).
+    checks
+        What each row must satisfy; a column a check names must exist (see :func:`column`).
+    skip
+        ``task.skip-invalid-rows``: drop the failing rows, log how many and record the count
+        in :data:`SKIPPED_ROWS`, instead of refusing the file. A file of which no row passes
+        is refused either way.
+    source
+        The config key and path of the data, as messages name it.
+
+    Raises
+    ------
+    ConfigError
+        Some rows fail (``skip`` off) or every row does: the message lists the first
+        :data:`SHOWN_BAD_ROWS` by the file's line and says how many more there are.
+    """
+    columns = [(check, column(table, check.column, key=check.key)) for check in checks]
+    total = len(next(iter(table.values()), []))
+    bad: list[tuple[int, str]] = []
+    keys: set[str] = set()
+    for row in range(total):
+        for check, values in columns:
+            why = check.problem(values[row])
+            if why:
+                bad.append((row, f"{check.key} {check.column!r}: {why}"))
+                keys.add(check.key)
+                break
+    if not bad:
+        return table
+    where = table.where if isinstance(table, LocatedTable) else (lambda row: f"row {row + 1}")
+    problems = [f"{where(row)}: {why}" for row, why in bad]
+    if not skip or len(bad) == total:
+        # one key at the head when one check failed: what a node's error reply may name
+        raise invalid_rows_error(source, problems, total, skip=skip,
+                                 key=keys.pop() if len(keys) == 1 else None)
+    dropped = {row for row, _ in bad}
+    keep = [row for row in range(total) if row not in dropped]
+    kept = {name: [values[row] for row in keep] for name, values in table.items()}
+    places = [where(row) for row in keep]
+    log.warning("%s: skipped %d of %d rows that cannot be used (task.skip-invalid-rows); "
+                "first: %s", source, len(bad), total, problems[0])
+    SKIPPED_ROWS[source.split(" ", 1)[-1]] = len(bad)
+    return LocatedTable(kept, places)
+
+
+def invalid_rows_error(source: str, problems: list[str], total: int, *, skip: bool,
+                       key: str | None = None) -> ConfigError:
+    """The error for rows that cannot be used: how many, the first few by line, what to do.
+    It starts with ``key`` (the config key of the one check that failed, e.g.
+    ``task.label-column``) where given, else with ``source``."""
+    listed = "\n".join(f"  {line}" for line in problems[:SHOWN_BAD_ROWS])
+    more = len(problems) - SHOWN_BAD_ROWS
+    if more > 0:
+        listed += f"\n  ... and {more} more"
+    rows = f"the {total} rows of {source}" if key else f"its {total} rows"
+    head = f"{key}: " if key else f"{source}: "
+    if skip and len(problems) == total:
+        return ConfigError(f"{head}none of {rows} can be used (task.skip-invalid-rows would "
+                           f"leave no data):\n{listed}")
+    return ConfigError(f"{head}{len(problems)} of {rows} cannot be used:\n{listed}\n"
+                       "Fix or remove them, or set task.skip-invalid-rows = true to skip them "
+                       "(they are counted and logged)")
+
+
+def _shown(value: Any) -> str:
+    """A data value in a message, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
 # labels
 
 
@@ -488,14 +652,17 @@ _LABEL = re.compile(r"[0-9]+")
 
 
 def read_feature_csv(path: str | Path, *, features: int, low: float, high: float,
-                     classes: int, key: str = "task.data-path"
+                     classes: int, key: str = "task.data-path", skip_invalid: bool = False
                      ) -> tuple[np.ndarray, np.ndarray]:
     """A node's own numeric data: a CSV with a header, one ``label`` column and ``features``
     feature columns (in the order the model reads them, wherever ``label`` stands).
 
     Features are decimal numbers in ``[low, high]``, read as float64 and cast to float32 (the
     task's input dtype); labels are integers (digits only) in ``[0, classes)``. Blank lines
-    are skipped; fields may be quoted as RFC 4180 says.
+    are skipped; fields may be quoted as RFC 4180 says. A row that breaks these rules (a
+    missing label, a bad value) is reported with its line, with the first few others; with
+    ``skip_invalid`` (``task.skip-invalid-rows``) such rows are dropped, logged and counted
+    (:data:`SKIPPED_ROWS`) instead, unless no row is left.
 
     Returns
     -------
@@ -506,9 +673,9 @@ def read_feature_csv(path: str | Path, *, features: int, low: float, high: float
     ------
     ConfigError
         The file is missing, unreadable or not UTF-8; the header lacks ``label``, repeats a
-        column or has the wrong number of features; a row has the wrong number of fields, a
+        column or has the wrong number of features; rows have the wrong number of fields, a
         value that is not a decimal number, a feature out of range or a bad label (the error
-        names the line); or there are no rows.
+        names their lines, the first :data:`SHOWN_BAD_ROWS`); or there are no rows.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -518,6 +685,7 @@ def read_feature_csv(path: str | Path, *, features: int, low: float, high: float
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     values: list[np.ndarray] = []
     labels: list[int] = []
+    problems: list[str] = []
     try:
         header = next((row for row in reader if row), [])
         where = f"{key} {path}: line {reader.line_num}"
@@ -534,40 +702,59 @@ def read_feature_csv(path: str | Path, *, features: int, low: float, high: float
         for row in reader:
             if not row:
                 continue
-            where = f"{key} {path}: line {reader.line_num}"
-            if len(row) != len(header):
-                raise ConfigError(f"{where}: {len(row)} fields, the header has {len(header)}")
-            label = row.pop(at)
-            joined = ",".join(row)  # one match for the whole row; a quoted "0,5" is no number
-            if joined.count(",") != len(row) - 1 or not _NUMBERS.fullmatch(joined):
-                bad = next(i for i, v in enumerate(row) if not _NUMBER.fullmatch(v))
-                name = header[bad + (bad >= at)]
-                raise ConfigError(f"{where}: column {name!r} holds {row[bad][:40]!r}, expected "
-                                  "a decimal number")
-            if not _LABEL.fullmatch(label) or int(label) >= classes:
-                raise ConfigError(f"{where}: label {label[:40]!r}, expected an integer in "
-                                  f"[0, {classes})")
-            values.append(_in_range(row, header, at, low, high, where))
-            labels.append(int(label))
+            try:
+                numbers, label = _feature_row(row, header, at, low, high, classes)
+            except ValueError as err:
+                problems.append(f"line {reader.line_num}: {err}")
+                continue
+            values.append(numbers)
+            labels.append(label)
     except csv.Error as err:
         raise ConfigError(f"{key} {path}: malformed CSV at line {reader.line_num} ({err})"
                           ) from None
-    if not labels:
+    if not labels and not problems:
         raise ConfigError(f"{key} {path}: the file has no rows")
+    if problems:
+        total = len(labels) + len(problems)
+        if not skip_invalid or not labels:
+            raise invalid_rows_error(f"{key} {path}", problems, total, skip=skip_invalid)
+        log.warning("%s %s: skipped %d of %d rows that cannot be used "
+                    "(task.skip-invalid-rows); first: %s", key, path, len(problems), total,
+                    problems[0])
+        SKIPPED_ROWS[str(path)] = len(problems)
     # float64 first, then float32 (round to nearest even): a JavaScript node does the same
     return np.stack(values).astype(np.float32), np.asarray(labels, dtype=np.int64)
 
 
-def _in_range(row: list[str], header: list[str], at: int, low: float, high: float,
-              where: str) -> np.ndarray:
+def _feature_row(row: list[str], header: list[str], at: int, low: float, high: float,
+                 classes: int) -> tuple[np.ndarray, int]:
+    """One row of a feature CSV: its features and label, or a ``ValueError`` saying what is
+    wrong with it (the caller adds the line)."""
+    if len(row) != len(header):
+        raise ValueError(f"{len(row)} fields, the header has {len(header)}")
+    row = list(row)
+    label = row.pop(at)
+    joined = ",".join(row)  # one match for the whole row; a quoted "0,5" is no number
+    if joined.count(",") != len(row) - 1 or not _NUMBERS.fullmatch(joined):
+        bad = next(i for i, v in enumerate(row) if not _NUMBER.fullmatch(v))
+        name = header[bad + (bad >= at)]
+        raise ValueError(f"column {name!r} holds {row[bad][:40]!r}, expected a decimal number")
+    if not label.strip():
+        raise ValueError(f"no label in column {LABEL!r}")
+    if not _LABEL.fullmatch(label) or int(label) >= classes:
+        raise ValueError(f"label {label[:40]!r}, expected an integer in [0, {classes})")
+    return _in_range(row, header, at, low, high), int(label)
+
+
+def _in_range(row: list[str], header: list[str], at: int, low: float, high: float
+              ) -> np.ndarray:
     """The features of ``row`` (decimal text) as float64, each checked to lie in
-    ``[low, high]``. Python's ``float`` rounds decimal text correctly, as JavaScript's
-    ``Number`` does."""
+    ``[low, high]`` (a ``ValueError`` names the first that does not). Python's ``float``
+    rounds decimal text correctly, as JavaScript's ``Number`` does."""
     numbers = np.fromiter(map(float, row), dtype=np.float64, count=len(row))
     outside = np.flatnonzero(~((numbers >= low) & (numbers <= high)))
     if len(outside):
         bad = int(outside[0])
         name = header[bad + (bad >= at)]
-        raise ConfigError(f"{where}: column {name!r} holds {row[bad][:40]}, outside "
-                          f"[{low}, {high}]")
+        raise ValueError(f"column {name!r} holds {row[bad][:40]}, outside [{low}, {high}]")
     return numbers

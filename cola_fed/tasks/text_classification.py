@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cola_fed.config import TaskConfig
 from cola_fed.errors import ConfigError
 from cola_fed.tasks.base import Task
 from cola_fed.tasks.contract import BATCH, InputContract, TensorContract
+from cola_fed.tasks.tables import checked_rows, label_ids, present, read_table, valid_label
 
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 #: MiniLM's fast tokenizer: the server ships it at hello, the nodes tokenize with it
@@ -145,7 +147,7 @@ class TextClassificationTask(Task):
     @functools.cache  # noqa: B019 - one task object per run, reread never
     def load(self) -> TextDataset:
         if self.config.data_path:
-            return load_local_text(Path(self.config.data_path))
+            return load_local_text(Path(self.config.data_path), config=self.config)
         return load_rotten_tomatoes()
 
     def labels(self) -> np.ndarray:
@@ -189,18 +191,15 @@ def tokenize(texts: list[str], max_length: int, tokenizer_path: Path | None = No
     }
 
 
-def load_local_text(path: Path) -> TextDataset:
-    """A local CSV (columns ``text``, ``label``) or JSONL (keys ``text``, ``label``) file."""
-    import json
-
-    try:
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        else:
-            with path.open(newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle))
-        return TextDataset([str(r["text"]) for r in rows], [int(r["label"]) for r in rows])
-    except (OSError, KeyError, ValueError) as err:
-        raise ConfigError(
-            f"task.data-path {path}: expected text and label columns ({err})"
-        ) from None
+def load_local_text(path: Path, config: TaskConfig | None = None) -> TextDataset:
+    """A local data file (CSV, JSONL, ...: :func:`~cola_fed.tasks.tables.read_table`) with a
+    text and a label (0 or 1) per row, in the columns ``task.text-column`` and
+    ``task.label-column`` (``text``, ``label``). Rows without a text or a valid label are an
+    error naming their lines, or skipped with ``task.skip-invalid-rows``."""
+    config = config or TaskConfig()
+    checks = [present(config.text_column, "task.text-column"),
+              valid_label(config.label_column, num_labels=NUM_LABELS)]
+    table = checked_rows(read_table(path), checks, skip=config.skip_invalid_rows,
+                         source=f"task.data-path {path}")
+    return TextDataset([str(text) for text in table[config.text_column]],
+                       label_ids(table[config.label_column], num_labels=NUM_LABELS).tolist())
