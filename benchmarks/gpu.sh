@@ -14,7 +14,16 @@
 #      budget is skipped and listed                       -> server_step_cuda.json, <= 240 s
 #   2. server step in fp32, (a)-(c) only (skipped if less than 5 minutes are left)
 #                                                          -> server_step_cuda_fp32.json, <= 90 s
-#   3. scale --quick: digits 8-128 and MiniLM 8-16 nodes, allocator check, a 16-node flwr
+#   3. sizing: the ColA server step of MiniLM-L6 and SmolLM2-135M in bf16 at 8x the
+#      simulations' batches (a GPU needs large passes), counted FLOPs over measured time: the
+#      GPU throughput docs/operations.md's sizing table assumes       -> sizing_cuda.json, <= 90 s
+#   4. multi-GPU scale: MiniLM-L6 with 32 nodes on the Ray pool, one worker per GPU
+#      (server.engine = "ray", server.workers = the GPUs nvidia-smi lists,
+#      server.gpus-per-worker = 1) against one worker, interleaved, with the adapters of both
+#      checked equal                                       -> scale_multi_gpu.json, <= 200 s
+#      (each worker reserves its GPU through Ray; it computes there only if the pool's worker
+#      puts the model on the GPU Ray gives it: the result's median round times say which)
+#   5. scale --quick: digits 8-128 and MiniLM 8-16 nodes, allocator check, a 16-node flwr
 #      simulation; CPU processes (the federation's engine is on the CPU), with whatever time
 #      is left as its budget                               -> scale_gpu_machine.json
 # Results go to benchmarks/results/ (the dry run's names end in _dryrun), and to $OUT too when
@@ -67,11 +76,19 @@ if [[ $DEVICE == cpu ]]; then
     suffix=_dryrun
     step_sizes=(--batch 4 --length 16 --client-batch 2 --repeats 2)
     step_clients=(--clients 1 4)
+    sizing_args=(--device cpu --dtype fp32 --models minilm-l6 --repeats 1)
+    gpus=0
+    multi_args=(--compare-task digits --compare-nodes 4 --compare-repeats 1 --workers 1 2
+                --gpus-per-worker 0)
     scale_args=(--tasks digits --nodes 4 8 --no-simulation --no-allocator-check)
 else
     suffix=""
     step_sizes=(--batch 32 --length 64 --client-batch 8 --repeats 15)
     step_clients=(--clients 1 4 16 64 256)
+    sizing_args=(--device "$DEVICE" --dtype bf16 --batch-scale 8 --repeats 10)
+    gpus=$(nvidia-smi -L | wc -l)
+    multi_args=(--compare-task text-classification --compare-nodes 32 --compare-repeats 2
+                --workers 1 "$gpus" --gpus-per-worker 1)
     scale_args=(--quick --simulation-timeout 100)
 fi
 
@@ -113,6 +130,18 @@ if (($(left) >= 300)) || [[ $DEVICE == cpu ]]; then
         --clients --output "server_step_cuda_fp32$suffix"
 else
     log "server step fp32: skipped, $(left) s left"
+fi
+
+stage "sizing" 90 "sizing$suffix" \
+    "$PYTHON" -m benchmarks.sizing "${sizing_args[@]}" --output "sizing$suffix"
+
+# one Ray worker per GPU against one worker (the dry run: two CPU workers against one)
+if ((gpus > 1)) || [[ $DEVICE == cpu ]]; then
+    stage "multi-GPU scale" 200 "scale_multi_gpu$suffix" \
+        "$PYTHON" -m benchmarks.scale --engine ray "${multi_args[@]}" --no-points \
+        --output "scale_multi_gpu$suffix"
+else
+    log "multi-GPU scale: skipped, nvidia-smi lists $gpus GPU(s)"
 fi
 
 # the scale benchmark's own budget leaves its last stage 40 s to finish inside the limit

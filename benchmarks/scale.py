@@ -40,19 +40,39 @@ process with every reply, which would put the nodes' memory on the server's side
 hold is reported as ``node_state_mb``. The child caches every node's data partition, as each
 node's own process would.
 
+The server's engine (``server.engine``): ``--engine local`` (the default) computes in the
+server process; ``--engine ray`` on ``server.workers`` Ray actors (the points use the largest
+of ``--workers``), each point starting a Ray of its own (in a temporary ``RAY_TMPDIR``). With
+the Ray pool the passes run in the actors' processes, so each point also reports the
+coordinator's own CPU seconds per round and node (``time.process_time`` of the server
+process: sealing, grouping, Ray's submission and transfers; not the passes) next to its peak
+RSS, which then excludes the actors' memory.
+
+Engine comparison (``--engine ray --workers 1 2``): ``--compare-task`` (MiniLM-L6 by default)
+with ``--compare-nodes`` nodes (32) and ``ROUNDS`` rounds, once per worker count (and once on
+the local engine with ``--compare-local``), each in a fresh process, the variants interleaved
+``--compare-repeats`` times (3) so that the machine's load hits all alike. It reports each
+variant's median round seconds, the round throughput (nodes per second) of the most workers
+over one worker (the median of the per-repeat ratios and the ratio of medians), and whether
+every variant ended with bit-identical adapters (a SHA-256 over every node's adapters).
+
     python -m benchmarks.scale [--quick] [--no-simulation] [--no-allocator-check]
                                [--nodes N ...] [--time-budget SECONDS] [--output NAME]
+    python -m benchmarks.scale --engine ray --workers 1 2 --compare-nodes 32 \
+                               --tasks digits --nodes 8 32 128 512 --no-simulation
     python -m benchmarks.scale --point digits 128   (one scale point; prints its JSON)
 
-Everything here runs on CPUs: the strategy builds its engine on the CPU, so on a GPU machine
-the benchmark runs unchanged and leaves the GPU alone (``benchmarks/gpu.sh`` runs it there
-with ``--quick`` and a time budget).
+Everything here runs on CPUs but the Ray pool's workers with ``--gpus-per-worker``: the
+strategy builds its engine on the CPU, so on a GPU machine the benchmark runs unchanged and
+leaves the GPU alone (``benchmarks/gpu.sh`` runs it there with ``--quick`` and a time budget,
+and the comparison with one Ray worker per GPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -86,6 +106,8 @@ COMMON = {"strategy.fraction-train": 1.0, "strategy.max-server-batch": 64,
 SIMULATION = {"num-server-rounds": 5, "task.batch-size": 8, "task.eval-batches": 1,
               "task.partitioner": "iid", "strategy.evaluate-every": 5}
 MEMORY_FACTOR, LINEAR_FACTOR = 2.0, 1.5
+#: the round throughput two Ray workers should reach over one (issue 26)
+COMPARE_GOAL = 1.6
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,9 +207,11 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def run_point(task: str, nodes: int, rounds: int, threads: int) -> dict[str, Any]:
+def run_point(task: str, nodes: int, rounds: int, threads: int,
+              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``rounds`` rounds of ``task`` with ``nodes`` nodes in one child; the server's time
-    and memory figures. The server and the nodes each use ``threads`` torch threads."""
+    and memory figures. The server and the nodes each use ``threads`` torch threads;
+    ``overrides`` are run-config keys added last (``server.engine``, ``server.workers``)."""
     import logging
 
     import torch
@@ -200,7 +224,7 @@ def run_point(task: str, nodes: int, rounds: int, threads: int) -> dict[str, Any
     logging.getLogger("cola_fed").setLevel(logging.WARNING)
     config = RunConfig.from_flat({**TASKS[task], **COMMON, "num-server-rounds": rounds,
                                   "strategy.min-available-nodes": nodes,
-                                  "strategy.evaluate-every": rounds})
+                                  "strategy.evaluate-every": rounds, **(overrides or {})})
     marks: dict[str, Any] = {"before_setup_mb": status_mb("VmRSS")}
     strategy = build_strategy(config)
     marks["after_setup_mb"] = status_mb("VmRSS")
@@ -216,7 +240,12 @@ def run_point(task: str, nodes: int, rounds: int, threads: int) -> dict[str, Any
             raise RuntimeError(f"the scale run stopped early: {strategy.stopped}")
     finally:
         host.close()
+        pool = getattr(strategy, "pool", None)  # the Ray pool's actors (and its own Ray)
+        if pool is not None:
+            pool.close()
     marks["rounds_peak_mb"] = status_mb("VmHWM")
+    marks["server"] = {k.replace("_", "-"): v
+                       for k, v in vars(config.server).items()}
     return _point_figures(task, nodes, strategy, host, marks, node_seconds)
 
 
@@ -225,6 +254,8 @@ def _instrument(strategy, host: NodeHost, marks: dict[str, Any]) -> list[float]:
     round; returns the list those seconds are appended to (index = round)."""
     hello, after_round = strategy.hello, strategy._after_round
     node_seconds: list[float] = []
+    cpu_marks: list[float] = []  # the server process's CPU seconds at the end of each round
+    marks["cpu_seconds"] = []
 
     def timed_hello(grid, timeout):
         hello(grid, timeout)
@@ -233,6 +264,9 @@ def _instrument(strategy, host: NodeHost, marks: dict[str, Any]) -> list[float]:
 
     def timed_after_round(server_round):
         node_seconds.append(host.busy - sum(node_seconds))
+        cpu_marks.append(time.process_time())
+        if len(cpu_marks) >= 2:  # round 0 is hello's evaluation: rounds >= 1 are counted
+            marks["cpu_seconds"].append(cpu_marks[-1] - cpu_marks[-2])
         after_round(server_round)
 
     strategy.hello, strategy._after_round = timed_hello, timed_after_round
@@ -259,6 +293,11 @@ def _point_figures(task: str, nodes: int, strategy, host: NodeHost, marks: dict[
     seconds = [r["seconds"] for r in trained]
     nodes_s = [node_seconds[r["round"]] for r in trained]
     median = statistics.median(seconds)
+    cpu = marks.pop("cpu_seconds")  # the server process's alone: the nodes are another one
+    coordinator = {"coordinator_cpu_s": cpu,
+                   "median_coordinator_cpu_s": statistics.median(cpu) if cpu else None,
+                   "coordinator_cpu_s_per_node": (statistics.median(cpu) / nodes if cpu
+                                                  else None)}
     return {
         "task": task, "nodes": nodes, "rounds": len(trained),
         "round_seconds": seconds, "median_round_s": median, "s_per_node": median / nodes,
@@ -271,19 +310,49 @@ def _point_figures(task: str, nodes: int, strategy, host: NodeHost, marks: dict[
         "bytes_down_per_round": trained[-1]["bytes-down"],
         "bytes_up_per_round": trained[-1]["bytes-up"],
         "accuracy_mean": strategy.rounds[-1].get("accuracy-mean"),
-        **marks,
+        "adapters_sha256": adapters_digest(strategy),
+        **coordinator, **marks,
     }
 
 
+def adapters_digest(strategy) -> str:
+    """SHA-256 over every member's adapters (partition, layer, parameter, dtype, shape and
+    bytes, in sorted order): equal digests are bit-identical adapters."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for partition in sorted(strategy.members):
+        adapters = strategy.members[partition].adapters
+        for layer in sorted(adapters):
+            for name in sorted(adapters[layer]):
+                value = np.ascontiguousarray(np.asarray(adapters[layer][name]))
+                digest.update(f"{partition}|{layer}|{name}|{value.dtype}|{value.shape}|"
+                              .encode())
+                digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
 def measure_point(task: str, nodes: int, rounds: int, threads: int, home: Path,
-                  env: dict[str, str] | None = None) -> dict[str, Any]:
-    """One scale point in a fresh server process, with its own ``COLA_FED_HOME`` (and ``env``
-    added to its environment)."""
-    env = {**os.environ, "COLA_FED_HOME": str(home / f"{task}-{nodes}-{len(env or {})}"),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads), **(env or {})}
+                  env: dict[str, str] | None = None,
+                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One scale point in a fresh server process, with its own ``COLA_FED_HOME`` and Ray
+    temporary folder (and ``env`` added to its environment, ``overrides`` to its run config)."""
+    tag = hashlib.sha256(json.dumps([env, overrides], sort_keys=True).encode()).hexdigest()[:8]
+    # Ray's sockets live under RAY_TMPDIR: a short path of its own (a socket path has at most
+    # 107 bytes), never the machine's shared /tmp/ray
+    ray_tmp = tempfile.mkdtemp(prefix="crs-", dir="/tmp")
+    env = {**os.environ, "COLA_FED_HOME": str(home / f"{task}-{nodes}-{tag}"),
+           "RAY_TMPDIR": ray_tmp, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
+           **(env or {})}
     command = [sys.executable, "-m", "benchmarks.scale", "--point", task, str(nodes),
-               "--rounds", str(rounds), "--threads", str(threads)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+               "--rounds", str(rounds), "--threads", str(threads),
+               "--overrides", json.dumps(overrides or {})]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    finally:
+        import shutil
+
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[1:])} failed ({done.returncode}):\n"
                            f"{done.stderr[-3000:]}")
@@ -380,15 +449,30 @@ def machine() -> dict[str, Any]:
 
 
 def summary(points: dict[str, list[dict]], checks: dict[str, Any],
-            simulation: list[dict]) -> None:
+            simulation: list[dict], comparison: dict[str, Any] | None = None) -> None:
+    if comparison:
+        c = comparison
+        print(f"engine comparison, {c['task']} {c['nodes']} nodes x {c['rounds']} rounds, "
+              f"{c['repeats']} interleaved repeats:")
+        for name, median in c["median_round_s"].items():
+            print(f"  {name:8s} median round {median:7.2f} s, "
+                  f"{c['round_throughput_nodes_per_s'][name]:6.2f} nodes/s")
+        if "throughput_ratio" in c:
+            t = c["throughput_ratio"]
+            print(f"  throughput {t['of']}: {t['median_of_paired_ratios']:.2f} (paired), "
+                  f"{t['ratio_of_medians']:.2f} (of medians); goal >= {t['goal']}: "
+                  f"{'met' if t['goal_met'] else 'NOT met'}")
+        print(f"  adapters bit-identical across every run: {c['adapters_equal']}")
     print(f"{'task':20s} {'nodes':>5s} {'round s':>8s} {'s/node':>8s} {'server s':>8s} "
-          f"{'peak MB':>8s} {'growth':>7s} {'held MB':>8s} {'node st.':>8s}")
+          f"{'peak MB':>8s} {'growth':>7s} {'held MB':>8s} {'node st.':>8s} {'coord.':>8s}")
     for task, rows in points.items():
         for r in rows:
+            cpu = r.get("coordinator_cpu_s_per_node")
             print(f"{task:20s} {r['nodes']:5d} {r['median_round_s']:8.2f} "
                   f"{r['s_per_node'] * 1e3:6.1f}ms {r['median_server_side_s']:8.2f} "
                   f"{r['peak_mb']:8.1f} {r['growth_mb']:7.1f} {r['held_mb']:8.2f} "
-                  f"{r['node_state_mb']:8.1f}")
+                  f"{r['node_state_mb']:8.1f} "
+                  f"{'' if cpu is None else format(cpu * 1e3, '6.1f') + 'ms':>8s}")
     for name, check in checks.items():
         detail = check.get("computed") or (
             f"ratio {check['per_node_ratio_largest_to_smallest']:.2f} (server's share alone "
@@ -420,8 +504,13 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         return (args.time_budget is not None
                 and time.perf_counter() - started + predicted > args.time_budget)
 
+    point_overrides = engine_overrides(args.engine, max(args.workers), args.gpus_per_worker,
+                                       args.cpus_per_worker)
+    comparison: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cola-scale-") as home:
-        for task in args.tasks:
+        if args.compare_nodes:
+            comparison = compare_engines(args, Path(home))
+        for task in ([] if args.no_points else args.tasks):
             previous: tuple[int, float] | None = None  # (nodes, seconds the point took)
             for nodes in plan[task]:
                 if over_budget(previous[1] * nodes / previous[0] if previous else 0.0):
@@ -430,22 +519,25 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                           file=sys.stderr, flush=True)
                     continue
                 point_start = time.perf_counter()
-                row = measure_point(task, nodes, ROUNDS[task], args.threads, Path(home))
+                row = measure_point(task, nodes, ROUNDS[task], args.threads, Path(home),
+                                    overrides=point_overrides)
                 previous = (nodes, time.perf_counter() - point_start)
                 points.setdefault(task, []).append(row)
                 print(f"[{time.perf_counter() - started:6.1f} s] {task} {nodes:4d} nodes: round "
                       f"{row['median_round_s']:.2f} s, peak {row['peak_mb']:.0f} MB, growth "
-                      f"{row['growth_mb']:.1f} MB, held {row['held_mb']:.2f} MB",
+                      f"{row['growth_mb']:.1f} MB, held {row['held_mb']:.2f} MB, coordinator "
+                      f"CPU {row['coordinator_cpu_s_per_node'] * 1e3:.1f} ms/node",
                       file=sys.stderr, flush=True)
         allocator: dict[str, Any] = {}
-        if not args.no_allocator_check and len(points.get("text-classification", [])) >= 2:
+        if (not args.no_allocator_check and args.engine == "local"
+                and len(points.get("text-classification", [])) >= 2):
             if over_budget():
                 skipped.append("allocator check")
             else:
                 allocator = allocator_check(points["text-classification"], args.threads,
                                             Path(home))
     simulation = []
-    for nodes in ([] if args.no_simulation else args.simulation_nodes):
+    for nodes in ([] if args.no_simulation or args.no_points else args.simulation_nodes):
         if over_budget():
             skipped.append(f"flwr run {nodes} nodes")
             continue
@@ -456,8 +548,56 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         if simulation[-1]["ok"]:
             break  # the largest that works
     return {"points": points, "targets": targets(points), "allocator_check": allocator,
-            "simulation": simulation, "skipped": skipped,
+            "engine_comparison": comparison, "simulation": simulation, "skipped": skipped,
             "seconds": time.perf_counter() - started}
+
+
+def engine_overrides(engine: str, workers: int, gpus: float, cpus: float) -> dict[str, Any]:
+    """The run-config keys of one engine variant."""
+    if engine == "local":
+        return {"server.engine": "local"}
+    return {"server.engine": "ray", "server.workers": workers,
+            "server.gpus-per-worker": gpus, "server.cpus-per-worker": cpus}
+
+
+def compare_engines(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """``--compare-task`` at ``--compare-nodes`` nodes once per worker count (and on the local
+    engine with ``--compare-local``), interleaved ``--compare-repeats`` times, each run a fresh
+    process: round throughput of the most workers over one, and whether the adapters agree."""
+    task, nodes = args.compare_task, args.compare_nodes
+    variants = {f"ray-{w}": engine_overrides("ray", w, args.gpus_per_worker,
+                                             args.cpus_per_worker)
+                for w in sorted(set(args.workers))}
+    if args.compare_local:
+        variants = {"local": engine_overrides("local", 1, 0, 1), **variants}
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for repeat in range(args.compare_repeats):
+        for name, overrides in variants.items():
+            row = measure_point(task, nodes, ROUNDS[task], args.threads, home,
+                                overrides=overrides)
+            runs[name].append(row)
+            print(f"compare {task} {nodes} nodes, repeat {repeat + 1}, {name}: median round "
+                  f"{row['median_round_s']:.2f} s, coordinator CPU "
+                  f"{row['median_coordinator_cpu_s']:.2f} s, adapters "
+                  f"{row['adapters_sha256'][:12]}", file=sys.stderr, flush=True)
+    median = {name: statistics.median(s for r in rows for s in r["round_seconds"])
+              for name, rows in runs.items()}
+    out: dict[str, Any] = {
+        "task": task, "nodes": nodes, "rounds": ROUNDS[task], "repeats": args.compare_repeats,
+        "variants": variants, "runs": runs, "median_round_s": median,
+        "round_throughput_nodes_per_s": {n: nodes / m for n, m in median.items()},
+        "adapters_equal": len({r["adapters_sha256"] for rows in runs.values()
+                               for r in rows}) == 1,
+    }
+    one, most = f"ray-{min(args.workers)}", f"ray-{max(args.workers)}"
+    if one != most:
+        paired = [statistics.median(a["round_seconds"]) / statistics.median(b["round_seconds"])
+                  for a, b in zip(runs[one], runs[most])]
+        out["throughput_ratio"] = {
+            "of": f"{most} over {one}", "ratio_of_medians": median[one] / median[most],
+            "median_of_paired_ratios": statistics.median(paired), "paired_ratios": paired,
+            "goal": COMPARE_GOAL, "goal_met": statistics.median(paired) >= COMPARE_GOAL}
+    return out
 
 
 def allocator_check(rows: list[dict], threads: int, home: Path) -> dict[str, Any]:
@@ -501,17 +641,44 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip points and stages that would end after this many seconds")
     parser.add_argument("--output", default="scale",
                         help="result name under benchmarks/results/ (default scale)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="server.engine of the scale points (default local)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2],
+                        help="server.workers: the points use the largest; with --engine ray "
+                             "and several counts, the comparison runs each (default 2)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0,
+                        help="server.gpus-per-worker (default 0)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0,
+                        help="server.cpus-per-worker (default 1)")
+    parser.add_argument("--compare-nodes", type=int, default=None,
+                        help="nodes of the engine comparison (default 32 with --engine ray "
+                             "and several --workers; 0 skips it)")
+    parser.add_argument("--compare-task", choices=list(POINTS), default="text-classification")
+    parser.add_argument("--compare-repeats", type=int, default=3,
+                        help="interleaved repeats of the comparison (default 3)")
+    parser.add_argument("--compare-local", action="store_true",
+                        help="add the local engine to the comparison")
+    parser.add_argument("--no-points", action="store_true",
+                        help="skip the scale points and the simulation (the comparison "
+                             "alone)")
     parser.add_argument("--point", nargs=2, metavar=("TASK", "NODES"), help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--node-host", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if min(args.workers) < 1 or args.compare_repeats < 1:
+        parser.error("--workers and --compare-repeats must be >= 1")
+    if args.compare_nodes is None:
+        args.compare_nodes = 32 if args.engine == "ray" and len(set(args.workers)) > 1 else 0
+    if args.compare_nodes and args.engine != "ray":
+        parser.error("--compare-nodes compares Ray worker counts: add --engine ray")
     if args.node_host:
         serve_nodes()
         return 0
     if args.point:
         task, nodes = args.point
         print(json.dumps(run_point(task, int(nodes), args.rounds or ROUNDS[task],
-                                   args.threads)))
+                                   args.threads, json.loads(args.overrides))))
         return 0
     if args.simulation_nodes is None:
         args.simulation_nodes = [16] if args.quick else [64, 32, 16]
@@ -524,9 +691,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine_detail": machine(), "config": {
             "tasks": TASKS, "common": COMMON, "rounds": ROUNDS, "simulation": SIMULATION,
             "quick": args.quick, "nodes": args.nodes, "torch_threads": args.threads,
-            "time_budget_s": args.time_budget},
+            "time_budget_s": args.time_budget, "engine": args.engine, "workers": args.workers,
+            "gpus_per_worker": args.gpus_per_worker, "cpus_per_worker": args.cpus_per_worker},
         **result})
-    summary(result["points"], result["targets"], result["simulation"])
+    summary(result["points"], result["targets"], result["simulation"],
+            result["engine_comparison"])
     if result["allocator_check"]:
         check = result["allocator_check"]
         print(f"allocator check ({check['env']}): {check['check']}: {check['extra_growth_mb']:.1f}"
