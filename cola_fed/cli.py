@@ -278,8 +278,12 @@ def _app(args: argparse.Namespace) -> int:
     from cola_fed.federation.simulate import COMPONENTS, write_app
 
     folder = Path(args.out).expanduser().absolute()
-    if folder.exists() and not folder.is_dir():
-        print(f"--out {folder}: a file is there; give a folder (it is created if missing)",
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        print(f"--out {folder}: a file or a link is there; give a folder (it is created if "
+              "missing)", file=sys.stderr)
+        return 1
+    if (folder / "pyproject.toml").is_symlink():  # written through, it would land elsewhere
+        print(f"--out {folder}: its pyproject.toml is a link; give a new or empty folder",
               file=sys.stderr)
         return 1
     present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []

@@ -82,6 +82,9 @@ def export_node_adapters(config: RunConfig, adapters_file: str | Path, out: str 
     from cola_fed.wire import decode_adapter_state
 
     adapters_file, out = Path(adapters_file), Path(out)
+    _refuse_to_overwrite(out, "--out", earlier="adapter_config.json")
+    if base_out is not None:
+        _refuse_to_overwrite(Path(base_out), "--base-out")
     try:
         adapters = decode_adapter_state(adapters_file.read_bytes())
     except OSError as err:
@@ -115,6 +118,21 @@ def export_node_adapters(config: RunConfig, adapters_file: str | Path, out: str 
         gguf=_gguf_source(source) if source is not None else None,
         metrics=_node_metrics(adapters_file)), encoding="utf-8")
     return Export(folder, task_type, base_model, base_written)
+
+
+def _refuse_to_overwrite(folder: Path, option: str, *, earlier: str | None = None) -> None:
+    """An export writes ``README.md``, ``config.json``, weights and tokenizer files: into a new
+    or empty folder only, or (``earlier``: a file only an export holds there) over an earlier
+    export, never over a folder of the user's own (a project's README, the model's folder)."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ConfigError(f"{option} {folder}: not a folder (or a symbolic link); give a new "
+                          "or empty folder")
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if present and not (earlier and (folder / earlier).is_file()):
+        shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+        raise ConfigError(f"{option} {folder} holds {shown}, which the export would "
+                          "overwrite: give a new or empty folder"
+                          + (" (or an earlier export's, which is replaced)" if earlier else ""))
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,9 +205,11 @@ def _node_metrics(adapters_file: Path) -> dict[str, Any]:
     """Rounds and this node's last held-out metrics from the results folder's
     ``metrics.json`` (a file anyone could have written: only numbers are taken)."""
     match = _PARTITION_FILE.fullmatch(adapters_file.name)
+    from cola_fed.watch import read_metrics  # bounded, a regular file only, strict JSON
+
     try:
-        raw = json.loads((adapters_file.parent.parent / "metrics.json").read_text("utf-8"))
-    except (OSError, ValueError):
+        raw, _ = read_metrics(adapters_file.parent.parent)
+    except Exception:  # none, or unreadable: the card goes without the run's numbers
         return {}
     if not isinstance(raw, dict):
         return {}

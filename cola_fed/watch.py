@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cola_fed.federation.failures import printable
+
 METRICS_FILE = "metrics.json"
 MAX_METRICS_BYTES = 64 * 2**20
 """The largest metrics.json read (a run of 1,000 nodes and 1,000 rounds stays far below)."""
@@ -142,14 +144,16 @@ def snapshot(folder: str | Path, *, now: float | None = None) -> Snapshot:
     last = trained[-1] if trained else {}
     nodes = metrics.get("nodes") if isinstance(metrics.get("nodes"), dict) else {}
     members = [n for n in nodes.values() if isinstance(n, dict)]
-    errors = {str(p): str(n["last-error"])[:200] for p, n in nodes.items()
-              if isinstance(n, dict) and n.get("last-error")}
+    # text from the file (node error reasons among it) is shown, never obeyed by a terminal
+    errors = {printable(str(p)[:40]): printable(str(n["last-error"])[:200])
+              for p, n in nodes.items() if isinstance(n, dict) and n.get("last-error")}
     refused = metrics.get("refused-at-hello")
     if isinstance(refused, dict):
-        errors.update({f"node {k}": f"refused at hello: {str(v)[:200]}"
+        errors.update({printable(f"node {str(k)[:40]}"):
+                       f"refused at hello: {printable(str(v)[:200])}"
                        for k, v in list(refused.items())[:20]})
     stopped = metrics.get("stopped-early")
-    stopped = str(stopped)[:500] if stopped else ""
+    stopped = printable(str(stopped)[:500]) if stopped else ""
     ended = metrics.get("ended") is True or ("ended" not in metrics and bool(total)
                                              and last_round >= total)
     if ended and not stopped and total and last_round < total:  # e.g. its server was stopped

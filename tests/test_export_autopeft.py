@@ -242,3 +242,30 @@ def test_a_gguf_base_is_exported_as_a_hugging_face_folder(tmp_path, monkeypatch,
     with torch.no_grad():
         got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_an_export_never_overwrites_a_folder_of_the_users_own(tmp_path, capsys):
+    """``--out`` (and ``--base-out``) holding files of the user's (a project's README.md) is
+    refused before anything is written, and exits 1; a new folder, or an earlier export, is
+    written."""
+    from federation_runs import DIGITS, run_with_state
+
+    run_with_state(tmp_path / "results", run_id=4, nodes=1, rounds=1)
+    toml = tmp_path / "run.toml"
+    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in DIGITS.items()))
+    adapters = str(tmp_path / "results" / "adapters" / "partition-0.safetensors")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my project")
+    export = ["export-peft", "--adapters", adapters, "--run-config", str(toml)]
+    assert main([*export, "--out", str(project)]) == 1
+    assert "would overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in project.iterdir()) == ["README.md"]
+    assert (project / "README.md").read_text() == "my project"
+    assert main([*export, "--out", str(tmp_path / "new"), "--base-out", str(project)]) == 1
+    assert not (tmp_path / "new").exists() and (project / "README.md").read_text() == \
+        "my project"
+    assert main([*export, "--out", str(tmp_path / "new")]) == 0
+    assert main([*export, "--out", str(tmp_path / "new")]) == 0  # an earlier export: replaced
+    assert (tmp_path / "new" / "adapter_config.json").is_file()

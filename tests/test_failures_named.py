@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 from federation_runs import DIGITS, run_with_state
-from flwr.app import MessageType
+from flwr.app import Error, Message, MessageType
 
 from cola_fed.config import RunConfig
 from cola_fed.federation.adversary import NODE_TRAIN_ATTACKS, hostile_node
@@ -112,3 +113,24 @@ def test_a_node_restarted_under_a_new_id_trains_as_soon_as_its_hello_is_in(tmp_p
     assert [r["nodes"] for r in strategy.rounds[6:]] == [2, 2, 2]
     assert "round 6: node 2001 (partition 1) is back after 5 rounds" in caplog.text
     assert len(warnings_about(caplog, "(partition 1) failed")) == 1
+
+
+@pytest.mark.slow
+def test_a_node_error_reason_is_logged_and_kept_without_terminal_escapes(caplog):
+    """A node's error reason is its own text: it reaches the log and metrics.json with no
+    escape sequence, carriage return or bidirectional override a terminal would obey."""
+    hostile = "\x1b]0;owned\x07\x1b[2J\rdisk \u202efull"
+
+    def erring(msg, context):  # node 1000 answers its TRAIN with an error of its own wording
+        if msg.metadata.message_type == MessageType.QUERY:
+            return handle_hello(msg, context)
+        return Message(Error(code=1, reason=hostile), reply_to=msg)
+
+    strategy = build_strategy(RunConfig.from_flat({**DIGITS, **FAST, "num-server-rounds": 1}))
+    with caplog.at_level(logging.INFO, logger="cola_fed"):
+        strategy.start(LocalGrid(2, handlers={1000: erring}), num_rounds=1, timeout=3)
+    [named] = warnings_about(caplog, "node 1000 (partition 0) failed")
+    [failed] = strategy.members[0].failed_rounds
+    for text in (named, failed["detail"]):
+        assert "disk" in text and "full" in text, text
+        assert not {"\x1b", "\x07", "\r", "\u202e"} & set(text), repr(text)

@@ -153,6 +153,18 @@ def test_a_planted_link_as_lock_record_is_refused_and_the_lock_released(tmp_path
     assert Checkpoint(folder).holder() is None
 
 
+def test_a_checkpoint_folder_planted_as_a_link_is_refused_and_its_target_untouched(tmp_path):
+    """Someone who could write the results folder links ``checkpoint`` to a folder of the
+    user's: the server refuses it, rather than lock, prune or move aside the files there."""
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "round-3.json").write_text("the user's own file")
+    (tmp_path / "checkpoint").symlink_to(target)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        Checkpoint(tmp_path / "checkpoint").lock()
+    assert sorted(p.name for p in target.iterdir()) == ["round-3.json"]
+
+
 # ------------------------------------------------------------------------------------------
 # real runs
 

@@ -88,6 +88,8 @@ def test_the_loopback_recipe_runs_verbatim(tmp_path, tls):
     code, output, left = run_recipe(env)
     assert code == 0, output[-5000:]
     assert left == [], f"processes left running: {left}\n{output[-3000:]}"
+    rounds = [line for line in output.splitlines() if "round 1/2" in line]
+    assert rounds and not any("\x1b" in line for line in rounds), rounds  # a pipe: no colour
     work = Path(env["WORK"])
     metrics = json.loads((work / "results" / "metrics.json").read_text())
     assert metrics["last-round"] == 2 and metrics["stopped-early"] is None
@@ -176,3 +178,19 @@ def test_cola_fed_app_leaves_a_folder_with_other_content_alone(tmp_path, capsys,
     assert main(["app", "--out", str(folder)]) == 1
     assert "give a new or empty folder" in capsys.readouterr().err
     assert {p.name: p.read_text() for p in folder.iterdir()} == present
+
+
+def test_cola_fed_app_never_writes_through_a_link(tmp_path, capsys):
+    """A pyproject.toml planted as a link to another app's file (even one that parses as a
+    cola-fed app), or --out itself a link: refused, the target untouched."""
+    elsewhere = write_app(tmp_path / "elsewhere") / "pyproject.toml"
+    before = elsewhere.read_text() + "# the user's own line\n"
+    elsewhere.write_text(before)
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / "pyproject.toml").symlink_to(elsewhere)
+    assert main(["app", "--out", str(folder)]) == 1
+    assert "link" in capsys.readouterr().err
+    (tmp_path / "linked").symlink_to(tmp_path / "elsewhere")
+    assert main(["app", "--out", str(tmp_path / "linked")]) == 1
+    assert elsewhere.read_text() == before

@@ -12,6 +12,7 @@ import contextlib
 import shutil
 import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from cola_fed.errors import ConfigError
 from cola_fed.federation.local_grid import LocalGrid
 from cola_fed.federation.passes import GroupJob, LocalPool, round_results
 from cola_fed.federation.server import build_strategy
+from cola_fed.tasks.registry import TASK_DIRS_ENV
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("sklearn")
@@ -31,6 +33,8 @@ MODES = ("unmerged", "merged", "col")
 #: small groups, so that a round has several (the digits batches are 16 samples)
 SETTINGS = {**DIGITS, "strategy.max-server-batch": 32, "checkpoint.every": 0,
             "server.cpus-per-worker": 1.0}
+#: the test tasks' folder: the actors of the module's Ray find ``crashing_digits`` there
+PLUGINS = Path(__file__).parent / "plugins"
 
 
 @contextlib.contextmanager
@@ -86,7 +90,8 @@ def shared_ray():
     if ray.is_initialized():
         pytest.skip("a Ray is already running in this process")
     folder = tempfile.mkdtemp(prefix="cola-rt-", dir="/tmp")
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, _temp_dir=folder)
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, _temp_dir=folder,
+             runtime_env={"env_vars": {TASK_DIRS_ENV: str(PLUGINS)}})
     try:
         yield
     finally:
@@ -112,12 +117,14 @@ def payloads(pool, strategy, jobs, mode: str) -> dict[str, dict[str, bytes]]:
     return out
 
 
-def ray_pool(strategy, workers: int):
+def ray_pool(strategy, workers: int, task: str = ""):
     from cola_fed.federation.ray_pool import RayPool
 
-    return RayPool(replace(strategy.config, server=replace(strategy.config.server,
-                                                           engine="ray", workers=workers)),
-                   strategy.engine)
+    config = replace(strategy.config, server=replace(strategy.config.server, engine="ray",
+                                                     workers=workers))
+    if task:  # the actors build this task's model (same weights) instead
+        config = replace(config, task=replace(config.task, name=task))
+    return RayPool(config, strategy.engine)
 
 
 @pytest.mark.slow
@@ -156,9 +163,10 @@ def test_a_worker_killed_mid_round_changes_nothing(trained, shared_ray):
             ray.kill(actor, no_restart=False)
         for result in results:
             got.update(result.payloads)
-        after = ray.get([a.pid.remote() for a in pool.actors])
-        assert not set(before) & set(after)  # both workers were replaced
         assert got == local
+        assert payloads(pool, trained, jobs, "unmerged") == local  # and the next round too
+        after = ray.get([a.pid.remote() for a in pool.actors], timeout=60)
+        assert len(set(after)) == 2 and not set(before) & set(after)  # both were replaced
     finally:
         pool.close()
 
@@ -198,3 +206,47 @@ def test_server_config_is_validated():
                               ("server.cpus-per-worker", 0.0, "server.cpus-per-worker")]:
         with pytest.raises(ConfigError, match=error):
             RunConfig.from_flat({key: value})
+
+
+@pytest.mark.slow
+def test_a_batch_that_kills_its_worker_costs_only_its_own_node(trained, shared_ray,
+                                                               monkeypatch):
+    """One node's batch kills the worker process computing it (``os._exit`` in the model, as a
+    crash or the host's OOM killer would): that node is reported broken (counted against it),
+    its group-mate still gets the payload a clean pass gives it, the other groups are untouched,
+    and the pool keeps ``server.workers`` live actors that serve the next round."""
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    from crashing_digits import MARKER
+
+    from cola_fed.federation.ray_pool import WorkerDied
+
+    jobs = jobs_of(trained, "unmerged")
+    assert len(jobs[0].nodes) == 2
+    killer, mate = jobs[0].nodes
+    deadly = replace(killer, batches=tuple({**b, "x": marked(b["x"], MARKER)}
+                                           for b in killer.batches))
+    hostile = [replace(jobs[0], nodes=(deadly, mate)), *jobs[1:]]
+    without = [replace(jobs[0], nodes=(mate,)), *jobs[1:]]
+    with one_thread():
+        clean = payloads(LocalPool(trained.engine), trained, without, "unmerged")
+        everyone = payloads(LocalPool(trained.engine), trained, jobs, "unmerged")
+    pool = ray_pool(trained, 2, task="crashing_digits:CrashingDigits")
+    try:
+        results = list(round_results(pool, hostile, None))
+        assert not [r.lost for r in results if r.lost]
+        assert [set(r.broken) for r in results if r.broken] == [{killer.name}]
+        [error] = [r.broken[killer.name] for r in results if r.broken]
+        assert isinstance(error, WorkerDied) and "killed the Ray worker" in str(error)
+        sent = {n: p for r in results for n, p in r.payloads.items()}
+        assert sent == clean  # the mate's bits are those of a clean pass without the killer
+        assert len(pool.actors) == 2 and len(set(ray.get([a.pid.remote() for a in pool.actors],
+                                                         timeout=60))) == 2
+        assert payloads(pool, trained, jobs, "unmerged") == everyone  # the next round
+    finally:
+        pool.close()
+
+
+def marked(x: np.ndarray, value: float) -> np.ndarray:
+    x = x.copy()
+    x.flat[0] = value
+    return x

@@ -591,3 +591,26 @@ def test_a_target_the_model_never_calls_stops_the_run_not_the_nodes(monkeypatch,
         # no node trained in any round (a run that trained nothing does not pass for done)
         assert strategy.last_round == 2 and "its batch breaks the pass" in caplog.text
         assert strategy.stopped.startswith("no node trained in any of the 2 rounds")
+
+
+def test_refused_ids_that_leave_are_forgotten():
+    """Ids that never answer their hellos, then leave the SuperLink, leave nothing behind: a
+    flood of registrations that come and go must not grow the server's memory for the run."""
+    grid = LocalGrid(2)
+    for i in range(8):
+        grid.connect(7000 + i, 0, 2)
+
+    def watch(node, msg):
+        if 7000 <= node < 7008:
+            return None
+        if msg.metadata.message_type == MessageType.TRAIN and msg.metadata.group_id == "4":
+            for i in range(8):  # gone by round 4, after their tries ran out
+                if 7000 + i in grid.contexts:
+                    grid.disconnect(7000 + i)
+        return msg
+
+    grid.message_filter = watch
+    strategy = run_on(grid, 6, timeout=0.2)
+    assert strategy.members[0].rounds_trained == 6
+    flood = set(range(7000, 7008))
+    assert not flood & (strategy._excluded | set(strategy._hello_tries) | set(strategy._hellos))

@@ -114,3 +114,22 @@ def test_a_sink_not_installed_is_refused_with_the_extra_to_install(monkeypatch):
         assert f"logging.{key} = true" in str(refused.value)
         assert f"pip install 'cola-fed[{key}]'" in str(refused.value)
     require(LoggingConfig())  # off: nothing needed
+
+
+@pytest.mark.slow
+def test_a_sink_that_cannot_open_is_warned_about_and_the_run_goes_on(tmp_path, caplog):
+    """The results folder is anyone's: a file planted where the TensorBoard folder goes makes
+    that sink fail to open, which is warned about; the run does every round all the same."""
+    import logging
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tensorboard").write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="cola_fed"):
+        strategy, _ = run_with_state(out, run_id=5, nodes=2, rounds=1,
+                                     overrides={"logging.tensorboard": True})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not strategy.stopped and not metrics.get("stopped-early"), strategy.stopped
+    assert metrics["last-round"] == 1 and metrics["ended"] is True
+    assert "logging.tensorboard" in caplog.text and "cannot open" in caplog.text
+    assert (out / "tensorboard").read_text() == "not a folder"

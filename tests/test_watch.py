@@ -96,6 +96,23 @@ def test_a_hostile_metrics_file_is_reported_not_a_crash(bad, finished, tmp_path,
     assert time.monotonic() - started < 5
 
 
+def test_text_from_the_file_reaches_the_terminal_without_escape_sequences(finished, tmp_path,
+                                                                         capsys):
+    """Node error reasons (and anything someone wrote into metrics.json) are shown, never
+    obeyed: no ESC, BEL, carriage return or bidirectional override reaches the terminal."""
+    metrics = json.loads((finished / "metrics.json").read_text())
+    hostile = "\x1b]0;owned\x07\x1b[2J\rdisk \u202efull"
+    metrics["nodes"]["0"]["last-error"] = f"round 1: error reply: {hostile}"
+    metrics["nodes"][f"9{hostile}"] = {"last-error": hostile}
+    metrics["refused-at-hello"] = {f"7{hostile}": hostile}
+    metrics["stopped-early"] = hostile
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["watch", str(tmp_path), "--once"]) == 0
+    shown = capsys.readouterr().out
+    assert "disk" in shown and "full" in shown and "stopped early" in shown
+    assert not {"\x1b", "\x07", "\r", "\u202e"} & set(shown), repr(shown)
+
+
 def test_a_file_replaced_mid_watch_is_read_again(finished, tmp_path):
     """Following: a half-written file is retried, the real one read, and the finished run
     ends the watch with 0."""

@@ -39,7 +39,7 @@ from cola_fed.federation.run_processes import (
     process_alive,
     process_start,
 )
-from cola_fed.wire.identity import read_private_file, write_private_file
+from cola_fed.wire.identity import ensure_private_dir, read_private_file, write_private_file
 from cola_fed.wire.strict_json import _check_depth, loads_strict
 
 log = logging.getLogger("cola_fed")
@@ -143,9 +143,11 @@ class Checkpoint:
         boot), to name the holder in the refusal, and to recognise a lock left by a process
         that is gone where the kernel's lock is not available (a lock record whose pid is not
         running, or now belongs to another process, is taken over with a warning)."""
-        os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        # this user's own folder, never a link planted to another (whose round and state
+        # files the run would prune or move aside) nor one others may write
+        ensure_private_dir(self.folder, what="checkpoint folder")
         fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-                     | getattr(os, "O_CLOEXEC", 0))
+                     | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             kernel_lock = True

@@ -119,4 +119,12 @@ def node_error(reason: str) -> str:
     gist = lines[-1] if lines else "no reason given"
     # a ClientApp error under the simulation engine: "Exception X occurred. Message: ..."
     gist = re.sub(r"^Exception \w+ occurred\. Message: ", "", gist)
+    gist = printable(gist)  # the node's text, bound for terminals, logs and metrics.json
     return gist if len(gist) <= 1200 else gist[:1197] + "..."
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (escape sequences, carriage
+    returns, bidirectional overrides: whatever :meth:`str.isprintable` refuses) made a space:
+    what another party wrote is shown, never obeyed."""
+    return "".join(c if c.isprintable() else " " for c in text)

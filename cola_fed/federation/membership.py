@@ -124,8 +124,13 @@ class Membership:
         while a round runs, at most once a second, so that a node that (re)connects mid-round
         has answered by the next round and trains in it. Whether any hello went out."""
         self._invited_at = time.monotonic()
+        connected = set(grid.get_node_ids())
+        # ids gone from the SuperLink are forgotten: a flood of registrations that come and
+        # go must not grow the server's memory for the rest of the run
+        self._excluded &= connected
+        self._hello_tries = {n: t for n, t in self._hello_tries.items() if n in connected}
         known = set(self.sessions) | self._excluded | set(self._hellos)
-        newcomers = [n for n in grid.get_node_ids() if n not in known]
+        newcomers = [n for n in sorted(connected) if n not in known]
         self._admit_rng.shuffle(newcomers)
         chosen = []
         for first in (True, False):

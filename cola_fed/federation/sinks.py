@@ -10,13 +10,14 @@ same lineage and skips the steps it already holds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -185,16 +186,29 @@ class RoundSinks:
         self.sinks = {} if self.sinks is not None else None
 
     def _open(self, *, first: int, lineage: int) -> dict[str, MetricSink]:
+        """The sinks asked for; one that cannot open (its folder is a file, a store someone
+        else damaged, no space) is warned about and left out: recording must not stop a run."""
         sinks: dict[str, MetricSink] = {}
         if self.config.tensorboard:
             folder = self.out / "tensorboard"
-            sinks["tensorboard"] = TensorBoardSink(
-                folder, purge_step=first if self.resumed else None)
-            log.info("TensorBoard: tensorboard --logdir %s", folder.resolve())
+            with self._opening("tensorboard", folder):
+                sinks["tensorboard"] = TensorBoardSink(
+                    folder, purge_step=first if self.resumed else None)
+                log.info("TensorBoard: tensorboard --logdir %s", folder.resolve())
         if self.config.mlflow:
             folder = self.out / "mlruns"
-            sinks["mlflow"] = MlflowSink(folder, lineage=lineage, name=self.out.name,
-                                         params=self.params)
-            log.info("MLflow: MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri %s",
-                     folder.resolve())
+            with self._opening("mlflow", folder):
+                sinks["mlflow"] = MlflowSink(folder, lineage=lineage, name=self.out.name,
+                                             params=self.params)
+                log.info("MLflow: MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri "
+                         "%s", folder.resolve())
         return sinks
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _opening(name: str, folder: Path) -> Iterator[None]:
+        try:
+            yield
+        except Exception as err:
+            log.warning("logging.%s: cannot open %s (%s: %s); this run's rounds are not "
+                        "recorded there", name, folder, type(err).__name__, err)
