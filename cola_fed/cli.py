@@ -92,8 +92,15 @@ def _simulate(args: argparse.Namespace) -> int:
     from cola_fed.progress import RunProgress
 
     overrides = parse_overrides(args.run_config or [])
-    # turn SIGTERM into an exit, so that the SuperLink this run started is stopped on the way out
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # SIGTERM stops the run as Ctrl-C does (every process it started is stopped on the way out,
+    # and the command that resumes is printed), with SIGTERM's exit status
+    terminated: list[int] = []
+
+    def on_sigterm(*_: object) -> None:
+        terminated.append(signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with RunProgress(f"simulate {args.name}") as progress:  # a bar on a terminal only
             out = simulate(args.name, output_dir=args.out, num_supernodes=args.nodes,
@@ -102,9 +109,9 @@ def _simulate(args: argparse.Namespace) -> int:
         again = f"cola-fed simulate {args.name}" + (f" --out {args.out}" if args.out else "")
         if args.run_config:
             again += "".join(f" --run-config {shlex.quote(c)}" for c in args.run_config)
-        print(f"\ninterrupted; the run's checkpoint of its last round is kept. Go on with: "
-              f"{again} --resume", file=sys.stderr)
-        return 130
+        print(f"\n{'terminated' if terminated else 'interrupted'}; the run's checkpoint of "
+              f"its last round is kept. Go on with: {again} --resume", file=sys.stderr)
+        return 143 if terminated else 130
     metrics = json.loads((out / "metrics.json").read_text())
     if metrics.get("stopped-early"):
         print(f"the run stopped early: {metrics['stopped-early']}", file=sys.stderr)

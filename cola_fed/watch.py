@@ -227,8 +227,9 @@ def server_gone(folder: str | Path) -> bool:
 def watch(folder: str | Path, *, once: bool = False, interval: float = 1.0,
           show: Callable[[str], None] = print, retries: int = 3) -> int:
     """Follow the run in ``folder`` until it ends (or, with ``once``, show one snapshot).
-    Returns the exit status: 0 for a finished run (or a snapshot shown), 1 for a run that
-    stopped early or whose server is gone, and with ``once`` when there is nothing to show."""
+    Returns the exit status: 0 for a finished run (with ``once``: also one still running), 1
+    for a run that stopped early or whose server is gone, and with ``once`` when there is
+    nothing to show."""
     folder = Path(folder)
     said_waiting = said_unreadable = ""
     shown = ""
@@ -271,10 +272,11 @@ def watch(folder: str | Path, *, once: bool = False, interval: float = 1.0,
         if once or snap.ended or first_line != shown:
             show(text)
             shown = first_line
-        if once:
-            return 0
-        if snap.ended:
-            return 0 if snap.state == "finished" else 1
+        failed = snap.state == "gone" or (snap.ended and snap.state != "finished")
+        if once:  # a script can tell a dead or failed run by the status alone
+            return 1 if failed else 0
+        if snap.ended or snap.state == "gone":
+            return 1 if failed else 0
         time.sleep(interval)
 
 

@@ -257,3 +257,27 @@ def test_a_resume_refused_by_a_live_lock_exits_non_zero_with_no_numbers(killed_r
     assert f"another server is writing {out / 'checkpoint'}: process {holder.pid}" in stderr
     assert "held-out accuracy" not in stdout and "results:" not in stdout
     assert processes_under(tmpdir) == []
+
+
+def test_a_second_simulate_in_the_same_folder_is_refused_at_once(tmp_path):
+    """A ``--resume`` typed twice: the first holds ``.simulate.lock`` from its start (its
+    ServerApp takes the checkpoint's lock only tens of seconds later), so the second is refused
+    in a second, naming the folder, before it starts Flower; the lock goes with its holder."""
+    from cola_fed.errors import ColaError
+    from cola_fed.federation.simulate import one_simulate_per_folder, simulate
+
+    out = tmp_path / "run"
+    with one_simulate_per_folder(out):
+        started = time.monotonic()
+        with pytest.raises(ColaError, match="another cola-fed simulate is running"):
+            simulate("digits", output_dir=out, resume=True, stream=False)
+        assert time.monotonic() - started < 30  # no Flower started
+        assert not (out / "node-state").exists() and not (out / "metrics.json").exists()
+    with one_simulate_per_folder(out):  # released when its holder ends
+        pass
+    (out / ".simulate.lock").unlink()
+    (out / ".simulate.lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ColaError, match="a link or another user's file"), \
+            one_simulate_per_folder(out):
+        pass
+    assert not (tmp_path / "elsewhere").exists()

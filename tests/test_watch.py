@@ -107,7 +107,7 @@ def test_text_from_the_file_reaches_the_terminal_without_escape_sequences(finish
     metrics["refused-at-hello"] = {f"7{hostile}": hostile}
     metrics["stopped-early"] = hostile
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
-    assert main(["watch", str(tmp_path), "--once"]) == 0
+    assert main(["watch", str(tmp_path), "--once"]) == 1  # it stopped early
     shown = capsys.readouterr().out
     assert "disk" in shown and "full" in shown and "stopped early" in shown
     assert not {"\x1b", "\x07", "\r", "\u202e"} & set(shown), repr(shown)
@@ -175,6 +175,9 @@ def test_following_a_live_run_from_another_process_until_it_ends(tmp_path):
     assert result.returncode == 1, result.stdout
     assert "its server is gone" in result.stdout
     assert time.monotonic() - started < 30
+    once = subprocess.run([*WATCH, str(out), "--once"], capture_output=True, text=True,
+                          timeout=120)
+    assert once.returncode == 1 and "its server is gone" in once.stdout  # scripts can tell
 
 
 def test_no_bar_unless_on_a_terminal(capsys):

@@ -37,6 +37,9 @@ import sys
 import time
 from pathlib import Path
 
+from cola_fed.federation.node_store import STATE_DIR_ENV
+from cola_fed.wire.identity import KNOWN_SERVERS_ENV
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 GRACE_S = 5.0
 """How long the processes of a run get between SIGTERM and SIGKILL."""
@@ -83,14 +86,26 @@ def process_alive(pid: int, start: int | None) -> bool:
 
 
 def command_line(pid: int, limit: int = 200) -> str:
-    """Process ``pid``'s command line, shortened (for messages); empty if unknown."""
+    """Process ``pid``'s command line, shortened (for messages), the value of a ``--token``
+    option hidden; empty if unknown."""
     try:
         words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return ""
-    text = " ".join(w.decode(errors="replace") for w in words if w)
+    shown = [w.decode(errors="replace") for w in words if w]
+    for i, word in enumerate(shown):  # Flower's run token (flwr-simulation --token) is a secret
+        if word.startswith("--token="):
+            shown[i] = "--token=***"
+        elif word == "--token" and i + 1 < len(shown):
+            shown[i + 1] = "***"
+    text = " ".join(shown)
     text = "".join(c if c.isprintable() else " " for c in text)  # no escapes to a terminal
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+#: the variables ``cola-fed simulate`` sets for the run's processes whose values lie in the
+#: run's folders (simulate.py: known servers, node state, Ray's temp folder)
+RUN_VARIABLES = tuple(name.encode() for name in (KNOWN_SERVERS_ENV, STATE_DIR_ENV, "RAY_TMPDIR"))
 
 
 def die_with_parent() -> None:
@@ -107,17 +122,38 @@ def die_with_parent() -> None:
 
 def run_processes(folder: str | Path, *, also: tuple[str, ...] = (),
                   exclude: tuple[int, ...] = ()) -> list[int]:
-    """PIDs of the processes of the run whose ``FLWR_HOME`` is ``folder``: those with
-    ``FLWR_HOME=<folder>`` in their environment, or ``<folder>/`` or ``<f>/`` for a folder
-    ``f`` in ``also`` (the run's Ray folder) on their command line. Only this user's
-    processes can be read, and only those are ours to stop."""
+    """PIDs of the processes of the run whose ``FLWR_HOME`` is ``folder``: this user's
+    processes with ``FLWR_HOME=<folder>`` in their environment, or one of the variables the
+    run sets for its own processes (:data:`RUN_VARIABLES`) pointing inside ``folder`` or a
+    folder in ``also`` (the run's Ray folder), or such a folder on their command line. The
+    variables catch Ray's agents, which may run without ``FLWR_HOME`` and retitle their command
+    line (``ray::DashboardAgent``) but keep ``COLA_FED_KNOWN_SERVERS=<folder>/...``. Only
+    these variables count: a process merely started from inside the folder (``PWD``, say: a
+    user's ``less`` of a log there) is not the run's."""
     home = os.fsencode(str(Path(folder)))
     marks = (b"FLWR_HOME=" + home, )
     inside = [os.fsencode(str(Path(f))) + b"/" for f in (folder, *also)]
+    owned = [name + b"=" + f for name in RUN_VARIABLES for f in inside]
     mine = {os.getpid(), *exclude}
     found: list[int] = []
     if not Path("/proc/self").is_dir():  # no /proc: the parent-death signal alone
         return found
+    me = os.geteuid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            if entry.stat().st_uid != me:  # another user's (readable to root): never ours
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if (any(word in marks for word in environ)
+                or any(word.startswith(mark) for mark in owned for word in environ)
+                or any(f in cmdline for f in inside)):
+            found.append(int(entry.name))
+    return found
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in mine:
             continue
@@ -126,7 +162,9 @@ def run_processes(folder: str | Path, *, also: tuple[str, ...] = (),
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if any(word in marks for word in environ) or any(f in cmdline for f in inside):
+        if (any(word in marks for word in environ)
+                or any(f in word for f in inside for word in environ)
+                or any(f in cmdline for f in inside)):
             found.append(int(entry.name))
     return found
 

@@ -18,6 +18,7 @@ pyproject.toml whose components are the installed package's :mod:`cola_fed.apps`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -195,79 +196,105 @@ def simulate(name: str, *, output_dir: str | Path | None = None, num_supernodes:
         hint = (f" (this simulation has {nodes} nodes: cola-fed simulate --nodes N)"
                 if "partition-by" in str(err) else "")
         raise ConfigError(f"{err}{hint}") from None
-    node_state = out / "node-state"
-    holder = Checkpoint(out / "checkpoint").holder()
-    if holder is not None:  # refused before anything of that run is touched
-        raise ColaError(f"cannot {'resume' if resume else 'start'} in {out}: "
-                        f"{Checkpoint(out / 'checkpoint').refusal(holder)}")
-    if resume and not Checkpoint(out / "checkpoint").exists():
-        raise ConfigError(f"no checkpoint in {out / 'checkpoint'}: nothing to resume (run "
-                          "without --resume to start afresh, or give the --out of the run "
-                          "to resume)")
-    if not resume and node_state.exists():  # a fresh run; the earlier one's kept aside
-        aside = out / "node-state.previous"
-        shutil.rmtree(aside, ignore_errors=True)
-        node_state.rename(aside)
-    started = time.time()
-    if on_start is not None:
-        on_start(out, config)
-    colour = stream and colour_wanted(sys.stdout)
-    with tempfile.TemporaryDirectory(prefix="cola-flwr-") as home:
-        app = write_app(Path(home) / "app")
-        run_config = Path(home) / "run-config.toml"
-        run_config.write_text(tomli_w.dumps(values))
-        http_port, control_port = free_port(), free_port()
-        ray_dir = ray_folder(home)
-        own_ray = ray_dir if ray_dir != home else ""  # a folder beside the run's
-        env = {**os.environ, "FLWR_HOME": home,
-               "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
-               "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
-               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-               "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-               "HF_HUB_OFFLINE": "1",
-               # simulated nodes trust the simulation's server on first use, and forget it
-               # with the simulation: no trust state carries over to other runs or keys
-               KNOWN_SERVERS_ENV: str(Path(home) / "known-servers.json"),
-               # each simulated node keeps its state in partition-<id> here, for --resume
-               STATE_DIR_ENV: str(node_state),
-               # the simulated nodes partition the run's data file, and may import its task
-               DATA_PATH_ENV: config.task.data_path,
-               SKIP_INVALID_ROWS_ENV: "1" if config.task.skip_invalid_rows else "",
-               ALLOW_TASKS_ENV: config.task.name if ":" in config.task.name else "",
-               # ... in the working folder too (searched last: it shadows nothing)
-               TASK_DIRS_ENV: task_dirs,
-               # flwr starts flower-superlink and flwr-simulation from PATH
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               # Ray's session folder of its own: its processes are found by it
-               **({"RAY_TMPDIR": ray_dir} if ray_dir else {}),
-               # colours only for a terminal (https://no-color.org), in every process
-               **({} if colour else {"NO_COLOR": "1", "RAY_COLOR_PREFIX": "0"})}
-        command = [str(Path(sys.executable).parent / "flwr"), "run", str(app),
-                   "--stream", "--federation-config", f"num-supernodes={nodes}",
-                   "--run-config", str(run_config)]
-        guard = Guard(home, also=(own_ray,) if own_ray else ())  # stops every process of
-        lines: list[str] = []  # this run when this one ends, however it ends
+    with one_simulate_per_folder(out):
+        node_state = out / "node-state"
+        holder = Checkpoint(out / "checkpoint").holder()
+        if holder is not None:  # refused before anything of that run is touched
+            raise ColaError(f"cannot {'resume' if resume else 'start'} in {out}: "
+                            f"{Checkpoint(out / 'checkpoint').refusal(holder)}")
+        if resume and not Checkpoint(out / "checkpoint").exists():
+            raise ConfigError(f"no checkpoint in {out / 'checkpoint'}: nothing to resume (run "
+                              "without --resume to start afresh, or give the --out of the run "
+                              "to resume)")
+        if not resume and node_state.exists():  # a fresh run; the earlier one's kept aside
+            aside = out / "node-state.previous"
+            shutil.rmtree(aside, ignore_errors=True)
+            node_state.rename(aside)
+        started = time.time()
+        if on_start is not None:
+            on_start(out, config)
+        colour = stream and colour_wanted(sys.stdout)
+        with tempfile.TemporaryDirectory(prefix="cola-flwr-") as home:
+            app = write_app(Path(home) / "app")
+            run_config = Path(home) / "run-config.toml"
+            run_config.write_text(tomli_w.dumps(values))
+            http_port, control_port = free_port(), free_port()
+            ray_dir = ray_folder(home)
+            own_ray = ray_dir if ray_dir != home else ""  # a folder beside the run's
+            env = {**os.environ, "FLWR_HOME": home,
+                   "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+                   "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+                   "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                   "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                   "HF_HUB_OFFLINE": "1",
+                   # simulated nodes trust the simulation's server on first use, and forget it
+                   # with the simulation: no trust state carries over to other runs or keys
+                   KNOWN_SERVERS_ENV: str(Path(home) / "known-servers.json"),
+                   # each simulated node keeps its state in partition-<id> here, for --resume
+                   STATE_DIR_ENV: str(node_state),
+                   # the simulated nodes partition the run's data file, and may import its task
+                   DATA_PATH_ENV: config.task.data_path,
+                   SKIP_INVALID_ROWS_ENV: "1" if config.task.skip_invalid_rows else "",
+                   ALLOW_TASKS_ENV: config.task.name if ":" in config.task.name else "",
+                   # ... in the working folder too (searched last: it shadows nothing)
+                   TASK_DIRS_ENV: task_dirs,
+                   # flwr starts flower-superlink and flwr-simulation from PATH
+                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                   # Ray's session folder of its own: its processes are found by it
+                   **({"RAY_TMPDIR": ray_dir} if ray_dir else {}),
+                   # colours only for a terminal (https://no-color.org), in every process
+                   **({} if colour else {"NO_COLOR": "1", "RAY_COLOR_PREFIX": "0"})}
+            command = [str(Path(sys.executable).parent / "flwr"), "run", str(app),
+                       "--stream", "--federation-config", f"num-supernodes={nodes}",
+                       "--run-config", str(run_config)]
+            guard = Guard(home, also=(own_ray,) if own_ray else ())  # stops every process of
+            lines: list[str] = []  # this run when this one ends, however it ends
+            try:
+                start_superlink(home, http_port, control_port, env)
+                code, timed_out = _run_relayed(command, env, timeout, colour,
+                                               sys.stdout if stream else None, lines)
+                status = "" if timed_out else run_status(env)
+            finally:
+                guard.close()
+                if own_ray:
+                    shutil.rmtree(own_ray, ignore_errors=True)
+            metrics = out / "metrics.json"  # a stale file must not pass for this run
+            failed = status.startswith("finished:") and status != "finished:completed"
+            if (code != 0 or timed_out or failed or not metrics.is_file()
+                    or metrics.stat().st_mtime < started):
+                log_tail = "" if stream else "\n" + "".join(lines)[-3000:]
+                why = (f"it did not finish within {timeout:.0f} s" if timed_out else
+                       f"flwr run exited with {code}" if code else
+                       f"the ServerApp failed (Flower's run status: {status}); its error is in the "
+                       "log above" if failed else
+                       "the ServerApp wrote no results; its error is in the log above")
+                raise ColaError(f"simulation {path.stem!r} failed: {why}{log_tail}")
+        return out
+
+
+@contextlib.contextmanager
+def one_simulate_per_folder(out: Path) -> Iterator[None]:
+    """Hold ``<out>/.simulate.lock`` (an flock, released however this process ends) while a
+    ``cola-fed simulate`` runs in ``out``: a second one (a ``--resume`` typed twice) is refused
+    at once, before it starts Flower. The checkpoint's own lock is taken only when the run's
+    ServerApp starts, tens of seconds later, so alone it would let both start."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ".simulate.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | getattr(os, "O_NONBLOCK", 0), 0o600)
+    except OSError as err:
+        raise ColaError(f"cannot lock {path} ({err.strerror}): a link or another user's "
+                        "file is in the way; remove it and run again") from None
+    try:
         try:
-            start_superlink(home, http_port, control_port, env)
-            code, timed_out = _run_relayed(command, env, timeout, colour,
-                                           sys.stdout if stream else None, lines)
-            status = "" if timed_out else run_status(env)
-        finally:
-            guard.close()
-            if own_ray:
-                shutil.rmtree(own_ray, ignore_errors=True)
-        metrics = out / "metrics.json"  # a stale file must not pass for this run
-        failed = status.startswith("finished:") and status != "finished:completed"
-        if (code != 0 or timed_out or failed or not metrics.is_file()
-                or metrics.stat().st_mtime < started):
-            log_tail = "" if stream else "\n" + "".join(lines)[-3000:]
-            why = (f"it did not finish within {timeout:.0f} s" if timed_out else
-                   f"flwr run exited with {code}" if code else
-                   f"the ServerApp failed (Flower's run status: {status}); its error is in the "
-                   "log above" if failed else
-                   "the ServerApp wrote no results; its error is in the log above")
-            raise ColaError(f"simulation {path.stem!r} failed: {why}{log_tail}")
-    return out
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ColaError(f"another cola-fed simulate is running in {out} (it holds {path}): "
+                            "wait for it to end or stop it, then run again") from None
+        yield
+    finally:
+        os.close(fd)  # the flock goes with it
 
 
 #: Third-party lines that say nothing to a cola-fed user, which no cola-fed code can filter where

@@ -38,6 +38,9 @@ ROUNDS=${ROUNDS:-3}
 TASK=${TASK:-digits}
 FEDERATION=cola-loopback  # the connection's name in flwr's config.toml
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
+# Colours only on a terminal (https://no-color.org): the ServerApp, whose log flwr streams
+# here, cannot see where this script's output goes, so cola-fed's lines follow NO_COLOR.
+[ -t 1 ] || export NO_COLOR=1
 
 # 0. The tools, from the environment cola-fed is installed in.
 for tool in cola-fed flwr flower-superlink flower-supernode flower-superexec; do
