@@ -65,11 +65,14 @@ def read_metrics(path: Path) -> dict | None:
         return None
 
 
-@pytest.mark.parametrize("secure", [False, True], ids=["insecure", "tls-and-node-auth"])
+@pytest.mark.parametrize("secure", [True], ids=["tls-and-node-auth"])
 def test_a_killed_supernode_restarted_with_its_state_dir_trains_again(tmp_path, secure):
-    """Without SuperNode authentication the restarted SuperNode gets a new node id (and a
-    hello); with it, Flower gives it its old one back, once the SuperLink has seen the old
-    process's heartbeat expire."""
+    """With SuperNode authentication (what docs/deployment.md recommends) Flower gives the
+    restarted SuperNode its old node id back, once the SuperLink has seen the old process's
+    heartbeat expire: it gets no hello, and must be sampled again at once. (Without
+    authentication it gets a new id and a hello: run with ``secure=False`` by hand; the suite
+    covers that path on the in-process grid, tests/test_failures_named.py, to stay within its
+    time budget.)"""
     out = tmp_path / "out"
     config = {"task.name": "digits", "task.batch-size": 16, "task.eval-batches": 1,
               "edge.graphs": False, "num-server-rounds": ROUNDS,

@@ -19,7 +19,6 @@ whose batch breaks a pass leaves, and lets out only results made with the final 
 from __future__ import annotations
 
 import hashlib
-import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -123,6 +122,11 @@ class GroupJob:
         return sum(node.samples for node in self.nodes)
 
 
+class PassError(RuntimeError):
+    """A node's error in a pass run in another process (a Ray worker), as its type's name and
+    message."""
+
+
 @dataclass
 class GroupResult:
     """What a group's passes gave.
@@ -166,14 +170,10 @@ class GroupResult:
         return sum(len(b) for parts in self.payloads.values() for b in parts.values())
 
     def portable(self) -> GroupResult:
-        """The result with every error picklable (a worker's errors cross a process)."""
-        def safe(err: BaseException) -> BaseException:
-            try:
-                pickle.loads(pickle.dumps(err))
-                return err
-            except Exception:
-                return RuntimeError(f"{type(err).__name__}: {err}")
-        return replace(self, broken={n: safe(e) for n, e in self.broken.items()})
+        """The result with every error as text (:class:`PassError`): a worker's errors cross
+        a process, and an exception object need not survive the trip."""
+        return replace(self, broken={n: PassError(f"{type(e).__name__}: {e}")
+                                     for n, e in self.broken.items()})
 
 
 def run_group(engine: ServerEngine, job: GroupJob, collaborative: Deltas | None
