@@ -25,6 +25,11 @@ export interface FeatureCsvSpec {
   classes: number;
   /** Named in every error (Python names the key and the path: `task.data-path <path>`). */
   what: string;
+  /**
+   * Drop the rows that cannot be used instead of refusing the file (`task.skip-invalid-rows`;
+   * node config `skip-invalid-rows`); a file of which no row can be used is refused either way.
+   */
+  skipInvalid?: boolean;
 }
 
 /** The features (float32, row-major `[rows, features]`) and labels (int64) of a CSV. */
@@ -32,6 +37,30 @@ export interface FeatureTable {
   rows: number;
   features: Float32Array;
   labels: BigInt64Array;
+  /** Rows dropped with `skipInvalid` (each a problem: `line N: what is wrong`). */
+  skipped: string[];
+}
+
+/** How many bad rows an error lists (`tables.SHOWN_BAD_ROWS`). */
+export const SHOWN_BAD_ROWS = 5;
+
+/**
+ * `tables.invalid_rows_error` (without a key): how many rows cannot be used, the first
+ * {@link SHOWN_BAD_ROWS} by line, and what to do.
+ */
+export function invalidRowsError(source: string, problems: readonly string[], total: number,
+                                 skip: boolean): ConfigError {
+  let listed = problems.slice(0, SHOWN_BAD_ROWS).map((line) => `  ${line}`).join("\n");
+  const more = problems.length - SHOWN_BAD_ROWS;
+  if (more > 0) listed += `\n  ... and ${more} more`;
+  const rows = `its ${total} rows`;
+  if (skip && problems.length === total) {
+    return new ConfigError(`${source}: none of ${rows} can be used (task.skip-invalid-rows ` +
+      `would leave no data):\n${listed}`);
+  }
+  return new ConfigError(`${source}: ${problems.length} of ${rows} cannot be used:\n${listed}\n` +
+    "Fix or remove them, or set task.skip-invalid-rows = true to skip them (they are counted " +
+    "and logged)");
 }
 
 /** Python's `repr` of a short piece of a value, for messages (Python shows `value[:40]!r`). */
@@ -96,40 +125,60 @@ export function readFeatureCsv(text: string, spec: FeatureCsvSpec): FeatureTable
   const at = header.indexOf(LABEL);
   const rows: Float64Array[] = [];
   const labels: bigint[] = [];
+  const problems: string[] = [];
   for (let next = records.next(); !next.done; next = records.next()) {
     const record = next.value;
-    const row = record.fields;
-    if (row.length === 0) continue;
-    where = `${what}: line ${record.line}`;
-    if (row.length !== header.length) {
-      throw new ConfigError(`${where}: ${row.length} fields, the header has ${header.length}`);
+    if (record.fields.length === 0) continue;
+    const problem = featureRow(record.fields, header, at, spec);
+    if (typeof problem === "string") {
+      problems.push(`line ${record.line}: ${problem}`);
+      continue;
     }
-    const label = row[at]!;
-    const values = row.slice(0, at).concat(row.slice(at + 1));
-    const bad = values.findIndex((v) => !NUMBER_RE.test(v));
-    if (bad >= 0) {
-      const name = header[bad + (bad >= at ? 1 : 0)]!;
-      throw new ConfigError(`${where}: column '${name}' holds ${show(values[bad]!)}, expected ` +
-        "a decimal number");
-    }
-    if (!LABEL_RE.test(label) || BigInt(label) >= BigInt(classes)) {
-      throw new ConfigError(`${where}: label ${show(label)}, expected an integer in [0, ${classes})`);
-    }
-    const numbers = new Float64Array(values.length);
-    for (let i = 0; i < values.length; i++) {
-      const value = Number(values[i]!); // correctly rounded, as Python's float()
-      if (!(value >= low && value <= high)) {
-        const name = header[i + (i >= at ? 1 : 0)]!;
-        throw new ConfigError(`${where}: column '${name}' holds ${values[i]!.slice(0, 40)}, ` +
-          `outside [${pyFloat(low)}, ${pyFloat(high)}]`);
-      }
-      numbers[i] = value;
-    }
-    rows.push(numbers);
-    labels.push(BigInt(label));
+    rows.push(problem.numbers);
+    labels.push(problem.label);
   }
-  if (labels.length === 0) throw new ConfigError(`${what}: the file has no rows`);
+  if (labels.length === 0 && problems.length === 0) {
+    throw new ConfigError(`${what}: the file has no rows`);
+  }
+  if (problems.length > 0) {
+    const skip = spec.skipInvalid === true;
+    if (!skip || labels.length === 0) {
+      throw invalidRowsError(what, problems, labels.length + problems.length, skip);
+    }
+  }
   const out = new Float32Array(rows.length * features);
   rows.forEach((numbers, r) => out.set(numbers, r * features)); // Float32Array.set: fround
-  return { rows: rows.length, features: out, labels: BigInt64Array.from(labels) };
+  return { rows: rows.length, features: out, labels: BigInt64Array.from(labels), skipped: problems };
+}
+
+/**
+ * One row of a feature CSV (`tables._feature_row`): its features (float64) and label, or what
+ * is wrong with it (the caller adds the line), checked in Python's order.
+ */
+function featureRow(row: readonly string[], header: readonly string[], at: number,
+                    spec: FeatureCsvSpec): { numbers: Float64Array; label: bigint } | string {
+  const { low, high, classes } = spec;
+  if (row.length !== header.length) return `${row.length} fields, the header has ${header.length}`;
+  const label = row[at]!;
+  const values = row.slice(0, at).concat(row.slice(at + 1));
+  const bad = values.findIndex((v) => !NUMBER_RE.test(v));
+  if (bad >= 0) {
+    const name = header[bad + (bad >= at ? 1 : 0)]!;
+    return `column '${name}' holds ${show(values[bad]!)}, expected a decimal number`;
+  }
+  if (label.trim().length === 0) return `no label in column '${LABEL}'`;
+  if (!LABEL_RE.test(label) || BigInt(label) >= BigInt(classes)) {
+    return `label ${show(label)}, expected an integer in [0, ${classes})`;
+  }
+  const numbers = new Float64Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const value = Number(values[i]!); // correctly rounded, as Python's float()
+    if (!(value >= low && value <= high)) {
+      const name = header[i + (i >= at ? 1 : 0)]!;
+      return `column '${name}' holds ${values[i]!.slice(0, 40)}, outside ` +
+        `[${pyFloat(low)}, ${pyFloat(high)}]`;
+    }
+    numbers[i] = value;
+  }
+  return { numbers, label: BigInt(label) };
 }
