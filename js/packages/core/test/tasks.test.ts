@@ -113,3 +113,28 @@ test("a task the JavaScript node does not run is refused", () => {
   assert.throws(() => clientDataFor({ name: "byte-lm", batchSize: 1, evalBatches: 1, seed: 0,
     serverTestSize: 0 }, new Map(), ""), { name: "ConfigError" });
 });
+
+test("bad rows of a feature CSV: the first five by line, how many more; skipInvalid drops them", async () => {
+  const { readFeatureCsv } = await import("../src/tasks/features.js");
+  const header = ["label", ...Array.from({ length: 64 }, (_, i) => `p${i}`)].join(",");
+  const good = ["3", ...Array(64).fill("0.5")].join(",");
+  const noLabel = ["", ...Array(64).fill("0.5")].join(",");
+  const spec = { features: 64, low: 0, high: 1, classes: 10, what: "task.data-path d.csv" };
+  const text = [header, good, ...Array(7).fill(noLabel), good].join("\n") + "\n";
+  assert.throws(() => readFeatureCsv(text, spec), (err: Error) => {
+    assert.equal(err.message, "task.data-path d.csv: 7 of its 9 rows cannot be used:\n" +
+      "  line 3: no label in column 'label'\n  line 4: no label in column 'label'\n" +
+      "  line 5: no label in column 'label'\n  line 6: no label in column 'label'\n" +
+      "  line 7: no label in column 'label'\n  ... and 2 more\n" +
+      "Fix or remove them, or set task.skip-invalid-rows = true to skip them (they are " +
+      "counted and logged)");
+    return true;
+  });
+  const kept = readFeatureCsv(text, { ...spec, skipInvalid: true });
+  assert.equal(kept.rows, 2);
+  assert.deepEqual(kept.skipped.slice(0, 1), ["line 3: no label in column 'label'"]);
+  assert.equal(kept.skipped.length, 7);
+  const none = [header, noLabel, noLabel].join("\n");
+  assert.throws(() => readFeatureCsv(none, { ...spec, skipInvalid: true }),
+    /none of its 2 rows can be used \(task.skip-invalid-rows would leave no data\)/);
+});
