@@ -348,8 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "server is gone. Ctrl-C stops watching, not the run.")
     watch.add_argument("output_dir", metavar="OUTPUT_DIR", help="the run's results folder "
                        "(cola-fed simulate --out, or the run config's output-dir)")
-    watch.add_argument("--once", action="store_true", help="print one snapshot and exit (1 "
-                       "when there is no run there yet)")
+    watch.add_argument("--once", action="store_true", help="print one snapshot and exit (0: "
+                       "running or finished; 1: stopped early, its server gone, or no run "
+                       "there yet)")
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between reads "
                        "(default 1)")
     watch.set_defaults(run=_watch)
