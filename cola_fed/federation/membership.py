@@ -129,6 +129,8 @@ class Membership:
         # go must not grow the server's memory for the rest of the run
         self._excluded &= connected
         self._hello_tries = {n: t for n, t in self._hello_tries.items() if n in connected}
+        for gone in [n for n in self._hellos if n not in connected]:
+            del self._hellos[gone]  # no answer will come
         known = set(self.sessions) | self._excluded | set(self._hellos)
         newcomers = [n for n in sorted(connected) if n not in known]
         self._admit_rng.shuffle(newcomers)
