@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+from cola_fed.federation.failures import printable
 from cola_fed.federation.node_store import STATE_DIR_ENV
 from cola_fed.wire.identity import KNOWN_SERVERS_ENV
 
@@ -99,7 +100,7 @@ def command_line(pid: int, limit: int = 200) -> str:
         elif word == "--token" and i + 1 < len(shown):
             shown[i + 1] = "***"
     text = " ".join(shown)
-    text = "".join(c if c.isprintable() else " " for c in text)  # no escapes to a terminal
+    text = printable(text)  # no escapes to a terminal
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
